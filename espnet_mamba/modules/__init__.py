@@ -1,0 +1,1 @@
+"""nn.Modules built from :mod:`espnet_mamba.ops`: mixers, norms, residual blocks."""

@@ -1,0 +1,124 @@
+"""Mamba (v1) mixer, parameters named and shaped as ``mamba_ssm.modules.mamba_simple.Mamba``.
+
+So a checkpoint moves between this class and mamba-ssm's, and between the CUDA and the PyTorch
+backends, with ``strict=True``.  ``forward`` handles a padded batch; ``step`` decodes one token
+from a fixed-size state ``(conv_state (b, d_inner, d_conv), ssm_state (b, d_inner, d_state))``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from espnet_mamba.modules.mamba_init import inverse_softplus_dt, no_weight_decay, ssm_dtype
+from espnet_mamba.modules.padding import MASKED_DT, lengths_to_mask, mask_end
+from espnet_mamba.ops import backend as ops_backend
+from espnet_mamba.ops.causal_conv1d import causal_conv1d, causal_conv1d_step, last_inputs
+from espnet_mamba.ops.selective_scan import (
+    fused_mamba_inner, fused_mamba_inner_available, selective_scan, selective_state_step,
+)
+
+
+class Mamba(nn.Module):
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: float = 2,
+                 dt_rank="auto", dt_min: float = 0.001, dt_max: float = 0.1,
+                 dt_init: str = "random", dt_scale: float = 1.0, dt_init_floor: float = 1e-4,
+                 conv_bias: bool = True, bias: bool = False, backend: str | None = None):
+        super().__init__()
+        self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
+        self.d_inner = int(expand * d_model)
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.backend = ops_backend.check_backend(backend) if backend else None
+        d_inner = self.d_inner
+
+        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=bias)
+        self.conv1d = nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1,
+                                bias=conv_bias)
+        self.x_proj = nn.Linear(d_inner, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, d_inner, bias=True)
+        std = self.dt_rank ** -0.5 * dt_scale
+        if dt_init == "constant":
+            nn.init.constant_(self.dt_proj.weight, std)
+        elif dt_init == "random":
+            nn.init.uniform_(self.dt_proj.weight, -std, std)
+        else:
+            raise ValueError(f"unknown dt_init {dt_init!r}; valid: 'random', 'constant'")
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(inverse_softplus_dt(d_inner, dt_min, dt_max, dt_init_floor))
+        self.dt_proj.bias._no_reinit = True
+        A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_inner, 1)
+        self.A_log = nn.Parameter(torch.log(A))
+        self.D = nn.Parameter(torch.ones(d_inner))
+        no_weight_decay(self.A_log, self.D)
+        self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
+
+    def _conv_weight(self):
+        return self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
+
+    def forward(self, x, lengths=None, mask=None, return_final_state=False):
+        """x: (batch, length, d_model).  Right padding: give ``lengths``; any contiguous span of
+        valid frames (e.g. left padding): give ``mask`` (batch, length), True on valid frames.
+
+        Outputs on valid frames never depend on padded ones; padded outputs are zero.
+        With ``return_final_state`` also returns the state after each sequence's last frame.
+        """
+        # Causal outputs on a right-padded batch are exact without masking the scan, so the fused
+        # kernel may run; a final state or another padding needs the masked path below.
+        fusable = mask is None and not return_final_state
+        if mask is None and lengths is not None:
+            mask = lengths_to_mask(lengths, x.shape[1])
+        A = -torch.exp(self.A_log.float())
+        xz = self.in_proj(x).transpose(1, 2)  # (b, 2*d_inner, l)
+        if fusable and fused_mamba_inner_available(self.backend, xz):
+            out = fused_mamba_inner(xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
+                                    self.dt_proj.weight, self.out_proj.weight, self.out_proj.bias,
+                                    A, self.D.float(), self.dt_proj.bias.float())
+            return out if mask is None else out * mask[..., None].to(out.dtype)
+
+        xs, z = xz.chunk(2, dim=1)
+        if mask is not None:  # zero inputs on padded frames: the conv then sees what it would alone
+            xs = xs * mask[:, None, :].to(xs.dtype)
+        conv_in = xs
+        xs = causal_conv1d(xs, self._conv_weight(), self.conv1d.bias, "silu", self.backend)
+        dt, B, C = self.x_proj(xs.transpose(1, 2)).split(
+            [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (b, d_inner, l)
+        if mask is not None:
+            dt = dt.masked_fill(~mask[:, None, :], MASKED_DT)
+        y = selective_scan(xs, dt, A, B.transpose(1, 2).contiguous(),
+                           C.transpose(1, 2).contiguous(), self.D.float(), z=z,
+                           delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+                           return_last_state=return_final_state, backend=self.backend)
+        if return_final_state:
+            y, ssm_state = y
+        out = self.out_proj(y.transpose(1, 2))
+        if mask is not None:
+            out = out * mask[..., None].to(out.dtype)
+        if not return_final_state:
+            return out
+        end = mask_end(mask) if mask is not None else torch.full(
+            (x.shape[0],), x.shape[1], device=x.device)
+        return out, (last_inputs(conv_in, end, self.d_conv), ssm_state)
+
+    def init_state(self, batch: int, device=None, dtype=torch.float32):
+        """The zero state: (conv_state, ssm_state)."""
+        return (torch.zeros(batch, self.d_inner, self.d_conv, device=device, dtype=dtype),
+                torch.zeros(batch, self.d_inner, self.d_state, device=device,
+                            dtype=ssm_dtype(dtype)))
+
+    def step(self, x, state):
+        """One token.  x: (batch, d_model) -> (y (batch, d_model), new state)."""
+        conv_state, ssm_state = state
+        xs, z = self.in_proj(x).chunk(2, dim=-1)
+        xs, conv_state = causal_conv1d_step(xs, conv_state, self._conv_weight(),
+                                            self.conv1d.bias, "silu", self.backend)
+        dt, B, C = self.x_proj(xs).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.linear(dt, self.dt_proj.weight)
+        A = -torch.exp(self.A_log.float())
+        y, ssm_state = selective_state_step(ssm_state, xs, dt, A, B, C, self.D.float(), z=z,
+                                            dt_bias=self.dt_proj.bias.float(), dt_softplus=True,
+                                            backend=self.backend)
+        return self.out_proj(y), (conv_state, ssm_state)

@@ -1,0 +1,95 @@
+"""One switch that decides where the Mamba ops run: CUDA kernels or plain PyTorch.
+
+``auto``  use the kernels of mamba-ssm / causal-conv1d when they import and the tensors are on
+          CUDA, else PyTorch (the only choice on a CPU-only machine);
+``torch`` always the PyTorch path (any device; the reference the kernels are tested against);
+``cuda``  always the kernels; a clear error if they are not installed or the tensors are on CPU.
+
+The default comes from ``ESPNET_MAMBA_BACKEND`` (else ``auto``); modules take a ``backend`` argument
+that overrides it.  The kernels are imported lazily so that ``import espnet_mamba`` never needs
+CUDA, triton or mamba-ssm.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+
+BACKENDS = ("auto", "torch", "cuda")
+ENV_VAR = "ESPNET_MAMBA_BACKEND"
+
+INSTALL_HINT = (
+    "install the optional CUDA kernels with `bash tools/build_kernels.sh` (or "
+    "`pip install espnet-mamba[cuda]` with build isolation off, see README), "
+    "or use backend='torch'"
+)
+
+
+class KernelsUnavailableError(RuntimeError):
+    """Raised when backend='cuda' is requested but the kernels cannot be used."""
+
+
+def check_backend(backend: str | None) -> str:
+    """Validate a backend name (None means the environment default)."""
+    if backend is None:
+        backend = os.environ.get(ENV_VAR, "auto")
+    name = str(backend).lower()
+    if name not in BACKENDS:
+        raise ValueError(f"unknown Mamba backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    return name
+
+
+# Each kernel family is imported on first use; the import error text is kept for the message.
+_KERNEL_MODULES = {
+    "selective_scan": "mamba_ssm.ops.selective_scan_interface",
+    "selective_state_update": "mamba_ssm.ops.triton.selective_state_update",
+    "ssd": "mamba_ssm.ops.triton.ssd_combined",
+    "rms_norm": "mamba_ssm.ops.triton.layer_norm",
+    "gated_rms_norm": "mamba_ssm.ops.triton.layernorm_gated",
+    "causal_conv1d": "causal_conv1d",
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _load(family: str):
+    try:
+        return importlib.import_module(_KERNEL_MODULES[family]), None
+    except Exception as exc:  # ImportError, missing libcuda, triton errors...
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def kernel_module(family: str):
+    """The imported kernel module of a family, or None if it does not import."""
+    return _load(family)[0]
+
+
+def kernels_available(*families: str) -> bool:
+    families = families or tuple(_KERNEL_MODULES)
+    return all(kernel_module(f) is not None for f in families)
+
+
+def use_kernels(backend: str | None, family: str, *tensors) -> bool:
+    """True if this call should go to the CUDA kernel of ``family``.
+
+    ``tensors`` are the inputs; ``auto`` takes the kernels only if all of them are on CUDA.
+    """
+    name = check_backend(backend)
+    if name == "torch":
+        return False
+    on_cuda = all(t.is_cuda for t in tensors if t is not None)
+    if name == "auto":
+        return on_cuda and kernel_module(family) is not None
+    module, error = _load(family)
+    if module is None:
+        raise KernelsUnavailableError(
+            f"backend='cuda' asked for the {family} kernel, but "
+            f"`import {_KERNEL_MODULES[family]}` failed ({error}); {INSTALL_HINT}"
+        )
+    if not on_cuda:
+        raise KernelsUnavailableError(
+            f"backend='cuda' asked for the {family} kernel, but the inputs are on "
+            f"{next(t.device for t in tensors if t is not None)}; move the model to a GPU "
+            "or use backend='auto'/'torch'"
+        )
+    return True

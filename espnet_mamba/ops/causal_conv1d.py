@@ -1,0 +1,60 @@
+"""Causal depthwise conv1d (+ optional SiLU), the short convolution in front of every Mamba scan.
+
+Interface of causal-conv1d's ``causal_conv1d_fn`` / ``causal_conv1d_update``:
+    x: (batch, channels, length);  weight: (channels, width);  bias: (channels,)
+The PyTorch path is ``F.conv1d`` with width-1 zeros on the left, which is what the kernel computes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from espnet_mamba.ops.backend import kernel_module, use_kernels
+
+ACTIVATIONS = (None, "silu")
+
+
+def _check_activation(activation):
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; valid: {ACTIVATIONS}")
+
+
+def causal_conv1d(x, weight, bias=None, activation=None, backend: str | None = None):
+    _check_activation(activation)
+    if use_kernels(backend, "causal_conv1d", x, weight):
+        fn = kernel_module("causal_conv1d").causal_conv1d_fn
+        return fn(x.contiguous(), weight, bias, activation=activation)
+    width = weight.shape[-1]
+    y = F.conv1d(F.pad(x, (width - 1, 0)), weight.unsqueeze(1), bias, groups=x.shape[1])
+    return F.silu(y) if activation == "silu" else y
+
+
+def causal_conv1d_step(x, conv_state, weight, bias=None, activation=None,
+                       backend: str | None = None):
+    """One step.  x: (batch, channels); conv_state: (batch, channels, width), the last inputs.
+
+    Returns (y, new_conv_state); the given state is left unchanged (beam search reuses it).
+    """
+    _check_activation(activation)
+    if use_kernels(backend, "causal_conv1d", x, conv_state):
+        new_state = conv_state.clone()  # the kernel rolls the state in place
+        fn = kernel_module("causal_conv1d").causal_conv1d_update
+        return fn(x, new_state, weight, bias, activation=activation), new_state
+    new_state = torch.cat([conv_state[:, :, 1:], x.unsqueeze(-1).to(conv_state.dtype)], dim=-1)
+    y = (new_state * weight).sum(-1)
+    if bias is not None:
+        y = y + bias
+    y = y.to(x.dtype)
+    return (F.silu(y) if activation == "silu" else y), new_state
+
+
+def last_inputs(x, end, width):
+    """The conv state after position ``end - 1``: inputs end-width..end-1, zeros before 0.
+
+    x: (batch, channels, length) with zeros on padded frames; end: (batch,) int.
+    """
+    idx = end[:, None] - width + torch.arange(width, device=x.device)[None, :]  # (b, width)
+    valid = idx >= 0
+    gathered = torch.gather(x, 2, idx.clamp(min=0)[:, None, :].expand(-1, x.shape[1], -1))
+    return gathered * valid[:, None, :].to(x.dtype)

@@ -1,0 +1,50 @@
+"""RMSNorm, plain and gated, with the triton kernels of mamba-ssm as the CUDA path.
+
+``rms_norm(x, weight, residual=...)`` fuses the residual add of a pre-norm block:
+it returns (norm(x + residual) * weight, x + residual), one kernel on GPU.
+``gated_rms_norm(x, z, weight)`` is Mamba2's output norm: norm(x * silu(z)) * weight, per group.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from espnet_mamba.ops.backend import kernel_module, use_kernels
+
+
+def _rms(x, weight, eps):
+    xf = x.float() if x.dtype != torch.float64 else x
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return (y * weight.to(y.dtype)).to(x.dtype)
+
+
+def rms_norm(x, weight, eps=1e-5, residual=None, residual_in_fp32=False,
+             backend: str | None = None):
+    """Returns norm(x [+ residual]) * weight and, if residual is given, the new residual."""
+    if use_kernels(backend, "rms_norm", x, weight):
+        fn = kernel_module("rms_norm").rms_norm_fn
+        if residual is None:
+            return fn(x, weight, None, eps=eps)
+        return fn(x, weight, None, residual=residual, prenorm=True,
+                  residual_in_fp32=residual_in_fp32, eps=eps)
+    if residual is None:
+        return _rms(x, weight, eps)
+    residual = x + residual
+    if residual_in_fp32:
+        residual = residual.float()
+    return _rms(residual.to(x.dtype), weight, eps), residual
+
+
+def gated_rms_norm(x, z, weight, eps=1e-5, group_size=None, backend: str | None = None):
+    """norm(x * silu(z)) * weight with the RMS taken per group of ``group_size`` channels."""
+    if use_kernels(backend, "gated_rms_norm", x, z, weight):
+        fn = kernel_module("gated_rms_norm").rmsnorm_fn
+        return fn(x, weight, None, z=z, eps=eps, group_size=group_size, norm_before_gate=False)
+    dtype = x.dtype
+    cdt = torch.float64 if dtype == torch.float64 else torch.float32
+    h = x.to(cdt) * F.silu(z.to(cdt))
+    group = group_size or h.shape[-1]
+    hg = h.unflatten(-1, (h.shape[-1] // group, group))
+    hg = hg * torch.rsqrt(hg.pow(2).mean(-1, keepdim=True) + eps)
+    return (hg.flatten(-2) * weight.to(cdt)).to(dtype)

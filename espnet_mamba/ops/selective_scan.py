@@ -1,0 +1,162 @@
+"""Selective scan of Mamba (v1): h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t,  y_t = C_t h_t + D u_t.
+
+The interface is mamba-ssm's ``selective_scan_fn`` (same argument names and layouts), so the CUDA
+kernel and the PyTorch path are interchangeable:
+
+    u, delta, z: (batch, d_inner, length);  A: (d_inner, d_state);  B, C: (batch, d_state, length)
+    D, delta_bias: (d_inner,);  returns y (batch, d_inner, length) [, last_state (batch, d_inner, d_state)]
+
+The PyTorch path is a *blocked* scan, exact (same recurrence, only reordered) and without the
+per-time-step Python loop of mamba-ssm's reference.  The length is cut into M chunks of K steps
+(K ~ sqrt(length/2)); then
+  1. K vectorised steps run the recurrence inside every chunk at once from a zero state and keep
+     each chunk's end state,
+  2. M small steps carry the true state from chunk to chunk (chunk decay = exp(A * sum dt)),
+  3. K vectorised steps run every chunk again from its true start state and emit y.
+That is 2K + M Python steps instead of `length`, on tensors of shape (batch, d_inner, M, d_state),
+so no (batch, d_inner, length, d_state) tensor is ever built: memory stays O(length / K) in
+inference, which is what lets a 20-minute recording decode on a CPU.  All decays are exp of
+non-positive numbers (A < 0, dt >= 0), so nothing overflows.
+
+Padding: a time step with dt = 0 leaves the state untouched (decay 1, input 0).  The mixers set
+dt = 0 on padded frames, so ``last_state`` is the state at each sequence's own end.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from espnet_mamba.ops.backend import kernel_module, use_kernels
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    # The state is accumulated in fp32 (as the kernel does) or fp64 when asked for.
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def default_chunk(length: int) -> int:
+    """K minimising 2K + length/K (the number of Python steps)."""
+    return max(1, int(round(math.sqrt(length / 2))))
+
+
+def selective_scan_torch(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+    return_last_state=False, chunk_size: int | None = None,
+):
+    if B.dim() != 3 or C.dim() != 3:
+        raise ValueError("B and C must be (batch, d_state, length); grouped B/C is not supported")
+    out_dtype = u.dtype
+    cdt = _compute_dtype(u)
+    u, delta, A, B, C = (t.to(cdt) for t in (u, delta, A, B, C))
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(cdt)[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+
+    batch, d_inner, length = u.shape
+    K = chunk_size or default_chunk(length)
+    M = -(-length // K)
+    pad = M * K - length
+    du = delta * u
+    if pad:  # dt = 0 on the tail: identity steps that change neither y nor the state
+        delta, du, B, C = (F.pad(t, (0, pad)) for t in (delta, du, B, C))
+
+    # Time-major chunk views, state laid out (batch, M, d_inner, d_state) so that y = h @ C is
+    # one batched matmul per step.
+    def steps(t):  # (b, ch, M*K) -> (K, b, M, ch)
+        return t.view(batch, t.shape[1], M, K).permute(3, 0, 2, 1)
+
+    dt_k = steps(delta).unsqueeze(-1)  # K,b,M,d,1
+    du_k = steps(du).unsqueeze(-1)  # K,b,M,d,1
+    B_k = steps(B).unsqueeze(-2)  # K,b,M,1,n
+    C_k = steps(C).unsqueeze(-1)  # K,b,M,n,1
+
+    def step(h, k):
+        decay = torch.exp(dt_k[k] * A)  # exp of <= 0: never overflows
+        return torch.addcmul(du_k[k] * B_k[k], decay, h)
+
+    # 1. chunk end states from a zero start
+    h = torch.zeros(batch, M, d_inner, A.shape[1], dtype=cdt, device=u.device)
+    for k in range(K):
+        h = step(h, k)
+    chunk_end = h
+    chunk_decay = torch.exp(dt_k.sum(0) * A)  # b,M,d,n
+
+    # 2. carry the state across chunks
+    starts = [torch.zeros_like(chunk_end[:, 0])]
+    for c in range(M):
+        starts.append(torch.addcmul(chunk_end[:, c], chunk_decay[:, c], starts[-1]))
+    last_state = starts.pop()
+    h = torch.stack(starts, dim=1)
+
+    # 3. rerun every chunk from its true start, emitting y
+    ys = []
+    for k in range(K):
+        h = step(h, k)
+        ys.append(torch.matmul(h, C_k[k]))  # b,M,d,1
+    y = torch.cat(ys, dim=-1).permute(0, 2, 1, 3).reshape(batch, d_inner, M * K)[..., :length]
+
+    if D is not None:
+        y = y + u * D.to(cdt)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(cdt))
+    y = y.to(out_dtype)
+    return (y, last_state) if return_last_state else y
+
+
+def selective_scan(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+    return_last_state=False, backend: str | None = None,
+):
+    """Dispatch to mamba-ssm's ``selective_scan_fn`` or to :func:`selective_scan_torch`."""
+    if use_kernels(backend, "selective_scan", u, delta, A, B, C):
+        fn = kernel_module("selective_scan").selective_scan_fn
+        return fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
+                  delta_softplus=delta_softplus, return_last_state=return_last_state)
+    return selective_scan_torch(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
+                                delta_softplus=delta_softplus, return_last_state=return_last_state)
+
+
+def selective_state_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
+                         backend: str | None = None):
+    """One recurrent step.  state: (b, d, n); x, dt, z: (b, d); B, C: (b, n).
+
+    Returns (y, new_state); the input state is not modified (beam search keeps old states).
+    """
+    if use_kernels(backend, "selective_state_update", state, x):
+        new_state = state.clone()  # the triton kernel updates in place
+        fn = kernel_module("selective_state_update").selective_state_update
+        y = fn(new_state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)
+        return y, new_state
+    cdt = _compute_dtype(x)
+    dt = dt.to(cdt)
+    if dt_bias is not None:
+        dt = dt + dt_bias.to(cdt)
+    if dt_softplus:
+        dt = F.softplus(dt)
+    new_state = (torch.exp(dt[..., None] * A.to(cdt)) * state.to(cdt)
+                 + (dt * x.to(cdt))[..., None] * B.to(cdt)[:, None, :])
+    y = (new_state * C.to(cdt)[:, None, :]).sum(-1)
+    if D is not None:
+        y = y + x.to(cdt) * D.to(cdt)
+    if z is not None:
+        y = y * F.silu(z.to(cdt))
+    return y.to(x.dtype), new_state.to(state.dtype)
+
+
+def fused_mamba_inner_available(backend: str | None, *tensors) -> bool:
+    """True if the whole v1 mixer (conv, projections, scan) can run as mamba-ssm's one
+    ``mamba_inner_fn`` call (CUDA tensors, both kernel packages importable)."""
+    return (use_kernels(backend, "selective_scan", *tensors)
+            and kernel_module("causal_conv1d") is not None)
+
+
+def fused_mamba_inner(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
+                      out_proj_weight, out_proj_bias, A, D, dt_bias):
+    """mamba-ssm's fused v1 mixer: xz (b, 2*d_inner, l) -> (b, l, d_model)."""
+    fn = kernel_module("selective_scan").mamba_inner_fn
+    return fn(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, out_proj_weight,
+              out_proj_bias, A, None, None, D, delta_bias=dt_bias, delta_softplus=True)

@@ -1,0 +1,159 @@
+"""What this plugin registers into stock ESPnet, and the lazy import hook that does it.
+
+ESPnet picks encoders/decoders from ``ClassChoices`` objects that live in each task module
+(``espnet2.tasks.asr.encoder_choices`` ...); they are plain dicts with no entry points.  The
+``espnet_mamba_hook.pth`` file that pip installs runs :func:`install_import_hook` at interpreter
+start: it only puts a tiny finder on ``sys.meta_path`` (no torch, no ESPnet import, no cost).
+When ESPnet later imports one of the task modules below, the finder lets the module execute and
+then adds our classes to its choices, so the stock ``python -m espnet2.bin.asr_train`` sees
+``encoder: samba_asr`` with no wrapper command and no change to ESPnet.
+
+Set ``ESPNET_MAMBA_DISABLE_HOOK=1`` to turn the hook off; :func:`register` does it explicitly.
+This module must stay importable without torch (it runs in every interpreter).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.util
+import logging
+import os
+import sys
+
+logger = logging.getLogger(__name__)
+
+DISABLE_ENV = "ESPNET_MAMBA_DISABLE_HOOK"
+
+ENCODERS = {
+    "samba_asr": "espnet_mamba.encoders.samba_asr:SambaASREncoder",
+    "speech_mamba": "espnet_mamba.encoders.speech_mamba:SpeechMambaEncoder",
+}
+DECODERS = {
+    "samba_asr": "espnet_mamba.decoders.samba_asr:SambaASRDecoder",
+    "speech_mamba": "espnet_mamba.decoders.speech_mamba:SpeechMambaDecoder",
+}
+
+# {ESPnet task module: {ClassChoices attribute: {name: "module:Class"}}}.  Tasks whose
+# encoder reads acoustic features and whose decoder is an attention-style AbsDecoder.
+REGISTRY: dict[str, dict[str, dict[str, str]]] = {
+    "espnet2.tasks.asr": {"encoder_choices": ENCODERS, "decoder_choices": DECODERS},
+    "espnet2.tasks.st": {"encoder_choices": ENCODERS, "decoder_choices": DECODERS,
+                         "extra_asr_decoder_choices": DECODERS,
+                         "extra_mt_decoder_choices": DECODERS},
+    "espnet2.tasks.s2t": {"encoder_choices": ENCODERS, "decoder_choices": DECODERS},
+    "espnet2.tasks.s2t_ctc": {"encoder_choices": ENCODERS},
+    "espnet2.tasks.slu": {"encoder_choices": ENCODERS, "decoder_choices": DECODERS},
+    "espnet2.tasks.enh_s2t": {"asr_encoder_choices": ENCODERS,
+                              "asr_decoder_choices": DECODERS,
+                              "st_encoder_choices": ENCODERS, "st_decoder_choices": DECODERS},
+}
+
+
+class RegistrationError(RuntimeError):
+    """A plugin name clashes with an ESPnet class, or a plugin class cannot be used."""
+
+
+def load_class(target: str):
+    module_name, _, class_name = target.partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def register_into(module) -> dict[str, list[str]]:
+    """Add this plugin's classes to the ClassChoices of an imported ESPnet task module."""
+    done: dict[str, list[str]] = {}
+    for attr, entries in REGISTRY.get(module.__name__, {}).items():
+        choices = getattr(module, attr, None)
+        if choices is None:  # another ESPnet version: nothing to register into
+            logger.debug("%s has no %s; skipped", module.__name__, attr)
+            continue
+        for name, target in entries.items():
+            if name != name.lower():
+                raise RegistrationError(f"plugin names must be lowercase: {name!r}")
+            cls = load_class(target)
+            present = choices.classes.get(name)
+            if present is not None and present is not cls:
+                raise RegistrationError(
+                    f"espnet_mamba cannot register {attr[:-8]} {name!r} into "
+                    f"{module.__name__}: ESPnet already has {present.__module__}."
+                    f"{present.__qualname__} under that name")
+            base = choices.base_type
+            if base is not None and not issubclass(cls, base):
+                raise RegistrationError(f"{target} is not a subclass of {base.__name__}")
+            choices.classes[name] = cls
+            done.setdefault(attr, []).append(name)
+    return done
+
+
+class _RegisteringLoader(importlib.abc.Loader):
+    """Wraps a task module's real loader: execute it, then register into it."""
+
+    def __init__(self, loader):
+        self._loader = loader
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        self._loader.exec_module(module)
+        register_into(module)
+
+    def __getattr__(self, name):  # get_source, get_code, is_package... of the real loader
+        return getattr(self._loader, name)
+
+
+class _PostImportFinder(importlib.abc.MetaPathFinder):
+    def __init__(self):
+        self._resolving: set[str] = set()
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname not in REGISTRY or fullname in self._resolving:
+            return None
+        self._resolving.add(fullname)  # let the other finders locate the real module
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self._resolving.discard(fullname)
+        if spec is None or spec.loader is None:
+            return None
+        spec.loader = _RegisteringLoader(spec.loader)
+        return spec
+
+
+def _installed_finder():
+    return next((f for f in sys.meta_path if isinstance(f, _PostImportFinder)), None)
+
+
+def install_import_hook(force: bool = False) -> bool:
+    """Put the finder on sys.meta_path (idempotent).  Called by the .pth file at start-up.
+
+    Returns False if the hook is disabled by ESPNET_MAMBA_DISABLE_HOOK (unless ``force``).
+    """
+    if not force and os.environ.get(DISABLE_ENV, "").lower() not in ("", "0", "false", "no"):
+        return False
+    if _installed_finder() is None:
+        sys.meta_path.insert(0, _PostImportFinder())
+    for name in REGISTRY:  # task modules imported before the hook: register now
+        if name in sys.modules:
+            register_into(sys.modules[name])
+    return True
+
+
+def register(eager: bool = False) -> dict[str, dict[str, list[str]]]:
+    """Register explicitly (e.g. with the hook disabled).
+
+    Registers into the task modules already imported and installs the finder for the others;
+    with ``eager`` imports every task module now (slow: about 8 s).
+    Returns {task module: {choices attribute: [names]}} for the modules registered so far.
+    """
+    install_import_hook(force=True)
+    done = {}
+    for name in REGISTRY:
+        if eager and name not in sys.modules:
+            try:
+                importlib.import_module(name)
+            except ImportError as exc:  # a task whose optional dependencies are missing
+                logger.warning("espnet_mamba: could not import %s (%s)", name, exc)
+        if name in sys.modules:
+            done[name] = register_into(sys.modules[name])
+    return done
