@@ -1,0 +1,1 @@
+"""ESPnet decoders (AbsDecoder + BatchScorerInterface) with fixed-size recurrent states."""

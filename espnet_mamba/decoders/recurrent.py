@@ -1,0 +1,78 @@
+"""ESPnet decoder contract shared by the decoders here: teacher forcing for training and
+ESPnet's (Batch)ScorerInterface for beam search, on top of a fixed-size recurrent state.
+
+A subclass implements three things:
+  ``forward(hs_pad, hlens, ys_in_pad, ys_in_lens)``  teacher forcing, parallel scan;
+  ``start_state(memory, lengths)``  the per-utterance work, done once: (recurrent state of batch
+      b, speech memory or None);
+  ``step(tokens, recurrent, memory)``  one token for a batch of hypotheses -> (logits, recurrent).
+
+Per hypothesis the state is (recurrent rows of batch 1, reference to its utterance's memory).
+The recurrent part has the same size after 2 tokens and after 400, so a decoding step costs the
+same at any prefix length.  The memory is shared, never copied, by the hypotheses of one utterance.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Tuple
+
+import torch
+
+from espnet2.asr.decoder.abs_decoder import AbsDecoder
+from espnet2.legacy.nets.scorer_interface import BatchScorerInterface
+from espnet_mamba.modules.state import select_row, split_rows, stack_rows
+
+
+class _Batch:
+    """Start states of several utterances (BatchBeamSearch's (n_utt, beam) grid): row r of the
+    grid belongs to utterance r // beam."""
+
+    def __init__(self, recurrent, memory, n_utt):
+        self.recurrent, self.memory, self.n_utt = recurrent, memory, n_utt
+        self._rows = {}  # utterance -> its state, one object shared by its hypotheses
+
+    def row(self, r: int, n_rows: int):
+        utt = r // (n_rows // self.n_utt)
+        if utt not in self._rows:
+            memory = None if self.memory is None else self.memory.select(utt)
+            self._rows[utt] = (select_row(self.recurrent, utt), memory)
+        return self._rows[utt]
+
+
+class RecurrentDecoder(AbsDecoder, BatchScorerInterface):
+    def start_state(self, memory: torch.Tensor, lengths: torch.Tensor):
+        raise NotImplementedError
+
+    def step(self, tokens: torch.Tensor, recurrent, memory):
+        raise NotImplementedError
+
+    # --- ESPnet scorer interface -------------------------------------------------------------
+    def init_state(self, x: torch.Tensor) -> Any:
+        """x: encoder output of one utterance (T, D)."""
+        lengths = torch.tensor([x.shape[0]], device=x.device)
+        return self.start_state(x[None], lengths)
+
+    def batch_init_state(self, x: torch.Tensor, xs_lengths: torch.Tensor = None) -> Any:
+        if x.dim() == 2:
+            return self.init_state(x)
+        if xs_lengths is None:
+            xs_lengths = torch.full((x.shape[0],), x.shape[1], device=x.device)
+        return _Batch(*self.start_state(x, xs_lengths), n_utt=x.shape[0])
+
+    def score(self, ys: torch.Tensor, state: Any, x: torch.Tensor) -> Tuple[torch.Tensor, Any]:
+        logp, states = self.batch_score(ys[None], [state], x[None])
+        return logp[0], states[0]
+
+    def batch_score(self, ys: torch.Tensor, states: List[Any], xs: torch.Tensor
+                    ) -> Tuple[torch.Tensor, List[Any]]:
+        """Only the last token of each prefix is read: the state holds the rest."""
+        n = len(states)
+        states = [s.row(r, n) if isinstance(s, _Batch) else s for r, s in enumerate(states)]
+        recurrent = stack_rows([s[0] for s in states])
+        memories = [s[1] for s in states]
+        memory = None if memories[0] is None else type(memories[0]).stack(memories)
+        logits, recurrent = self.step(ys[:, -1], recurrent, memory)
+        # half-precision logits are normalised in fp32; fp32/fp64 keep their precision
+        logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)),
+                                 dim=-1)
+        return logp, [(r, m) for r, m in zip(split_rows(recurrent, n), memories)]

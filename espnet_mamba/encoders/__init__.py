@@ -1,0 +1,1 @@
+"""ESPnet encoders (AbsEncoder) built from :mod:`espnet_mamba.modules`."""

@@ -1,0 +1,49 @@
+"""Samba-ASR encoder: conv subsampling -> residual Mamba blocks (RMSNorm, pre-norm) -> RMSNorm.
+
+Bidirectional by default (each block has a forward and a backward mixer, each utterance reversed
+within its own length); ``bidirectional: false`` gives a causal encoder for streaming use.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+from typeguard import typechecked
+
+from espnet_mamba.encoders.stack import StackEncoder, resolve_mixer_conf
+from espnet_mamba.modules.block import Residual
+from espnet_mamba.modules.factory import build_mixer
+
+
+class _MambaLayer(Residual):
+    def forward(self, x, lengths, valid):
+        return super().forward(x, lengths)
+
+
+class SambaASREncoder(StackEncoder):
+    @typechecked
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int = 256,
+        num_blocks: int = 12,
+        dropout_rate: float = 0.1,
+        input_layer: Optional[str] = "conv2d",
+        mixer: str = "mamba",
+        bidirectional: bool = True,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: float = 2,
+        mixer_conf: Optional[dict] = None,
+        interctc_layer_idx: List[int] = [],
+        interctc_use_conditioning: bool = False,
+        backend: Optional[str] = None,
+    ):
+        conf = resolve_mixer_conf(mixer, d_state, d_conv, expand, mixer_conf)
+        layers = [
+            _MambaLayer(output_size, build_mixer(output_size, mixer, bidirectional, backend,
+                                                 **conf), dropout_rate, backend)
+            for _ in range(num_blocks)
+        ]
+        super().__init__(input_size, output_size, input_layer, dropout_rate, layers,
+                         interctc_layer_idx, interctc_use_conditioning, backend)

@@ -1,0 +1,67 @@
+"""Speech-Mamba encoder (Gao & Chen): each layer is Mamba -> RMSNorm -> multi-head self-attention
+-> Mamba, every sub-layer a pre-RMSNorm residual unit.  Attention is masked by length; the Mamba
+sub-layers are bidirectional by default.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+from torch import nn
+from typeguard import typechecked
+
+from espnet_mamba.encoders.stack import StackEncoder, resolve_mixer_conf
+from espnet_mamba.modules.attention import MultiHeadAttention
+from espnet_mamba.modules.block import Residual
+from espnet_mamba.modules.factory import build_mixer
+
+
+class SpeechMambaEncoderLayer(nn.Module):
+    def __init__(self, d_model, heads, dropout_rate, attention_dropout_rate, make_mixer,
+                 backend):
+        super().__init__()
+        self.mamba_in = Residual(d_model, make_mixer(), dropout_rate, backend)
+        self.self_attn = Residual(
+            d_model, MultiHeadAttention(d_model, heads, attention_dropout_rate),
+            dropout_rate, backend)
+        self.mamba_out = Residual(d_model, make_mixer(), dropout_rate, backend)
+
+    def forward(self, x, lengths, valid):
+        x = self.mamba_in(x, lengths)
+        x = self.self_attn(x, key_mask=valid)
+        return self.mamba_out(x, lengths)
+
+
+class SpeechMambaEncoder(StackEncoder):
+    @typechecked
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int = 256,
+        attention_heads: int = 4,
+        num_blocks: int = 12,
+        dropout_rate: float = 0.1,
+        attention_dropout_rate: float = 0.0,
+        input_layer: Optional[str] = "conv2d",
+        mixer: str = "mamba",
+        bidirectional: bool = True,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: float = 2,
+        mixer_conf: Optional[dict] = None,
+        interctc_layer_idx: List[int] = [],
+        interctc_use_conditioning: bool = False,
+        backend: Optional[str] = None,
+    ):
+        conf = resolve_mixer_conf(mixer, d_state, d_conv, expand, mixer_conf)
+
+        def make_mixer():
+            return build_mixer(output_size, mixer, bidirectional, backend, **conf)
+
+        layers = [
+            SpeechMambaEncoderLayer(output_size, attention_heads, dropout_rate,
+                                    attention_dropout_rate, make_mixer, backend)
+            for _ in range(num_blocks)
+        ]
+        super().__init__(input_size, output_size, input_layer, dropout_rate, layers,
+                         interctc_layer_idx, interctc_use_conditioning, backend)

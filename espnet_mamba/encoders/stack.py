@@ -1,0 +1,70 @@
+"""What every encoder here shares: ESPnet's encoder contract around a stack of layers.
+
+input layer (conv subsampling) -> layers(x, lengths, mask) -> final RMSNorm, plus ESPnet's
+intermediate-CTC options.  Subclasses only say how to build one layer.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from espnet2.asr.encoder.abs_encoder import AbsEncoder
+from espnet2.legacy.nets.pytorch_backend.nets_utils import make_pad_mask
+from espnet_mamba.encoders.input_layer import InputLayer, check_features
+from espnet_mamba.modules.factory import check_options, mixer_options, MIXERS
+from espnet_mamba.modules.norm import RMSNorm
+
+
+def resolve_mixer_conf(mixer: str, d_state: int, d_conv: int, expand: float,
+               extra: Optional[dict]) -> dict:
+    """Constructor options of the mixer: the common three plus ``mixer_conf`` extras."""
+    extra = dict(extra or {})
+    if mixer not in MIXERS:
+        raise ValueError(f"unknown mixer {mixer!r}; valid: {', '.join(MIXERS)}")
+    check_options(f"mixer_conf of {mixer}", extra,
+                  set(mixer_options(MIXERS[mixer])) - {"d_state", "d_conv", "expand", "backend"})
+    return {"d_state": d_state, "d_conv": d_conv, "expand": expand, **extra}
+
+
+class StackEncoder(AbsEncoder):
+    def __init__(self, input_size: int, output_size: int, input_layer: Optional[str],
+                 dropout_rate: float, layers: List[nn.Module], interctc_layer_idx: List[int],
+                 interctc_use_conditioning: bool, backend: Optional[str]):
+        super().__init__()
+        self._output_size = output_size
+        self.embed = InputLayer(input_layer, input_size, output_size, dropout_rate)
+        self.encoders = nn.ModuleList(layers)
+        self.after_norm = RMSNorm(output_size, backend=backend)
+        bad = [i for i in interctc_layer_idx if not 0 < i < len(layers)]
+        if bad:
+            raise ValueError(f"interctc_layer_idx {bad} out of range 1..{len(layers) - 1}")
+        self.interctc_layer_idx = list(interctc_layer_idx)
+        self.interctc_use_conditioning = interctc_use_conditioning
+        self.conditioning_layer = None  # set by ESPnet's model when conditioning is on
+
+    def output_size(self) -> int:
+        return self._output_size
+
+    def forward(self, xs_pad: torch.Tensor, ilens: torch.Tensor,
+                prev_states: torch.Tensor = None, ctc=None,
+                ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        check_features(xs_pad)
+        masks = (~make_pad_mask(ilens, maxlen=xs_pad.shape[1])[:, None, :]).to(xs_pad.device)
+        xs, masks = self.embed(xs_pad, masks)
+        valid = masks.squeeze(1)
+        lengths = valid.sum(-1)
+        intermediate = []
+        for idx, layer in enumerate(self.encoders, start=1):
+            xs = layer(xs, lengths, valid)
+            if idx in self.interctc_layer_idx:
+                out = self.after_norm(xs)
+                intermediate.append((idx, out))
+                if self.interctc_use_conditioning:
+                    xs = xs + self.conditioning_layer(ctc.softmax(out))
+        xs = self.after_norm(xs)
+        if intermediate:
+            return (xs, intermediate), lengths, None
+        return xs, lengths, None

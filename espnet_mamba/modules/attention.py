@@ -1,0 +1,53 @@
+"""Multi-head attention on torch's scaled_dot_product_attention (flash/efficient kernels on GPU).
+
+Keys are masked by length, so padding never reaches a valid frame.  For decoding, the keys and
+values of the speech are projected once per utterance (:meth:`project_memory`) and reused for
+every token (:meth:`attend`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MultiHeadAttention(nn.Module):
+    def __init__(self, d_model: int, heads: int, dropout_rate: float = 0.0,
+                 d_memory: int | None = None):
+        super().__init__()
+        if d_model % heads:
+            raise ValueError(f"attention: d_model={d_model} is not a multiple of heads={heads}")
+        d_memory = d_memory or d_model
+        self.heads, self.d_head = heads, d_model // heads
+        self.linear_q = nn.Linear(d_model, d_model)
+        self.linear_k = nn.Linear(d_memory, d_model)
+        self.linear_v = nn.Linear(d_memory, d_model)
+        self.linear_out = nn.Linear(d_model, d_model)
+        self.dropout_rate = dropout_rate
+
+    def _heads(self, x):  # (b, t, d) -> (b, h, t, d_head)
+        return x.unflatten(-1, (self.heads, self.d_head)).transpose(1, 2)
+
+    def project_memory(self, memory):
+        """(b, t, d_memory) -> keys and values (b, h, t, d_head)."""
+        return self._heads(self.linear_k(memory)), self._heads(self.linear_v(memory))
+
+    def attend(self, query, keys, values, key_mask=None):
+        """query (b, t_q, d); keys/values from :meth:`project_memory`; key_mask (b, t_k) bool,
+        True on valid keys.  Broadcasts a memory of batch 1 over the queries."""
+        q = self._heads(self.linear_q(query))
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        if keys.shape[0] != q.shape[0]:  # one utterance shared by several hypotheses
+            keys, values = keys.expand(q.shape[0], -1, -1, -1), values.expand(
+                q.shape[0], -1, -1, -1)
+            if mask is not None:
+                mask = mask.expand(q.shape[0], -1, -1, -1)
+        drop = self.dropout_rate if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=drop)
+        return self.linear_out(y.transpose(1, 2).flatten(2))
+
+    def forward(self, query, memory=None, key_mask=None):
+        """Self-attention (memory None) or cross-attention over ``memory``."""
+        keys, values = self.project_memory(query if memory is None else memory)
+        return self.attend(query, keys, values, key_mask)

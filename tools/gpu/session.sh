@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The single entry point of a device call on the offline GPU machine (repo root as working dir):
+#   carry [".gpu"]  (made here by tools/gpu/fetch_packages.sh)
+#   command: bash tools/gpu/session.sh pytest -m gpu tests -q
+# Stages: install the carried wheels into /tmp/site, build + install the CUDA kernels, install
+# this repo, then run the given command. Everything is also logged to $OUT/session.log if $OUT is
+# set ($OUT comes back from the device; the kernel wheels, 26-40 MB, are too big to come back).
+# The kernel build takes about 6.5 min of a device command's 10-min limit (one causal-conv1d file
+# alone ~4 min): the command run after it gets what is left. Run with timeout_s=600.
+# Env: SKIP_KERNELS=1 skips the kernel build, for runs that need only the pure-PyTorch path.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+SITE=/tmp/site
+KERNEL_DIR=/tmp/espnet_mamba_kernels
+export PYTHONUNBUFFERED=1
+if [[ -n ${OUT:-} ]]; then
+    mkdir -p "$OUT"
+    exec > >(tee -a "$OUT/session.log") 2>&1
+    TEE_PID=$!
+fi
+stage() { echo; echo "=== [$(date -u +%H:%M:%S) +${SECONDS}s] $*"; }
+die() { echo "=== ERROR: $*" >&2; exit 1; }
+on_exit() {
+    [[ -n ${OUT:-} ]] || return 0
+    if [[ -f $KERNEL_DIR/build_times.txt ]]; then cp "$KERNEL_DIR/build_times.txt" "$OUT/"; fi
+    exec >&- 2>&-; wait "$TEE_PID" 2>/dev/null || true  # let tee finish session.log
+}
+trap on_exit EXIT
+
+stage "machine"
+nvidia-smi -L || echo "(no nvidia-smi)"
+python3 -c 'import sys, torch; print("python", sys.version.split()[0], "| torch", torch.__version__,
+            "| cuda", torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else "")'
+echo "nproc $(nproc) | nvcc: $(command -v nvcc || echo none)"
+
+stage "install carried wheels into $SITE"
+shopt -s nullglob
+wheels=(.gpu/wheels/*.whl)
+((${#wheels[@]})) || die "no .gpu/wheels/*.whl: run tools/gpu/fetch_packages.sh here and carry .gpu"
+# --no-compile: byte-code is written lazily on first import; --upgrade: reuse on a warm machine.
+python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$SITE" "${wheels[@]}"
+export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
+echo "${#wheels[@]} wheels installed; PYTHONPATH=$PYTHONPATH"
+
+if [[ ${SKIP_KERNELS:-0} == 1 ]]; then
+    stage "kernels: skipped (SKIP_KERNELS=1)"
+else
+    stage "build + install mamba-ssm and causal-conv1d kernels"
+    # A failed build does not stop the session: the command still runs (tests of the pure-PyTorch
+    # path are worth the device time already spent), but the session's exit status says so.
+    if bash tools/build_kernels.sh --sdist-dir .gpu/sdist --wheel-dir "$KERNEL_DIR" --target "$SITE" &&
+        python3 -c 'import causal_conv1d, mamba_ssm, selective_scan_cuda, causal_conv1d_cuda
+print("mamba_ssm", mamba_ssm.__version__, "| causal_conv1d", causal_conv1d.__version__, "import OK")'
+    then KERNELS_OK=1
+    else KERNELS_OK=0; echo "=== WARNING: kernels not available; continuing without them"; fi
+fi
+
+stage "install this repo (espnet-mamba)"
+# Into the interpreter's own site-packages, as a user would, not into $SITE: a .pth file there
+# is honoured at start-up, while one in a PYTHONPATH folder is ignored. No network: build with
+# the image's setuptools. If that fails, fall back to the source tree on PYTHONPATH.
+if [[ -f setup.py || -f pyproject.toml ]] &&
+    python3 -m pip install -q --no-index --no-deps --no-build-isolation --force-reinstall .; then
+    python3 -m pip show espnet-mamba 2>/dev/null | sed -n '1,2p' || true
+else
+    echo "=== WARNING: pip install of the repo failed or no setup.py; using PYTHONPATH=$PWD instead"
+    export PYTHONPATH=$PWD:$PYTHONPATH
+fi
+
+stage "versions"
+python3 - <<'EOF'
+from importlib.metadata import version, PackageNotFoundError
+for d in ["espnet", "espnet-mamba", "mamba-ssm", "causal-conv1d", "torch", "triton", "typeguard",
+          "typing_extensions", "sentencepiece", "numpy"]:
+    try:
+        print(f"  {d:18s} {version(d)}")
+    except PackageNotFoundError:
+        print(f"  {d:18s} (not installed)")
+EOF
+
+rc=0
+if (($#)); then
+    stage "run: $*"
+    "$@" || rc=$?
+    stage "finished: exit $rc"
+fi
+if [[ ${KERNELS_OK:-1} == 0 ]]; then
+    stage "kernel build FAILED (see above)"
+    ((rc)) || rc=3
+fi
+((rc == 0)) && stage "done"
+exit "$rc"
