@@ -1,0 +1,33 @@
+"""Decoders on the CUDA kernels: teacher forcing vs beam-search steps, and the two ESPnet
+searches, with the same checks as the CPU tests (fp32 tolerances)."""
+
+import pytest
+import torch
+
+from model_checks import (
+    ENCODERS, MIXER_CONF, encoder_padding_error, run_beam_searches, teacher_forcing_vs_steps,
+    tiny_decoder,
+)
+
+pytestmark = pytest.mark.gpu
+PAIRS = [(name, mixer) for name in ("samba_asr", "speech_mamba") for mixer in MIXER_CONF]
+
+
+@pytest.mark.parametrize("name,mixer", PAIRS)
+def test_teacher_forcing_equals_batch_score_cuda(name, mixer):
+    dec = tiny_decoder(name, mixer, device="cuda", dtype=torch.float32, backend="cuda")
+    assert teacher_forcing_vs_steps(dec, device="cuda", dtype=torch.float32) < 1e-4
+
+
+@pytest.mark.parametrize("name,mixer", PAIRS)
+def test_beam_searches_agree_cuda(name, mixer):
+    dec = tiny_decoder(name, mixer, device="cuda", dtype=torch.float32, backend="cuda")
+    _, (single, batched) = run_beam_searches(dec, 0.0, device="cuda", dtype=torch.float32)
+    assert [h.yseq.tolist() for h in single] == [h.yseq.tolist() for h in batched]
+
+
+@pytest.mark.parametrize("name,mixer", PAIRS)
+def test_encoder_padding_cuda(name, mixer):
+    enc = ENCODERS[name](20, output_size=64, num_blocks=2, mixer=mixer, d_state=16,
+                         mixer_conf=MIXER_CONF[mixer], backend="cuda").cuda().eval()
+    assert encoder_padding_error(enc, device="cuda", dtype=torch.float32) < 1e-4

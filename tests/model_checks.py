@@ -1,0 +1,109 @@
+"""Checks of the encoders/decoders, written once and run on CPU (tests/) and GPU (tests/gpu/)."""
+
+import torch
+
+from espnet2.asr.ctc import CTC
+from espnet2.legacy.nets.batch_beam_search import BatchBeamSearch
+from espnet2.legacy.nets.beam_search import BeamSearch
+from espnet2.legacy.nets.scorers.ctc import CTCPrefixScorer
+from espnet_mamba.decoders.samba_asr import SambaASRDecoder
+from espnet_mamba.decoders.speech_mamba import SpeechMambaDecoder
+from espnet_mamba.encoders.samba_asr import SambaASREncoder
+from espnet_mamba.encoders.speech_mamba import SpeechMambaEncoder
+from reference import rel_err
+
+ENCODERS = {"samba_asr": SambaASREncoder, "speech_mamba": SpeechMambaEncoder}
+DECODERS = {"samba_asr": SambaASRDecoder, "speech_mamba": SpeechMambaDecoder}
+MIXER_CONF = {"mamba": {}, "mamba2": {"headdim": 16}}
+VOCAB = 13
+
+
+def tiny_decoder(name, mixer, d=32, device="cpu", dtype=torch.float64, **kw):
+    dec = DECODERS[name](VOCAB, d, num_blocks=2, mixer=mixer, d_state=8,
+                         mixer_conf=MIXER_CONF[mixer], **kw)
+    return dec.to(device=device, dtype=dtype).eval()
+
+
+def teacher_forcing_vs_steps(dec, device="cpu", dtype=torch.float64):
+    """Max abs error between teacher-forced log-probs and batch_score step by step."""
+    hs = torch.randn(3, 15, 32, device=device, dtype=dtype)
+    hl = torch.tensor([15, 9, 4], device=device)
+    ys = torch.randint(0, VOCAB, (3, 8), device=device)
+    yl = torch.tensor([8, 6, 2], device=device)
+    with torch.no_grad():
+        logp = torch.log_softmax(dec(hs, hl, ys, yl)[0].to(torch.float64), -1)
+        worst = 0.0
+        for i in range(3):
+            x = hs[i, :hl[i]]
+            states = [dec.batch_init_state(x)] * 2  # two hypotheses sharing the start state
+            for t in range(int(yl[i])):
+                prefix = ys[i, :t + 1].expand(2, -1)
+                step_logp, states = dec.batch_score(prefix, states, x.expand(2, -1, -1))
+                worst = max(worst, (step_logp.double() - logp[i, t]).abs().max().item())
+    return worst
+
+
+def run_beam_searches(dec, ctc_weight, device="cpu", dtype=torch.float64, beam=4, seed=0):
+    """n-best lists of ESPnet's BeamSearch and BatchBeamSearch on one random utterance."""
+    eos = VOCAB - 1
+    gen = torch.Generator().manual_seed(seed)
+    ctc = CTC(VOCAB, 32).to(dtype=dtype)
+    with torch.no_grad():
+        for p in ctc.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=dtype) * 0.3)
+    ctc = ctc.to(device).eval()
+    x = torch.randn(12, 32, generator=gen, dtype=dtype).to(device)
+    scorers = {"decoder": dec}
+    weights = {"decoder": 1.0 - ctc_weight}
+    if ctc_weight > 0:
+        scorers["ctc"] = CTCPrefixScorer(ctc, eos)
+        weights["ctc"] = ctc_weight
+    results = []
+    for cls in (BeamSearch, BatchBeamSearch):
+        search = cls(scorers=scorers, weights=weights, beam_size=beam, vocab_size=VOCAB,
+                     sos=eos, eos=eos, token_list=None, pre_beam_score_key="full")
+        search.to(device=device, dtype=dtype).eval()
+        with torch.no_grad():
+            results.append(search(x=x, maxlenratio=0.0, minlenratio=0.0))
+    return x, results
+
+
+def teacher_forced_score(dec, x, yseq):
+    """Sum of the decoder's teacher-forced log-probs of yseq[1:] given yseq[:-1]."""
+    ys = yseq[None, :-1]
+    with torch.no_grad():
+        logits, _ = dec(x[None], torch.tensor([x.shape[0]], device=x.device), ys,
+                        torch.tensor([ys.shape[1]], device=x.device))
+        logp = torch.log_softmax(logits.double(), -1)[0]
+    return logp.gather(1, yseq[1:, None]).sum().item()
+
+
+def state_numel(state):
+    if isinstance(state, torch.Tensor):
+        return state.numel()
+    if state is None:
+        return 0
+    if hasattr(state, "keys_values"):  # shared speech memory: size of the utterance
+        return sum(k.numel() + v.numel() for k, v in state.keys_values)
+    return sum(state_numel(s) for s in state)
+
+
+def decoder_padding_error(dec, device="cpu", dtype=torch.float64):
+    hs = torch.randn(3, 14, 32, device=device, dtype=dtype)
+    hl = torch.tensor([14, 8, 3], device=device)
+    ys = torch.randint(0, VOCAB, (3, 7), device=device)
+    yl = torch.tensor([7, 4, 1], device=device)
+    with torch.no_grad():
+        batch = dec(hs, hl, ys, yl)[0]
+        return max(rel_err(batch[i, :yl[i]],
+                           dec(hs[i:i + 1, :hl[i]], hl[i:i + 1], ys[i:i + 1, :yl[i]],
+                               yl[i:i + 1])[0][0]) for i in range(3))
+
+
+def encoder_padding_error(enc, idim=20, device="cpu", dtype=torch.float64):
+    x = torch.randn(3, 60, idim, device=device, dtype=dtype)
+    il = torch.tensor([60, 37, 16], device=device)
+    with torch.no_grad():
+        y, ol, _ = enc(x, il)
+        return max(rel_err(y[i, :ol[i]], enc(x[i:i + 1, :il[i]], il[i:i + 1])[0][0])
+                   for i in range(3))
