@@ -10,7 +10,7 @@ from espnet_mamba.modules.factory import build_mixer
 from espnet_mamba.modules.mamba import Mamba
 from espnet_mamba.modules.mamba2 import Mamba2
 from espnet_mamba.modules.padding import reverse_padded
-from reference import rel_err
+from helpers import rel_err
 
 F64 = torch.float64
 MIXERS = [("mamba", {}), ("mamba2", {"headdim": 8, "d_state": 16})]
