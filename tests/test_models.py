@@ -117,3 +117,18 @@ def test_nan_features_are_refused():
     x[0, 5, 3] = float("nan")
     with pytest.raises(ValueError, match="NaN or inf"):
         enc(x, torch.tensor([30]))
+
+
+@pytest.mark.parametrize("part", ["encoder", "decoder"])
+def test_checkpoint_mismatch_is_refused_with_key_names(part):
+    from espnet_mamba.modules.strict_load import CheckpointMismatchError
+    enc = ENCODERS["samba_asr"](20, output_size=32, num_blocks=2)
+    dec = tiny_decoder("samba_asr", "mamba", dtype=torch.float32)
+    model = torch.nn.ModuleDict({"encoder": enc, "decoder": dec})
+    state = model.state_dict()
+    model.load_state_dict(state, strict=False)  # a matching checkpoint loads
+    key = next(k for k in state if k.startswith(part + ".") and "A_log" in k)
+    bad = dict(state)
+    bad[key.replace("A_log", "A_logg")] = bad.pop(key)
+    with pytest.raises(CheckpointMismatchError, match=r"missing keys \[.*A_log'\].*A_logg"):
+        model.load_state_dict(bad, strict=False)

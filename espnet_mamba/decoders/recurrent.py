@@ -21,6 +21,7 @@ import torch
 from espnet2.asr.decoder.abs_decoder import AbsDecoder
 from espnet2.legacy.nets.scorer_interface import BatchScorerInterface
 from espnet_mamba.modules.state import select_row, split_rows, stack_rows
+from espnet_mamba.modules.strict_load import StrictLoadMixin
 
 
 class _Batch:
@@ -39,7 +40,7 @@ class _Batch:
         return self._rows[utt]
 
 
-class RecurrentDecoder(AbsDecoder, BatchScorerInterface):
+class RecurrentDecoder(StrictLoadMixin, AbsDecoder, BatchScorerInterface):
     def start_state(self, memory: torch.Tensor, lengths: torch.Tensor):
         raise NotImplementedError
 

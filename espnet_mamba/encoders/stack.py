@@ -16,6 +16,7 @@ from espnet2.legacy.nets.pytorch_backend.nets_utils import make_pad_mask
 from espnet_mamba.encoders.input_layer import InputLayer, check_features
 from espnet_mamba.modules.factory import check_options, mixer_options, MIXERS
 from espnet_mamba.modules.norm import RMSNorm
+from espnet_mamba.modules.strict_load import StrictLoadMixin
 
 
 def resolve_mixer_conf(mixer: str, d_state: int, d_conv: int, expand: float,
@@ -29,7 +30,7 @@ def resolve_mixer_conf(mixer: str, d_state: int, d_conv: int, expand: float,
     return {"d_state": d_state, "d_conv": d_conv, "expand": expand, **extra}
 
 
-class StackEncoder(AbsEncoder):
+class StackEncoder(StrictLoadMixin, AbsEncoder):
     def __init__(self, input_size: int, output_size: int, input_layer: Optional[str],
                  dropout_rate: float, layers: List[nn.Module], interctc_layer_idx: List[int],
                  interctc_use_conditioning: bool, backend: Optional[str]):
