@@ -22,6 +22,12 @@ def rel(a, b):
     return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
 
 
+def assert_close(pairs, tol=1e-4):
+    """pairs: {name: (cuda, torch)}; fails with every relative error listed."""
+    errs = {k: rel(a, b) for k, (a, b) in pairs.items() if a is not None and b is not None}
+    assert max(errs.values()) < tol, errs
+
+
 def both(fn, inputs):
     """Run fn on backend cuda and torch with the same leaf inputs; return outputs and grads."""
     results = []
@@ -45,9 +51,7 @@ def test_selective_scan_cuda_vs_torch():
                C=torch.randn(b, n, l, device=DEV), D=torch.randn(d, device=DEV),
                z=torch.randn(b, d, l, device=DEV), delta_bias=torch.randn(d, device=DEV))
     (yc, gc), (yt, gt) = both(lambda **k: selective_scan(**k, delta_softplus=True), inp)
-    assert rel(yc, yt) < 1e-4
-    for g1, g2 in zip(gc, gt):
-        assert rel(g1, g2) < 1e-4
+    assert_close({"y": (yc, yt), **{f"d{k}": p for k, p in zip(inp, zip(gc, gt))}})
 
 
 def test_ssd_cuda_vs_torch():
@@ -57,9 +61,7 @@ def test_ssd_cuda_vs_torch():
                C=torch.randn(b, l, g, n, device=DEV), D=torch.randn(h, device=DEV),
                dt_bias=torch.randn(h, device=DEV))
     (yc, gc), (yt, gt) = both(lambda **k: ssd_scan(**k, chunk_size=64, dt_softplus=True), inp)
-    assert rel(yc, yt) < 1e-4
-    for g1, g2 in zip(gc, gt):
-        assert rel(g1, g2) < 1e-4
+    assert_close({"y": (yc, yt), **{f"d{k}": p for k, p in zip(inp, zip(gc, gt))}})
 
 
 def test_conv_and_norm_cuda_vs_torch():
@@ -98,10 +100,8 @@ def test_mixer_cuda_vs_torch(cls, kw, masked):
         y = m(xi, lengths=lengths)
         y.square().mean().backward()
         outs.append((y, xi.grad, {k: p.grad for k, p in m.named_parameters()}))
-    assert rel(outs[0][0], outs[1][0]) < 1e-4
-    assert rel(outs[0][1], outs[1][1]) < 1e-4
-    for k in outs[0][2]:
-        assert rel(outs[0][2][k], outs[1][2][k]) < 1e-4, k
+    assert_close({"y": (outs[0][0], outs[1][0]), "dx": (outs[0][1], outs[1][1]),
+                  **{f"d{k}": (outs[0][2][k], outs[1][2][k]) for k in outs[0][2]}})
 
 
 @pytest.mark.parametrize("cls,kw", [(Mamba, {}), (Mamba2, dict(d_state=64, headdim=32))])
