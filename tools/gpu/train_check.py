@@ -51,6 +51,7 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--ngpu", type=int, default=1, help="0: a CPU smoke run of this script")
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     a = ap.parse_args()
     out = Path(a.out).resolve()
     rng = random.Random(0)
@@ -69,7 +70,8 @@ def main():
                               "--output_dir", stats], out / "stats.log")
     assert rc == 0, (out / "stats.log").read_text()[-3000:]
     summary = {}
-    for name, (enc, enc_conf, dec, dec_conf) in MODELS.items():
+    for name in a.models:
+        enc, enc_conf, dec, dec_conf = MODELS[name]
         exp = out / name
         exp.mkdir(parents=True, exist_ok=True)
         write_yaml(exp / "train.yaml", {
