@@ -135,6 +135,27 @@ def write_dataset(root, texts: Sequence[str] = DEFAULT_TEXTS, repeat: int = 4,
                       sample_rate=sample_rate)
 
 
+
+def data_args(ds: CliDataset) -> list:
+    """asr_train's --{train,valid}_data_path_and_name_and_type for a written data set."""
+    args = []
+    for split in ("train", "valid"):
+        args += [f"--{split}_data_path_and_name_and_type", f"{ds.wav_scp(split)},speech,sound",
+                 f"--{split}_data_path_and_name_and_type", f"{ds.text(split)},text,text"]
+    return args
+
+
+def train_args(ds: CliDataset, ngpu: int = 0) -> list:
+    """The asr_train options every run on this data set needs (char tokens, no plots)."""
+    return [
+        "--use_preprocessor", "true", "--token_type", "char", "--token_list", ds.token_list,
+        "--ngpu", str(ngpu), "--num_workers", "0", "--seed", "0",
+        # tensorboard and matplotlib are not espnet dependencies; attention plots are noise here
+        "--use_tensorboard", "false", "--use_matplotlib", "false", "--num_att_plot", "0",
+        *data_args(ds),
+    ]
+
+
 if __name__ == "__main__":
     ds = write_dataset(sys.argv[1] if len(sys.argv) > 1 else "cli_data")
     print(ds.root)

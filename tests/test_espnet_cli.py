@@ -31,9 +31,9 @@ from typing import Dict, Optional
 import pytest
 
 try:  # tests/ is on sys.path under pytest's default import mode (no tests/__init__.py)
-    from cli_data import CliDataset, write_dataset
+    from cli_data import CliDataset, train_args, write_dataset
 except ImportError:  # tests/ made a package
-    from tests.cli_data import CliDataset, write_dataset
+    from tests.cli_data import CliDataset, train_args, write_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -143,22 +143,8 @@ def _stop_live_processes():
             proc.kill()
 
 
-def data_args(ds: CliDataset):
-    args = []
-    for split in ("train", "valid"):
-        args += [f"--{split}_data_path_and_name_and_type", f"{ds.wav_scp(split)},speech,sound",
-                 f"--{split}_data_path_and_name_and_type", f"{ds.text(split)},text,text"]
-    return args
-
-
 def common_train_args(ds: CliDataset):
-    return [
-        "--use_preprocessor", "true", "--token_type", "char", "--token_list", ds.token_list,
-        "--ngpu", "0", "--num_workers", "0", "--seed", "0",
-        # tensorboard and matplotlib are not espnet dependencies; attention plots are noise here
-        "--use_tensorboard", "false", "--use_matplotlib", "false", "--num_att_plot", "0",
-        *data_args(ds),
-    ]
+    return train_args(ds, ngpu=0)
 
 
 def write_yaml(path: Path, obj) -> None:

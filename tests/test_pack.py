@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 
 try:  # tests/ is on sys.path under pytest's default import mode (no tests/__init__.py)
-    from cli_data import CliDataset, write_dataset
+    from cli_data import CliDataset, train_args, write_dataset
 except ImportError:  # tests/ made a package
-    from tests.cli_data import CliDataset, write_dataset
+    from tests.cli_data import CliDataset, train_args, write_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -74,18 +74,8 @@ def run(args, cwd: Path, log: Path, **extra_env) -> str:
     return proc.stdout
 
 
-def data_args(ds: CliDataset):
-    args = []
-    for split in ("train", "valid"):
-        args += [f"--{split}_data_path_and_name_and_type", f"{ds.wav_scp(split)},speech,sound",
-                 f"--{split}_data_path_and_name_and_type", f"{ds.text(split)},text,text"]
-    return args
-
-
 def common_args(ds: CliDataset):
-    return ["--use_preprocessor", "true", "--token_type", "char", "--token_list", ds.token_list,
-            "--ngpu", "0", "--num_workers", "0", "--seed", "0", "--use_tensorboard", "false",
-            "--use_matplotlib", "false", "--num_att_plot", "0", *data_args(ds)]
+    return train_args(ds, ngpu=0)
 
 
 def decode(work: Path, config: Path, model: Path, ds: CliDataset, name: str, **extra_env):

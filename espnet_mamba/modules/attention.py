@@ -7,7 +7,6 @@ every token (:meth:`attend`).
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 

@@ -7,7 +7,6 @@ with conv_dim = d_inner + 2 * ngroups * d_state.
 
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn

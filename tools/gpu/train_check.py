@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
-from cli_data import write_dataset  # noqa: E402
-from test_espnet_cli import FRONTEND, data_args, epoch_losses, write_yaml  # noqa: E402
+from cli_data import data_args, write_dataset  # noqa: E402
+from test_espnet_cli import FRONTEND, epoch_losses, write_yaml  # noqa: E402
 
 MODELS = {
     "samba_asr": ("samba_asr", {"output_size": 256, "num_blocks": 6},
