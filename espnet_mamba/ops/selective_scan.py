@@ -37,6 +37,11 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
+# Inputs up to this many state elements (batch * d_inner * length * d_state) keep the chunk
+# decays of pass 1 for pass 3 in inference too (64 MiB of fp32).
+KEEP_DECAYS_MAX = 2 ** 24
+
+
 def default_chunk(length: int) -> int:
     """K minimising 2K + length/K (the number of Python steps)."""
     return max(1, int(round(math.sqrt(length / 2))))
@@ -74,8 +79,16 @@ def selective_scan_torch(
     B_k = steps(B).unsqueeze(-2)  # K,b,M,1,n
     C_k = steps(C).unsqueeze(-1)  # K,b,M,n,1
 
-    def step(h, k):
-        decay = torch.exp(dt_k[k] * A)  # exp of <= 0: never overflows
+    # Pass 3 needs the same decays as pass 1.  Autograd keeps them anyway when training, so reuse
+    # them then (and for small inputs); in inference recompute them, so memory stays O(T / K).
+    keep = torch.is_grad_enabled() or batch * d_inner * length * A.shape[1] <= KEEP_DECAYS_MAX
+    decays = []
+
+    def step(h, k, decay=None):
+        if decay is None:
+            decay = torch.exp(dt_k[k] * A)  # exp of <= 0: never overflows
+            if keep:
+                decays.append(decay)
         return torch.addcmul(du_k[k] * B_k[k], decay, h)
 
     # 1. chunk end states from a zero start
@@ -95,7 +108,7 @@ def selective_scan_torch(
     # 3. rerun every chunk from its true start, emitting y
     ys = []
     for k in range(K):
-        h = step(h, k)
+        h = step(h, k, decays[k] if keep else None)
         ys.append(torch.matmul(h, C_k[k]))  # b,M,d,1
     y = torch.cat(ys, dim=-1).permute(0, 2, 1, 3).reshape(batch, d_inner, M * K)[..., :length]
 
