@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The README's test command: set up the environment (tools/setup_env.sh), then run the CPU tests.
+# The README's test command: set up the environment (tools/setup_env.sh and the recipe's
+# Debian/PyPI dependencies), then run the CPU tests.
 #   bash tools/run_tests.sh [pytest args...]
 # GPU tests are marked `gpu` and deselected here; on a GPU machine run them with
 #   bash tools/gpu/session.sh bash tools/gpu/checks.sh   (see README).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash tools/setup_env.sh .venv
+bash tools/install_recipe_deps.sh .venv  # the recipe smoke test needs espeak-ng, flite, sox
 echo "=== [run_tests $(date +%H:%M:%S)] pytest (CPU)"
 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} exec .venv/bin/python -m pytest -m "not gpu" -q "$@"

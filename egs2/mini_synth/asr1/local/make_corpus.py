@@ -1,0 +1,386 @@
+#!/usr/bin/env python3
+"""Synthesise the mini_synth corpus offline: Kaldi-style data dirs of 16 kHz speech.
+
+    python local/make_corpus.py --out_dir data --wav_dir corpus/wav [--n_train 2000] [--nj 2]
+
+Text: seeded random digit strings (ZERO/OH/ONE..NINE, 1-7 digits) and the committed WordNet
+example sentences in local/text/ (see local/text/README.md); train, dev and test texts are
+disjoint (digit strings too).  Voices (no MBROLA):
+  train: espeak-ng accents en-us, en-gb, en-gb-x-rp, en-gb-scotland, en-029 with a pool of
+         variants; Pico en-US (py-nanotts, volume 0.5); flite kal16
+  dev:   the train accents with variants held out of train (new speakers, seen accents)
+  test:  espeak-ng accents held out of train (en-gb-x-gbclan: Lancaster, en-gb-x-gbcwmd: West
+         Midlands) with held-out variants; Pico en-GB; flite kal (8 kHz voice)
+A "speaker" is one voice (engine, accent, variant) with its own base speed and pitch; every
+utterance jitters them a little.  Training utterances also get sox speed perturbation
+(0.9-1.1), light noise (SNR 15-35 dB) and sometimes a telephone-band low-pass.
+
+Long-context test sets (as in Speech-Mamba): utterances of one test voice with test texts,
+concatenated with short pauses into recordings of about --long_durations seconds
+(data/test_30s, test_60s, test_120s by default).
+
+Everything is drawn from --seed in the main process, so the corpus is the same for any --nj;
+the synthesis runs in a process pool with a progress bar.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import multiprocessing as mp
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+SR = 16000
+DIGITS = ["ZERO", "OH", "ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX", "SEVEN", "EIGHT", "NINE"]
+TEXT_DIR = Path(__file__).resolve().parent / "text"
+
+# espeak-ng variants that sound like people (robots, whisper, croak left out)
+VARIANTS_TRAIN = ["m1", "m2", "m3", "m4", "m5", "f1", "f2", "f3", "klatt", "klatt2", "adam",
+                  "andy", "annie", "david", "ed", "john", "linda", "max", "michael", "paul",
+                  "rob", "steph", "zac", "norbert", "travis", "victor", "aunty", "grandpa"]
+VARIANTS_DEV = ["m6", "f4", "benjamin", "robert", "alex"]
+VARIANTS_TEST = ["m7", "f5", "klatt3", "belinda", "edward", "shelby", "quincy", "grandma"]
+ACCENTS_TRAIN = ["en-us", "en-gb", "en-gb-x-rp", "en-gb-scotland", "en-029"]
+ACCENTS_TEST = ["en-gb-x-gbclan", "en-gb-x-gbcwmd"]
+
+
+# --------------------------------------------------------------------------------------------
+# speakers
+
+def make_speakers(split: str, rng: random.Random):
+    """List of speaker dicts for a split, and the sampling weight of each."""
+    spk = []
+    if split == "train":
+        for a in ACCENTS_TRAIN:
+            for v in VARIANTS_TRAIN:
+                spk.append(dict(engine="espeak", voice=f"{a}+{v}"))
+        spk += [dict(engine="pico", voice="en-US"), dict(engine="flite", voice="kal16")]
+    elif split == "dev":
+        for a in ACCENTS_TRAIN:
+            for v in VARIANTS_DEV:
+                spk.append(dict(engine="espeak", voice=f"{a}+{v}"))
+        spk += [dict(engine="pico", voice="en-US"), dict(engine="flite", voice="kal16")]
+    else:  # test
+        for i, v in enumerate(VARIANTS_TEST):
+            spk.append(dict(engine="espeak", voice=f"{ACCENTS_TEST[i % 2]}+{v}"))
+        spk += [dict(engine="pico", voice="en-GB"), dict(engine="flite", voice="kal")]
+    n_espeak = sum(s["engine"] == "espeak" for s in spk)
+    weights = []
+    for s in spk:  # espeak 70 %, pico 15 %, flite 15 % of the utterances
+        weights.append(0.7 / n_espeak if s["engine"] == "espeak" else 0.15)
+        s["speed"] = rng.uniform(0.85, 1.15)  # base rate of this speaker
+        s["pitch"] = rng.uniform(0.85, 1.15)
+        name = f"{s['engine']}_{s['voice']}".replace("+", "_").replace("-", "")
+        s["id"] = f"{split}_{name}".lower()
+    return spk, weights
+
+
+# --------------------------------------------------------------------------------------------
+# text
+
+def read_sentences(split: str):
+    return (TEXT_DIR / f"sentences_{split}.txt").read_text().split("\n")[:-1]
+
+
+def digit_string(rng: random.Random, min_len: int) -> str:
+    return " ".join(rng.choice(DIGITS) for _ in range(rng.randint(min_len, 7)))
+
+
+def draw_digits(n: int, rng: random.Random, min_len: int, forbidden: set) -> list:
+    out = []
+    for _ in range(n):
+        for _ in range(1000):
+            s = digit_string(rng, min_len)
+            if s not in forbidden:
+                break
+        out.append(s)
+    return out
+
+
+def draw_texts(n: int, sentences: list, rng: random.Random, digits_frac: float, min_len: int,
+               forbidden: set) -> list:
+    n_dig = round(n * digits_frac)
+    digits = draw_digits(n_dig, rng, min_len, forbidden)
+    order = list(sentences)
+    sents = []
+    while len(sents) < n - n_dig:  # every sentence once before any repeats
+        rng.shuffle(order)
+        sents += order[: n - n_dig - len(sents)]
+    texts = digits + sents
+    rng.shuffle(texts)
+    return texts
+
+
+# --------------------------------------------------------------------------------------------
+# synthesis (runs in the pool workers)
+
+def run(cmd, stdin=None):
+    p = subprocess.run(cmd, input=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {p.stderr.decode(errors='replace')[-500:]}")
+    return p.stdout
+
+
+_PICO = None
+
+
+def tts(job) -> bytes:
+    """Raw synthesis of one utterance as a WAV (any rate) in memory."""
+    eng, voice, text = job["engine"], job["voice"], job["text"]
+    if eng == "espeak":
+        return run(["espeak-ng", "--stdout", "-v", voice, "-s", str(int(170 * job["speed"])),
+                    "-p", str(int(50 * job["pitch"])), text.lower()])
+    if eng == "flite":
+        with tempfile.NamedTemporaryFile(suffix=".wav") as f:
+            run(["flite", "-voice", voice, "--setf", f"duration_stretch={1 / job['speed']:.3f}",
+                 "--setf", f"int_f0_target_mean={100 * job['pitch']:.1f}", "-t", text.lower(),
+                 "-o", f.name])
+            return Path(f.name).read_bytes()
+    if eng == "pico":
+        global _PICO
+        if _PICO is None:
+            from py_nanotts import NanoTTS
+            _PICO = NanoTTS()
+        pcm = _PICO.speak(text.lower(), voice=voice, speed=job["speed"], pitch=job["pitch"],
+                          volume=0.5)
+        buf = io.BytesIO()
+        sf.write(buf, np.frombuffer(pcm, dtype="<i2"), SR, format="WAV", subtype="PCM_16")
+        return buf.getvalue()
+    raise ValueError(eng)
+
+
+def synth(job):
+    """Synthesise, resample to 16 kHz (+ sox augmentation), level, noise; write the wav."""
+    wav = tts(job)
+    effects = ["rate", "-h", str(SR)]
+    if job.get("sox_speed", 1.0) != 1.0:
+        effects = ["speed", f"{job['sox_speed']:.3f}"] + effects
+    if job.get("lowpass"):
+        effects += ["lowpass", str(job["lowpass"])]
+    out = run(["sox", "-V1", "-t", "wav", "-", "-t", "wav", "-b", "16", "-c", "1", "-", *effects],
+              stdin=wav)
+    x, sr = sf.read(io.BytesIO(out), dtype="float32")
+    assert sr == SR, sr
+    x = trim(x)
+    rng = np.random.default_rng(job["seed"])
+    lead, tail = (int(SR * rng.uniform(0.05, 0.3)) for _ in range(2))
+    x = np.concatenate([np.zeros(lead, np.float32), x, np.zeros(tail, np.float32)])
+    rms = math.sqrt(float(np.mean(x ** 2))) + 1e-9
+    x = x * (10 ** (job["level_db"] / 20) / rms)
+    if job.get("snr_db") is not None:
+        noise = rng.standard_normal(len(x)).astype(np.float32)
+        if job.get("pink"):
+            noise = np.cumsum(noise) * 0.02
+            noise -= np.convolve(noise, np.ones(400) / 400, mode="same")
+        noise *= 10 ** ((job["level_db"] - job["snr_db"]) / 20) / (np.std(noise) + 1e-9)
+        x = x + noise
+    x = np.clip(x, -0.99, 0.99)
+    sf.write(job["path"], x, SR, subtype="PCM_16")
+    return job["utt"], len(x) / SR
+
+
+def trim(x: np.ndarray, thresh: float = 1e-3) -> np.ndarray:
+    idx = np.flatnonzero(np.abs(x) > thresh)
+    return x[idx[0]: idx[-1] + 1] if len(idx) else x
+
+
+def synth_all(jobs, nj: int, desc: str):
+    durs = {}
+    if not jobs:
+        return durs
+    try:
+        from tqdm import tqdm
+    except ImportError:  # a plain counter instead
+        tqdm = None
+    t0 = time.time()
+    ctx = mp.get_context("fork")
+    with ctx.Pool(nj) as pool:
+        it = pool.imap_unordered(synth, jobs, chunksize=8)
+        if tqdm is not None:
+            it = tqdm(it, total=len(jobs), desc=desc, unit="utt", file=sys.stderr,
+                      mininterval=1.0, dynamic_ncols=True)
+        for i, (utt, d) in enumerate(it, 1):
+            durs[utt] = d
+            if tqdm is None and (i % 200 == 0 or i == len(jobs)):
+                print(f"{desc}: {i}/{len(jobs)}", file=sys.stderr, flush=True)
+    total = sum(durs.values())
+    print(f"{desc}: {len(jobs)} utterances, {total / 3600:.2f} h of audio, "
+          f"{time.time() - t0:.1f} s", file=sys.stderr, flush=True)
+    return durs
+
+
+# --------------------------------------------------------------------------------------------
+# jobs and data dirs
+
+def make_jobs(split: str, texts, speakers, weights, rng: random.Random, wav_dir: Path,
+              augment: bool, prefix: str = ""):
+    jobs = []
+    wav_dir.mkdir(parents=True, exist_ok=True)
+    for i, text in enumerate(texts):
+        s = rng.choices(speakers, weights)[0] if isinstance(speakers, list) else speakers
+        utt = f"{s['id']}-{prefix}{split}{i:05d}"
+        job = dict(utt=utt, spk=s["id"], text=text, engine=s["engine"], voice=s["voice"],
+                   speed=s["speed"] * rng.uniform(0.95, 1.05),
+                   pitch=s["pitch"] * rng.uniform(0.95, 1.05),
+                   seed=zlib.crc32(utt.encode()) ^ rng.getrandbits(31),
+                   path=str(wav_dir / f"{utt}.wav"), level_db=-23.0)
+        if augment:
+            job["sox_speed"] = rng.uniform(0.9, 1.1)
+            job["level_db"] = rng.uniform(-30, -18)
+            if rng.random() < 0.7:
+                job["snr_db"] = rng.uniform(15, 35)
+                job["pink"] = rng.random() < 0.5
+            if rng.random() < 0.1:
+                job["lowpass"] = 3800
+        jobs.append(job)
+    return jobs
+
+
+def write_data_dir(d: Path, rows):
+    """rows: (utt, wav path, text, spk); Kaldi sort order (C locale) by utterance id."""
+    d.mkdir(parents=True, exist_ok=True)
+    rows = sorted(rows)
+    with open(d / "wav.scp", "w") as f:
+        f.writelines(f"{u} {w}\n" for u, w, _, _ in rows)
+    with open(d / "text", "w") as f:
+        f.writelines(f"{u} {t}\n" for u, _, t, _ in rows)
+    with open(d / "utt2spk", "w") as f:
+        f.writelines(f"{u} {s}\n" for u, _, _, s in rows)
+    spk2utt = defaultdict(list)
+    for u, _, _, s in rows:
+        spk2utt[s].append(u)
+    with open(d / "spk2utt", "w") as f:
+        f.writelines(f"{s} {' '.join(us)}\n" for s, us in sorted(spk2utt.items()))
+
+
+def write_durations(d: Path, durs: dict):
+    with open(d / "utt2dur", "w") as f:
+        f.writelines(f"{u} {durs[u]:.3f}\n" for u in sorted(durs))
+
+
+def concat_long(name: str, target: float, n_rec: int, pool_jobs, durs, wav_dir: Path,
+                rng: random.Random):
+    """Recordings of about `target` s, each from consecutive pool utterances of one voice."""
+    by_spk = defaultdict(list)
+    for j in pool_jobs:
+        by_spk[j["spk"]].append(j)
+    spks = sorted(by_spk)
+    rows, rec_durs = [], {}
+    wav_dir.mkdir(parents=True, exist_ok=True)
+    for r in range(n_rec):
+        spk = spks[r % len(spks)]
+        parts, texts, total = [], [], 0.0
+        while by_spk[spk] and total < target:
+            j = by_spk[spk].pop()
+            if parts and total + durs[j["utt"]] > target * 1.1:
+                continue
+            x, _ = sf.read(j["path"], dtype="float32")
+            gap = np.zeros(int(SR * rng.uniform(0.2, 0.6)), np.float32)
+            parts += [x, gap]
+            texts.append(j["text"])
+            total += durs[j["utt"]] + len(gap) / SR
+        utt = f"{spk}-{name}{r:03d}"
+        path = wav_dir / f"{utt}.wav"
+        x = np.concatenate(parts)
+        sf.write(path, x, SR, subtype="PCM_16")
+        rows.append((utt, str(path), " ".join(texts), spk))
+        rec_durs[utt] = len(x) / SR
+    return rows, rec_durs
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out_dir", type=Path, default=Path("data"))
+    p.add_argument("--wav_dir", type=Path, default=Path("corpus/wav"))
+    p.add_argument("--n_train", type=int, default=2000)
+    p.add_argument("--n_dev", type=int, default=150)
+    p.add_argument("--n_test", type=int, default=300)
+    p.add_argument("--digits_frac", type=float, default=0.5,
+                   help="share of digit strings among the utterances (the rest are sentences)")
+    p.add_argument("--long_durations", default="30,60,120",
+                   help="seconds per long-context recording, one test set each ('' for none)")
+    p.add_argument("--long_recordings", default="8,4,2",
+                   help="number of recordings per long-context set")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--nj", type=int, default=os.cpu_count() or 1)
+    args = p.parse_args()
+
+    missing = [b for b in ("espeak-ng", "flite", "sox") if shutil.which(b) is None]
+    try:
+        import py_nanotts  # noqa: F401
+    except ImportError:
+        missing.append("py-nanotts (Python package)")
+    if missing:
+        sys.exit(f"error: missing {', '.join(missing)}: run 'bash tools/install_recipe_deps.sh' "
+                 "from the repository root")
+
+    rng = random.Random(args.seed)
+    sentences = {s: read_sentences(s) for s in ("train", "dev", "test")}
+    # digit strings: test first, then dev, then train, each avoiding the ones before it
+    texts, used = {}, set()
+    for split, n, min_len in (("test", args.n_test, 2), ("dev", args.n_dev, 2),
+                              ("train", args.n_train, 1)):
+        texts[split] = draw_texts(n, sentences[split], rng, args.digits_frac, min_len, used)
+        used |= set(t for t in texts[split] if t.split()[0] in DIGITS)
+    long_d = [float(d) for d in args.long_durations.split(",") if d.strip()]
+    long_n = [int(n) for n in args.long_recordings.split(",") if n.strip()][: len(long_d)]
+    long_n += [long_n[-1] if long_n else 1] * (len(long_d) - len(long_n))
+
+    all_jobs, split_jobs = [], {}
+    test_spk, test_w = None, None
+    for split in ("train", "dev", "test"):
+        spk, w = make_speakers(split, rng)
+        if split == "test":
+            test_spk, test_w = spk, w
+        jobs = make_jobs(split, texts[split], spk, w, rng, args.wav_dir / split,
+                         augment=(split == "train"))
+        split_jobs[split] = jobs
+        all_jobs += jobs
+    # pool for the long-context sets: test voices (one voice per recording), test texts
+    long_pools = {}
+    for d, n in zip(long_d, long_n):
+        name = f"test_{d:g}s"
+        pool = []
+        for r in range(n):
+            s = test_spk[r % len(test_spk)]
+            k = int(d / 1.0) + 2  # more than enough (utterances are longer than 1 s)
+            tx = draw_texts(k, sentences["test"], rng, args.digits_frac, 2, set())
+            pool += make_jobs("long", tx, s, None, rng, args.wav_dir / "pool" / name,
+                              augment=False, prefix=f"{name}r{r}")
+        long_pools[name] = (d, n, pool)
+        all_jobs += pool
+
+    durs = synth_all(all_jobs, args.nj, "synthesising")
+    for split, jobs in split_jobs.items():
+        d = args.out_dir / split
+        write_data_dir(d, [(j["utt"], str(Path(j["path"]).resolve()), j["text"], j["spk"])
+                           for j in jobs])
+        write_durations(d, {j["utt"]: durs[j["utt"]] for j in jobs})
+        print(f"{d}: {len(jobs)} utterances, {sum(durs[j['utt']] for j in jobs) / 60:.1f} min, "
+              f"{len({j['spk'] for j in jobs})} voices", file=sys.stderr)
+    for name, (d, n, pool) in long_pools.items():
+        rows, rdurs = concat_long(name, d, n, pool, durs, args.wav_dir / name, rng)
+        rows = [(u, str(Path(w).resolve()), t, s) for u, w, t, s in rows]
+        write_data_dir(args.out_dir / name, rows)
+        write_durations(args.out_dir / name, rdurs)
+        print(f"{args.out_dir / name}: {n} recordings of "
+              f"{min(rdurs.values()):.0f}-{max(rdurs.values()):.0f} s", file=sys.stderr)
+    shutil.rmtree(args.wav_dir / "pool", ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""Plot WER (and CER) against recording length for one or more experiments.
+
+    python local/plot_results.py exp/asr_*/results.json --out wer_vs_length.png
+    python local/plot_results.py --table exp/asr_*/results.json   # markdown table only
+
+Reads the results.json that local/score.py writes next to each RESULTS.md; the x axis is the
+mean recording length of each test set (test: single utterances, test_<N>s: concatenations).
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+LABELS = {"samba_asr": "Samba-ASR", "speech_mamba": "Speech-Mamba", "conformer": "Conformer + Transformer"}
+
+
+def label(run: dict) -> str:
+    enc = run.get("encoder") or run["exp"]
+    for k, v in LABELS.items():
+        if k in enc:
+            return v + (f" + {run['decoder']}" if run.get("decoder") and run["decoder"] != enc
+                        and k != "conformer" else "")
+    return run["exp"]
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("results", nargs="+", type=Path)
+    p.add_argument("--out", type=Path, default=Path("wer_vs_length.png"))
+    p.add_argument("--table", action="store_true", help="print a markdown table, no plot")
+    args = p.parse_args()
+    runs = [json.loads(r.read_text()) for r in args.results]
+    sets = sorted({s for r in runs for s in r["sets"]},
+                  key=lambda s: next(r["sets"][s]["mean_duration_s"] or 0 for r in runs if s in r["sets"]))
+
+    head = "|model|" + "|".join(f"{s} WER / CER" for s in sets) + "|"
+    print(head + "\n|" + "---|" * (len(sets) + 1))
+    for r in runs:
+        cells = [f"{r['sets'][s]['WER']:.1f} / {r['sets'][s]['CER']:.1f}" if s in r["sets"] else "-"
+                 for s in sets]
+        print(f"|{label(r)}|" + "|".join(cells) + "|")
+    if args.table:
+        return
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(7.5, 3.0), dpi=80)
+    for r in runs:
+        ss = [s for s in sets if s in r["sets"]]
+        x = [r["sets"][s]["mean_duration_s"] for s in ss]
+        for ax, m in zip(axes, ("WER", "CER")):
+            ax.plot(x, [r["sets"][s][m] for s in ss], marker="o", label=label(r))
+    for ax, m in zip(axes, ("WER", "CER")):
+        ax.set_xscale("log")
+        ax.set_xlabel("recording length (s, mean)")
+        ax.set_ylabel(f"{m} (%)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("mini_synth: error rate vs length", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
