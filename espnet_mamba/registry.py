@@ -124,12 +124,55 @@ def _installed_finder():
     return next((f for f in sys.meta_path if isinstance(f, _PostImportFinder)), None)
 
 
+DISABLED_HINT = (f"espnet_mamba's ESPnet registration is disabled ({DISABLE_ENV}=1): "
+                 "unset it or call espnet_mamba.register()")
+
+
+def _mentions_plugin(exc: BaseException) -> bool:
+    import re  # only when an exception reaches the top level: no start-up cost
+
+    names = re.compile(r"\b(" + "|".join(map(re.escape, sorted({*ENCODERS, *DECODERS})))
+                       + r")\b")
+    seen = set()
+    while exc is not None and id(exc) not in seen:  # the exception and its causes
+        seen.add(id(exc))
+        if names.search(str(exc)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _install_disabled_hint() -> None:
+    """With the hook disabled, a config that names a plugin class fails inside ESPnet with
+    "--encoder must be one of (...)", which does not say why.  Wrap ``sys.excepthook`` so that
+    an uncaught exception whose message names one of our classes gets a note saying that the
+    registration is off.  Costs nothing until such an exception reaches the top level."""
+    previous = sys.excepthook
+    if getattr(previous, "_espnet_mamba_hint", False):
+        return
+
+    def excepthook(exc_type, exc, tb):
+        try:
+            if (_installed_finder() is None and isinstance(exc, Exception)
+                    and _mentions_plugin(exc) and DISABLED_HINT not in getattr(
+                        exc, "__notes__", ())):
+                exc.add_note(DISABLED_HINT)
+        except Exception:  # never let the hint hide the real error
+            pass
+        previous(exc_type, exc, tb)
+
+    excepthook._espnet_mamba_hint = True
+    sys.excepthook = excepthook
+
+
 def install_import_hook(force: bool = False) -> bool:
     """Put the finder on sys.meta_path (idempotent).  Called by the .pth file at start-up.
 
-    Returns False if the hook is disabled by ESPNET_MAMBA_DISABLE_HOOK (unless ``force``).
+    Returns False if the hook is disabled by ESPNET_MAMBA_DISABLE_HOOK (unless ``force``); then
+    only an excepthook is installed that explains a later error naming a plugin class.
     """
     if not force and os.environ.get(DISABLE_ENV, "").lower() not in ("", "0", "false", "no"):
+        _install_disabled_hint()
         return False
     if _installed_finder() is None:
         sys.meta_path.insert(0, _PostImportFinder())

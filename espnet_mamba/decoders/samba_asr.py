@@ -26,7 +26,7 @@ from typeguard import typechecked
 from espnet_mamba.decoders.recurrent import RecurrentDecoder
 from espnet_mamba.encoders.stack import resolve_mixer_conf
 from espnet_mamba.modules.block import Residual
-from espnet_mamba.modules.factory import build_mixer
+from espnet_mamba.modules.factory import build_mixer, named_options
 from espnet_mamba.modules.norm import RMSNorm
 from espnet_mamba.modules.padding import lengths_to_mask
 
@@ -41,6 +41,7 @@ def _right_to_left_aligned(x, lengths):
     return aligned * valid[..., None].to(x.dtype), valid
 
 
+@named_options
 class SambaASRDecoder(RecurrentDecoder):
     @typechecked
     def __init__(

@@ -19,7 +19,7 @@ from espnet_mamba.decoders.recurrent import RecurrentDecoder
 from espnet_mamba.encoders.stack import resolve_mixer_conf
 from espnet_mamba.modules.attention import MultiHeadAttention
 from espnet_mamba.modules.block import Residual
-from espnet_mamba.modules.factory import build_mixer
+from espnet_mamba.modules.factory import build_mixer, named_options
 from espnet_mamba.modules.norm import RMSNorm
 from espnet_mamba.modules.padding import lengths_to_mask
 
@@ -48,6 +48,7 @@ class SpeechMambaDecoderLayer(nn.Module):
         return x, (s_in, s_out)
 
 
+@named_options
 class SpeechMambaDecoder(RecurrentDecoder):
     @typechecked
     def __init__(

@@ -28,9 +28,17 @@ class InputLayer(nn.Module):
         super().__init__()
         if name not in INPUT_LAYERS:
             raise ValueError(f"unknown input_layer {name!r}; valid: {INPUT_LAYERS}")
-        self.name, self.min_frames = name, 1
+        self.name, self.min_frames, self.input_size = name, 1, input_size
+        if input_size < 1 or output_size < 1:
+            raise ValueError(f"input_size and output_size must be positive, got {input_size} "
+                             f"and {output_size}")
         if name in CONV_LAYERS:
             cls, self.min_frames = CONV_LAYERS[name]
+            # 2-D convolutions subsample the feature axis as they do time: same minimum
+            if name.startswith("conv2d") and input_size < self.min_frames:
+                raise ValueError(f"input_layer={name} needs input_size >= {self.min_frames} "
+                                 f"features per frame (it subsamples the feature axis too), "
+                                 f"got {input_size}; use conv1d2 or linear for fewer")
             self.embed = cls(input_size, output_size, dropout_rate, pos_enc=nn.Identity())
         elif name == "linear":
             self.embed = nn.Sequential(nn.Linear(input_size, output_size),
@@ -50,6 +58,42 @@ class InputLayer(nn.Module):
         if self.name in CONV_LAYERS:
             return self.embed(xs, masks)
         return (xs if self.embed is None else self.embed(xs)), masks
+
+
+def check_input(xs: torch.Tensor, ilens: torch.Tensor, input_size: int) -> None:
+    """Refuse malformed encoder input with a message that names the problem (instead of a shape
+    error deep inside a convolution, or a silently empty utterance).
+
+    xs: (batch, frames, input_size) floating point; ilens: (batch,) integers, 0 < ilens <= frames.
+    An utterance with 0 frames (empty audio) is a TooShortUttError, as for the whole batch being
+    shorter than the subsampling needs, so that ESPnet's inference handles both alike.
+    """
+    if not isinstance(xs, torch.Tensor) or xs.dim() != 3:
+        shape = tuple(xs.shape) if isinstance(xs, torch.Tensor) else type(xs).__name__
+        raise ValueError(f"encoder input must be features of shape (batch, frames, "
+                         f"{input_size}), got {shape}")
+    if not xs.is_floating_point():
+        raise ValueError(f"encoder input must be floating point features, got {xs.dtype}")
+    batch, frames, dim = xs.shape
+    if dim != input_size:
+        raise ValueError(f"encoder input has {dim} features per frame, but the encoder was "
+                         f"built for input_size={input_size} (front-end n_mels / feature "
+                         f"dimension of the config); got shape {tuple(xs.shape)}")
+    if not isinstance(ilens, torch.Tensor) or ilens.dim() != 1 or ilens.shape[0] != batch:
+        shape = tuple(ilens.shape) if isinstance(ilens, torch.Tensor) else type(ilens).__name__
+        raise ValueError(f"encoder input lengths must be a 1-D tensor of {batch} lengths "
+                         f"(one per utterance), got {shape}")
+    if ilens.is_floating_point() or ilens.is_complex():
+        raise ValueError(f"encoder input lengths must be integers, got {ilens.dtype}")
+    if batch == 0:
+        raise ValueError("encoder input is an empty batch (batch size 0)")
+    if ilens.min() < 0 or ilens.max() > frames:
+        raise ValueError(f"encoder input lengths must lie in 0..{frames} (the padded number of "
+                         f"frames), got {ilens.tolist()}")
+    if (ilens == 0).any():
+        empty = (ilens == 0).nonzero().flatten().tolist()
+        raise sub.TooShortUttError(
+            f"has 0 frames (empty audio) at batch index {empty}", 0, 1)
 
 
 def check_features(xs: torch.Tensor) -> None:

@@ -12,7 +12,7 @@ from typeguard import typechecked
 
 from espnet_mamba.encoders.stack import StackEncoder, resolve_mixer_conf
 from espnet_mamba.modules.block import Residual
-from espnet_mamba.modules.factory import build_mixer
+from espnet_mamba.modules.factory import build_mixer, named_options
 
 
 class _MambaLayer(Residual):
@@ -20,6 +20,7 @@ class _MambaLayer(Residual):
         return super().forward(x, lengths)
 
 
+@named_options
 class SambaASREncoder(StackEncoder):
     @typechecked
     def __init__(

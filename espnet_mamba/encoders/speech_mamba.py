@@ -13,7 +13,7 @@ from typeguard import typechecked
 from espnet_mamba.encoders.stack import StackEncoder, resolve_mixer_conf
 from espnet_mamba.modules.attention import MultiHeadAttention
 from espnet_mamba.modules.block import Residual
-from espnet_mamba.modules.factory import build_mixer
+from espnet_mamba.modules.factory import build_mixer, named_options
 
 
 class SpeechMambaEncoderLayer(nn.Module):
@@ -32,6 +32,7 @@ class SpeechMambaEncoderLayer(nn.Module):
         return self.mamba_out(x, lengths)
 
 
+@named_options
 class SpeechMambaEncoder(StackEncoder):
     @typechecked
     def __init__(

@@ -13,7 +13,7 @@ from torch import nn
 
 from espnet2.asr.encoder.abs_encoder import AbsEncoder
 from espnet2.legacy.nets.pytorch_backend.nets_utils import make_pad_mask
-from espnet_mamba.encoders.input_layer import InputLayer, check_features
+from espnet_mamba.encoders.input_layer import InputLayer, check_features, check_input
 from espnet_mamba.modules.factory import check_options, mixer_options, MIXERS
 from espnet_mamba.modules.norm import RMSNorm
 from espnet_mamba.modules.strict_load import StrictLoadMixin
@@ -52,6 +52,7 @@ class StackEncoder(StrictLoadMixin, AbsEncoder):
     def forward(self, xs_pad: torch.Tensor, ilens: torch.Tensor,
                 prev_states: torch.Tensor = None, ctc=None,
                 ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        check_input(xs_pad, ilens, self.embed.input_size)
         check_features(xs_pad)
         masks = (~make_pad_mask(ilens, maxlen=xs_pad.shape[1])[:, None, :]).to(xs_pad.device)
         xs, masks = self.embed(xs_pad, masks)

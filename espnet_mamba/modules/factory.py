@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 from torch import nn
@@ -19,6 +20,26 @@ def check_options(owner: str, options: dict, valid) -> None:
     if unknown:
         raise ValueError(f"{owner}: unknown option(s) {', '.join(map(repr, unknown))}; "
                          f"valid: {', '.join(sorted(valid))}")
+
+
+def named_options(cls):
+    """Class decorator: an unknown keyword of the constructor (a misspelt key in ESPnet's
+    encoder_conf / decoder_conf) raises a TypeError that names it *and* lists the valid ones,
+    instead of Python's bare "unexpected keyword argument".  The signature seen by ESPnet's
+    --print_config (inspect.signature follows __wrapped__) is unchanged."""
+    init = cls.__init__
+    valid = [p for p in inspect.signature(init).parameters if p != "self"]
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        unknown = sorted(set(kwargs) - set(valid))
+        if unknown:
+            raise TypeError(f"{cls.__name__}: unknown option(s) "
+                            f"{', '.join(map(repr, unknown))}; valid: {', '.join(valid)}")
+        init(self, *args, **kwargs)
+
+    cls.__init__ = __init__
+    return cls
 
 
 def mixer_options(cls) -> list[str]:

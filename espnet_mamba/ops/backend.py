@@ -93,3 +93,20 @@ def use_kernels(backend: str | None, family: str, *tensors) -> bool:
             "or use backend='auto'/'torch'"
         )
     return True
+
+
+def fp32_scan(fn):
+    """Run a PyTorch-path scan with autocast off: its inputs are already cast to fp32/fp64, and
+    under bf16 autocast its matrix products would otherwise drop to bf16 (the state must
+    accumulate in fp32, as the kernels do)."""
+    import functools
+
+    import torch
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        device = next((a.device.type for a in args if hasattr(a, "device")), "cpu")
+        with torch.autocast(device, enabled=False):
+            return fn(*args, **kwargs)
+
+    return wrapper

@@ -29,7 +29,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from espnet_mamba.ops.backend import kernel_module, use_kernels
+from espnet_mamba.ops.backend import fp32_scan, kernel_module, use_kernels
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -47,6 +47,7 @@ def default_chunk(length: int) -> int:
     return max(1, int(round(math.sqrt(length / 2))))
 
 
+@fp32_scan
 def selective_scan_torch(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
     return_last_state=False, chunk_size: int | None = None,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from espnet_mamba.ops.backend import kernel_module, use_kernels
+from espnet_mamba.ops.backend import fp32_scan, kernel_module, use_kernels
 
 TORCH_CHUNK = 64
 
@@ -37,6 +37,7 @@ def _skip(y, x, D, z, cdt):
     return y
 
 
+@fp32_scan
 def ssd_scan_torch(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None,
                    initial_states=None, dt_softplus=False, return_final_states=False):
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
