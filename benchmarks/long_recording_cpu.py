@@ -14,7 +14,7 @@ like T * d_inner * d_state.
     python benchmarks/long_recording_cpu.py --compare 5,20          # each length in a subprocess
     python benchmarks/long_recording_cpu.py --minutes 2 --json      # machine-readable (CI test)
 
-Peak memory is the process's ru_maxrss (torch allocates outside tracemalloc's view), taken
+Peak memory is the process's VmHWM (torch allocates outside tracemalloc's view), taken
 before the decode (model built, audio in memory) and after it; each length runs in a fresh
 process so that the peaks do not mix.
 """
@@ -50,8 +50,19 @@ DECODER_CONF = {
 
 
 def rss_mib() -> float:
-    """Peak resident set size of this process so far (Linux: ru_maxrss is in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident set size of this process so far, MiB.
+
+    Linux: VmHWM of /proc/self/status, the high-water mark of this program's own memory.
+    ru_maxrss is not used there: it survives fork+exec, so a process started by a big parent
+    (pytest after many tests) would report the parent's size."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def build_model_files(out_dir, encoder="samba_asr", decoder="samba_asr", encoder_conf=None,
