@@ -444,7 +444,7 @@ def test_fuzz_decoders(case):
 # 4. a long recording on CPU through Speech2Text (stand-in for the 20-minute benchmark)
 
 def test_two_minute_recording_decodes_on_cpu_within_memory():
-    """benchmarks/long_recording_cpu.py in a fresh process (so ru_maxrss is the decode's):
+    """benchmarks/long_recording_cpu.py in a fresh process (VmHWM: the peak of that process alone):
     2 minutes of 16 kHz audio, tiny samba_asr model, beam 2, CTC weight 0.3."""
     out = _run(args=[BENCH, "--minutes", "2", "--tiny", "--json", "--beam", "2",
                      "--maxlenratio", "0.005"],
