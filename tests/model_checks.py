@@ -107,3 +107,23 @@ def encoder_padding_error(enc, idim=20, device="cpu", dtype=torch.float64):
         y, ol, _ = enc(x, il)
         return max(rel_err(y[i, :ol[i]], enc(x[i:i + 1, :il[i]], il[i:i + 1])[0][0])
                    for i in range(3))
+
+
+def packed_vs_padded_error(name, mixer, device="cpu", dtype=torch.float64, backend=None,
+                           bidirectional=True, idim=20):
+    """Rel. error of outputs and input-layer grads: ``pack_sequences`` on vs off, same weights."""
+    kw = dict(output_size=64, num_blocks=2, mixer=mixer, d_state=16, dropout_rate=0.0,
+              mixer_conf=MIXER_CONF[mixer], bidirectional=bidirectional, backend=backend)
+    padded = ENCODERS[name](idim, **kw)
+    packed = ENCODERS[name](idim, pack_sequences=True, **kw)
+    packed.load_state_dict(padded.state_dict())
+    x = torch.randn(4, 70, idim, device=device, dtype=dtype)
+    il = torch.tensor([70, 23, 51, 9], device=device)
+    outs = []
+    for enc in (padded, packed):
+        enc.to(device=device, dtype=dtype).train()
+        y, ol, _ = enc(x, il)
+        mask = (torch.arange(y.shape[1], device=device)[None] < ol[:, None])[..., None]
+        (y * mask).pow(2).sum().backward()
+        outs.append((y * mask, enc.embed.embed.conv[0].weight.grad))
+    return max(rel_err(a, b) for a, b in zip(*outs))

@@ -87,10 +87,12 @@ def check_input(xs: torch.Tensor, ilens: torch.Tensor, input_size: int) -> None:
         raise ValueError(f"encoder input lengths must be integers, got {ilens.dtype}")
     if batch == 0:
         raise ValueError("encoder input is an empty batch (batch size 0)")
-    if ilens.min() < 0 or ilens.max() > frames:
+    # one host sync for all three checks (each .item() would wait for the GPU)
+    low, high, empties = torch.stack([ilens.min(), ilens.max(), (ilens == 0).sum()]).tolist()
+    if low < 0 or high > frames:
         raise ValueError(f"encoder input lengths must lie in 0..{frames} (the padded number of "
                          f"frames), got {ilens.tolist()}")
-    if (ilens == 0).any():
+    if empties:
         empty = (ilens == 0).nonzero().flatten().tolist()
         raise sub.TooShortUttError(
             f"has 0 frames (empty audio) at batch index {empty}", 0, 1)

@@ -16,8 +16,8 @@ from espnet_mamba.modules.factory import build_mixer, named_options
 
 
 class _MambaLayer(Residual):
-    def forward(self, x, lengths, valid):
-        return super().forward(x, lengths)
+    def forward(self, x, lengths, valid, packing=None):
+        return super().forward(x, lengths, packing=packing)
 
 
 @named_options
@@ -38,6 +38,7 @@ class SambaASREncoder(StackEncoder):
         mixer_conf: Optional[dict] = None,
         interctc_layer_idx: List[int] = [],
         interctc_use_conditioning: bool = False,
+        pack_sequences: bool = False,
         backend: Optional[str] = None,
     ):
         conf = resolve_mixer_conf(mixer, d_state, d_conv, expand, mixer_conf)
@@ -47,4 +48,5 @@ class SambaASREncoder(StackEncoder):
             for _ in range(num_blocks)
         ]
         super().__init__(input_size, output_size, input_layer, dropout_rate, layers,
-                         interctc_layer_idx, interctc_use_conditioning, backend)
+                         interctc_layer_idx, interctc_use_conditioning, pack_sequences,
+                         backend)

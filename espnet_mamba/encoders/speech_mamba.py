@@ -26,10 +26,13 @@ class SpeechMambaEncoderLayer(nn.Module):
             dropout_rate, backend)
         self.mamba_out = Residual(d_model, make_mixer(), dropout_rate, backend)
 
-    def forward(self, x, lengths, valid):
-        x = self.mamba_in(x, lengths)
-        x = self.self_attn(x, key_mask=valid)
-        return self.mamba_out(x, lengths)
+    def forward(self, x, lengths, valid, packing=None):
+        x = self.mamba_in(x, lengths, packing=packing)
+        if packing is None:
+            x = self.self_attn(x, key_mask=valid)
+        else:  # attention runs padded: packed, it would need a (total x total) block mask
+            x = packing.padded(self.self_attn, x, key_mask=valid)
+        return self.mamba_out(x, lengths, packing=packing)
 
 
 @named_options
@@ -52,6 +55,7 @@ class SpeechMambaEncoder(StackEncoder):
         mixer_conf: Optional[dict] = None,
         interctc_layer_idx: List[int] = [],
         interctc_use_conditioning: bool = False,
+        pack_sequences: bool = False,
         backend: Optional[str] = None,
     ):
         conf = resolve_mixer_conf(mixer, d_state, d_conv, expand, mixer_conf)
@@ -65,4 +69,5 @@ class SpeechMambaEncoder(StackEncoder):
             for _ in range(num_blocks)
         ]
         super().__init__(input_size, output_size, input_layer, dropout_rate, layers,
-                         interctc_layer_idx, interctc_use_conditioning, backend)
+                         interctc_layer_idx, interctc_use_conditioning, pack_sequences,
+                         backend)

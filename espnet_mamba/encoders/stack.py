@@ -1,7 +1,12 @@
 """What every encoder here shares: ESPnet's encoder contract around a stack of layers.
 
-input layer (conv subsampling) -> layers(x, lengths, mask) -> final RMSNorm, plus ESPnet's
-intermediate-CTC options.  Subclasses only say how to build one layer.
+input layer (conv subsampling) -> layers(x, lengths, mask, packing) -> final RMSNorm, plus
+ESPnet's intermediate-CTC options.  Subclasses only say how to build one layer.
+
+``pack_sequences``: after the subsampling, the layers see the valid frames of the batch end to
+end (1, total, d) instead of a padded batch (see modules/packing.py); outputs are unpacked again.
+Exact either way; faster with Mamba2 mixers on CUDA, whose kernels take the utterance
+boundaries (``seq_idx``).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from espnet2.legacy.nets.pytorch_backend.nets_utils import make_pad_mask
 from espnet_mamba.encoders.input_layer import InputLayer, check_features, check_input
 from espnet_mamba.modules.factory import check_options, mixer_options, MIXERS
 from espnet_mamba.modules.norm import RMSNorm
+from espnet_mamba.modules.packing import Packing
 from espnet_mamba.modules.strict_load import StrictLoadMixin
 
 
@@ -33,7 +39,7 @@ def resolve_mixer_conf(mixer: str, d_state: int, d_conv: int, expand: float,
 class StackEncoder(StrictLoadMixin, AbsEncoder):
     def __init__(self, input_size: int, output_size: int, input_layer: Optional[str],
                  dropout_rate: float, layers: List[nn.Module], interctc_layer_idx: List[int],
-                 interctc_use_conditioning: bool, backend: Optional[str]):
+                 interctc_use_conditioning: bool, pack_sequences: bool, backend: Optional[str]):
         super().__init__()
         self._output_size = output_size
         self.embed = InputLayer(input_layer, input_size, output_size, dropout_rate)
@@ -45,6 +51,7 @@ class StackEncoder(StrictLoadMixin, AbsEncoder):
         self.interctc_layer_idx = list(interctc_layer_idx)
         self.interctc_use_conditioning = interctc_use_conditioning
         self.conditioning_layer = None  # set by ESPnet's model when conditioning is on
+        self.pack_sequences = pack_sequences
 
     def output_size(self) -> int:
         return self._output_size
@@ -58,15 +65,19 @@ class StackEncoder(StrictLoadMixin, AbsEncoder):
         xs, masks = self.embed(xs_pad, masks)
         valid = masks.squeeze(1)
         lengths = valid.sum(-1)
+        packing = Packing(lengths, xs.shape[1]) if self.pack_sequences and len(xs) > 1 else None
+        unpack = packing.unpack if packing else (lambda t: t)
+        if packing:
+            xs = packing.pack(xs)
         intermediate = []
         for idx, layer in enumerate(self.encoders, start=1):
-            xs = layer(xs, lengths, valid)
+            xs = layer(xs, lengths, valid, packing)
             if idx in self.interctc_layer_idx:
                 out = self.after_norm(xs)
-                intermediate.append((idx, out))
+                intermediate.append((idx, unpack(out)))
                 if self.interctc_use_conditioning:
                     xs = xs + self.conditioning_layer(ctc.softmax(out))
-        xs = self.after_norm(xs)
+        xs = unpack(self.after_norm(xs))
         if intermediate:
             return (xs, intermediate), lengths, None
         return xs, lengths, None

@@ -18,7 +18,11 @@ class Bidirectional(nn.Module):
         self.forward_mixer = forward_mixer
         self.backward_mixer = backward_mixer
 
-    def forward(self, x, lengths=None):
+    def forward(self, x, lengths=None, packing=None):
+        if packing is not None:  # x: (1, total, d), utterances end to end
+            y = self.forward_mixer(x, packing=packing)
+            x_rev = packing.reverse(x)
+            return y + packing.reverse(self.backward_mixer(x_rev, packing=packing))
         y = self.forward_mixer(x, lengths)
         x_rev = reverse_padded(x, lengths)
         return y + reverse_padded(self.backward_mixer(x_rev, lengths), lengths)

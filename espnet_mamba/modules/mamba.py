@@ -58,13 +58,17 @@ class Mamba(nn.Module):
     def _conv_weight(self):
         return self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
 
-    def forward(self, x, lengths=None, mask=None, return_final_state=False):
+    def forward(self, x, lengths=None, mask=None, return_final_state=False, packing=None):
         """x: (batch, length, d_model).  Right padding: give ``lengths``; any contiguous span of
         valid frames (e.g. left padding): give ``mask`` (batch, length), True on valid frames.
 
         Outputs on valid frames never depend on padded ones; padded outputs are zero.
         With ``return_final_state`` also returns the state after each sequence's last frame.
+        ``packing``: x is a packed (1, total, d_model) batch; mamba-ssm's v1 scan cannot reset
+        its state inside a sequence, so this runs padded (exact, no speed-up: use mamba2).
         """
+        if packing is not None:
+            return packing.padded(self.forward, x, packing.lengths)
         # Causal outputs on a right-padded batch are exact without masking the scan, so the fused
         # kernel may run; a final state or another padding needs the masked path below.
         fusable = mask is None and not return_final_state

@@ -75,8 +75,14 @@ class Mamba2(nn.Module):
         gn = self.ngroups * self.d_state
         return xbc.split([self.d_inner, gn, gn], dim=-1)
 
-    def forward(self, x, lengths=None, mask=None, return_final_state=False):
-        """Same contract as :meth:`espnet_mamba.modules.mamba.Mamba.forward`."""
+    def forward(self, x, lengths=None, mask=None, return_final_state=False, packing=None):
+        """Same contract as :meth:`espnet_mamba.modules.mamba.Mamba.forward`.
+
+        ``packing`` (:class:`~espnet_mamba.modules.packing.Packing`): x is (1, total, d_model),
+        utterances end to end; on CUDA the fused kernel resets at each start (``seq_idx``).
+        """
+        if packing is not None:
+            return self._forward_packed(x, packing)
         fusable = mask is None and not return_final_state
         if mask is None and lengths is not None:
             mask = lengths_to_mask(lengths, x.shape[1])
@@ -114,6 +120,16 @@ class Mamba2(nn.Module):
         end = mask_end(mask) if mask is not None else torch.full(
             (batch,), length, device=x.device)
         return out, (last_inputs(conv_in, end, self.d_conv), ssm_state)
+
+    def _forward_packed(self, x, packing):
+        zxbcdt = self.in_proj(x)
+        if not fused_mamba2_available(self.backend, zxbcdt):
+            return packing.padded(self.forward, x, packing.lengths)
+        return fused_mamba2_split_scan(
+            zxbcdt, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias,
+            -torch.exp(self.A_log.float()), self.D, self.chunk_size, self.norm.weight,
+            self.norm.eps, self.out_proj.weight, self.out_proj.bias, self.headdim, self.ngroups,
+            seq_idx=packing.seq_idx)
 
     def init_state(self, batch: int, device=None, dtype=torch.float32):
         return (torch.zeros(batch, self.conv_dim, self.d_conv, device=device, dtype=dtype),

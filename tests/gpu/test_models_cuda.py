@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from model_checks import (
-    ENCODERS, MIXER_CONF, encoder_padding_error, run_beam_searches, teacher_forcing_vs_steps,
-    tiny_decoder,
+    ENCODERS, MIXER_CONF, encoder_padding_error, packed_vs_padded_error, run_beam_searches,
+    teacher_forcing_vs_steps, tiny_decoder,
 )
 
 pytestmark = pytest.mark.gpu
@@ -31,3 +31,12 @@ def test_encoder_padding_cuda(name, mixer):
     enc = ENCODERS[name](20, output_size=64, num_blocks=2, mixer=mixer, d_state=16,
                          mixer_conf=MIXER_CONF[mixer], backend="cuda").cuda().eval()
     assert encoder_padding_error(enc, device="cuda", dtype=torch.float32) < 1e-4
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize("name", ["samba_asr", "speech_mamba"])
+def test_packed_encoder_cuda(name, bidirectional):
+    """Mamba2 on the fused kernel with seq_idx (packed) == the padded batch."""
+    err = packed_vs_padded_error(name, "mamba2", device="cuda", dtype=torch.float32,
+                                 backend="cuda", bidirectional=bidirectional)
+    assert err < 1e-4

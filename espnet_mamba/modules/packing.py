@@ -1,0 +1,50 @@
+"""Packed variable-length batches: the valid frames of a right-padded batch laid end to end.
+
+A padded batch of lengths (2 s, 35 s, ...) spends most of its work on padding.  Packed, the
+frames form one sequence (1, total, ...) and a ``seq_idx`` (1, total) tells mamba-ssm's Mamba2
+kernels (causal conv1d and the SSD scan) where each utterance starts, so no state crosses an
+utterance boundary.  Per-frame layers (norms, projections, residual adds) need nothing.
+
+Layers that cannot run packed (Mamba v1: mamba-ssm's selective scan has no ``seq_idx``; the
+PyTorch paths; attention) call :meth:`Packing.unpack`, run padded with ``lengths`` and pack
+again, which is exact because every layer here is exact under padding.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from espnet_mamba.modules.padding import lengths_to_mask
+
+
+class Packing:
+    """Index maps between a right-padded (batch, max_len, ...) tensor and (1, total, ...)."""
+
+    def __init__(self, lengths: torch.Tensor, max_len: int):
+        lengths = lengths.long()
+        self.lengths, self.batch, self.max_len = lengths, lengths.numel(), max_len
+        # nonzero() syncs with the host once per forward: the packed size must be known
+        self.index = lengths_to_mask(lengths, max_len).flatten().nonzero().squeeze(1)
+        self.total = self.index.numel()
+        seq, offset = self.index // max_len, self.index % max_len
+        starts = torch.cumsum(lengths, 0) - lengths
+        self.seq_idx = seq.to(torch.int32)[None]  # (1, total): the utterance of each frame
+        # position of the same frame counted from its utterance's end (an involution)
+        self.reverse_index = starts[seq] + lengths[seq] - 1 - offset
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, max_len, ...) -> (1, total, ...): valid frames only."""
+        return x.flatten(0, 1).index_select(0, self.index).unsqueeze(0)
+
+    def unpack(self, x: torch.Tensor) -> torch.Tensor:
+        """(1, total, ...) -> (batch, max_len, ...), zeros on padded frames."""
+        flat = x.new_zeros(self.batch * self.max_len, *x.shape[2:])
+        return flat.index_copy(0, self.index, x[0]).unflatten(0, (self.batch, self.max_len))
+
+    def reverse(self, x: torch.Tensor) -> torch.Tensor:
+        """Reverse every utterance of a packed (1, total, ...) tensor within itself."""
+        return x.index_select(1, self.reverse_index)
+
+    def padded(self, fn, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """Run ``fn(padded_x, *args, **kwargs)`` on the unpacked batch and pack its output."""
+        return self.pack(fn(self.unpack(x), *args, **kwargs))
