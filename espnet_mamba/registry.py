@@ -82,7 +82,66 @@ def register_into(module) -> dict[str, list[str]]:
                 raise RegistrationError(f"{target} is not a subclass of {base.__name__}")
             choices.classes[name] = cls
             done.setdefault(attr, []).append(name)
+    if module.__name__ in REGISTRY:
+        guard_checkpoint_loading(module)
     return done
+
+
+# ---------------------------------------------------------------------- checkpoint key guard
+# Why ESPnet classmethods are wrapped: ESPnet's AbsTask.build_model_from_file (the loader of
+# asr_inference, Speech2Text, Speech2Text.from_pretrained / the model zoo) loads checkpoints
+# with strict=False, so a checkpoint lacking e.g. ``ctc.ctc_lo.weight`` would decode with a
+# randomly initialised CTC layer and no error.  Our encoders/decoders can only check their own
+# keys (PyTorch gives each child just its prefix's keys), so the check has to sit on the root of
+# the model.  The wrappers do no more than this: ``build_model_from_file`` runs unchanged with
+# the guard armed (a ContextVar, so nothing leaks to other calls or threads), and
+# ``build_model``, only when called from there and only for a model that contains one of our
+# modules, puts load hooks on the model's root that refuse missing/unexpected keys anywhere
+# (CheckpointMismatchError naming them); the hooks are removed before the model is returned.
+# Models without our modules, training (build_model outside build_model_from_file) and direct
+# load_state_dict calls see stock ESPnet.  Idempotent: a wrapper carries a marker and is never
+# wrapped again (also not when inherited, e.g. SLUTask from ASRTask).
+_GUARD_MARK = "_espnet_mamba_checkpoint_guard"
+
+
+def _wrap_classmethod(cls, name: str, make_wrapper) -> bool:
+    import functools
+    import inspect
+
+    static = inspect.getattr_static(cls, name, None)
+    if not isinstance(static, classmethod) or getattr(static.__func__, _GUARD_MARK, False):
+        return False
+    wrapper = functools.wraps(static.__func__)(make_wrapper(static.__func__))
+    setattr(wrapper, _GUARD_MARK, True)
+    setattr(cls, name, classmethod(wrapper))
+    return True
+
+
+def guard_checkpoint_loading(module) -> list[str]:
+    """Wrap build_model_from_file / build_model of the AbsTask subclasses defined in an ESPnet
+    task module we register into (see the comment above).  Returns what was wrapped."""
+    from espnet2.tasks.abs_task import AbsTask
+
+    from espnet_mamba.modules import strict_load
+
+    def from_file(func):
+        def build_model_from_file(cls, *args, **kwargs):
+            return strict_load.checked_build_from_file(func.__get__(cls), *args, **kwargs)
+        return build_model_from_file
+
+    def build(func):
+        def build_model(cls, *args, **kwargs):
+            return strict_load.attach_whole_model_guard(func(cls, *args, **kwargs))
+        return build_model
+
+    wrapped = []
+    for obj in list(vars(module).values()):
+        if (isinstance(obj, type) and issubclass(obj, AbsTask)
+                and obj.__module__ == module.__name__):
+            for name, make in (("build_model_from_file", from_file), ("build_model", build)):
+                if _wrap_classmethod(obj, name, make):
+                    wrapped.append(f"{obj.__name__}.{name}")
+    return wrapped
 
 
 class _RegisteringLoader(importlib.abc.Loader):

@@ -4,11 +4,18 @@ Every stage runs (corpus synthesis, token lists, stats, one training epoch, deco
 packing) on a tiny corpus in a copy of the recipe under pytest's tmp dir; about 3-4 minutes on
 a 2-core CPU.  The TTS tools are required: when espeak-ng, flite, sox or py-nanotts are missing
 the test fails (it does not skip) and says how to install them.
+
+The zip of stage 7 is then used as a downloader would: ``Speech2Text.from_pretrained(zip)``
+(espnet_model_zoo unpacks it into a fresh cache directory) in a subprocess that runs the plugin's
+PyTorch path with the CUDA kernels made unimportable, with the recipe's experiment directory moved
+away; it must decode test utterances to exactly the recipe's own stage-5 hypotheses.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import re
 import shutil
 import subprocess
@@ -97,3 +104,102 @@ def test_smoke_results_and_pack(smoke_run):
         names = z.namelist()
     assert any(n.endswith("config.yaml") for n in names), names
     assert any(n.endswith(".pth") for n in names), names
+
+
+# Decode wavs with the packed model as a downloader does: Speech2Text.from_pretrained(zip), with
+# the recipe's own decoding options (its stage-5 command line, parsed by asr_inference's parser)
+# and mamba-ssm / causal-conv1d unimportable.  Prints {utt: text} and what kernels were imported.
+ZOO_DECODE = r"""
+import inspect, json, sys
+for name in ("mamba_ssm", "causal_conv1d", "selective_scan_cuda", "causal_conv1d_cuda"):
+    sys.modules[name] = None  # "import mamba_ssm" now raises ImportError
+import soundfile
+from espnet2.bin.asr_inference import Speech2Text, get_parser
+
+zip_file, argv, wavs = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+args = vars(get_parser().parse_args(argv))
+params = set(inspect.signature(Speech2Text.__init__).parameters)
+opts = {k: v for k, v in args.items() if k in params
+        and k not in ("self", "asr_train_config", "asr_model_file", "device")}
+s2t = Speech2Text.from_pretrained(zip_file, device="cpu", **opts)
+hyps = {}
+for utt, path in sorted(wavs.items()):
+    speech, _ = soundfile.read(path, dtype="float32")
+    hyps[utt] = s2t(speech)[0][0]
+print("RESULT " + json.dumps({
+    "hyps": hyps, "opts": {k: opts[k] for k in ("beam_size", "ctc_weight", "maxlenratio")},
+    "kernels": sorted(m for m, v in sys.modules.items() if v is not None and m.split(".")[0] in
+                      ("mamba_ssm", "causal_conv1d", "selective_scan_cuda")),
+    "encoder": type(s2t.asr_model.encoder).__module__,
+    "model_file": s2t.asr_model_file if hasattr(s2t, "asr_model_file") else None}))
+"""
+N_UTTS = 4
+
+
+def recipe_decode(ddir: Path):
+    """(asr_inference's argv, {utt: hypothesis}) of a stage-5 decoding directory."""
+    log = ddir / "logdir" / "asr_inference.1.log"
+    line = next(x for x in log.read_text().splitlines() if "asr_inference" in x and " --" in x)
+    words = shlex.split(line)
+    i = next(j for j, w in enumerate(words) if w.endswith(("asr_inference.py",
+                                                           "espnet2.bin.asr_inference")))
+    hyps = {}
+    for x in (ddir / "text").read_text().splitlines():
+        utt, _, text = x.partition(" ")
+        hyps[utt] = text.strip()
+    return words[i + 1:], hyps
+
+
+def test_packed_model_decodes_like_the_recipe(smoke_run, tmp_path):
+    import zipfile
+
+    rc, recipe, log = smoke_run
+    assert rc == 0, f"run.sh --smoke true failed (rc={rc}):\n{tail(log)}"
+    exp = next(p for p in (recipe / "exp_smoke").glob("asr_*")
+               if not p.name.startswith("asr_stats"))
+    zip_file = next(exp.glob("*.zip"))
+    with zipfile.ZipFile(zip_file) as z:
+        cards = [n for n in z.namelist() if n.endswith("README.md")]
+        assert cards, f"no model card in {zip_file}: {z.namelist()}"
+        card = z.read(cards[0]).decode()
+    assert "pip install" in card and "espnet-mamba" in card, card[:2000]
+    assert "SambaASREncoder" in card and "conf/train_asr.yaml" in card, card[:3000]
+    assert "### WER" in card or "#### WER" in card, card  # the results
+
+    ddir = next(exp.glob("decode_*")) / "test"
+    argv, want = recipe_decode(ddir)
+    # the recipe's --config is relative to the recipe directory; nothing else of argv is read
+    argv = [str(recipe / a) if argv[k - 1] == "--config" else a for k, a in enumerate(argv)]
+    wav_scp = dict(x.split(maxsplit=1) for x in
+                   (recipe / "dump_smoke/raw/test/wav.scp").read_text().splitlines())
+    utts = sorted(want)[:N_UTTS]
+    wavs = {u: str((recipe / wav_scp[u]).resolve()) for u in utts}
+    assert all(Path(p).is_file() for p in wavs.values()), wavs
+
+    copy = tmp_path / zip_file.name  # outside the recipe, which is moved away below
+    shutil.copy(zip_file, copy)
+    script = tmp_path / "zoo_decode.py"
+    script.write_text(ZOO_DECODE)
+    home = tmp_path / "home"  # espnet_model_zoo unpacks into ~/.cache/espnet_model_zoo
+    home.mkdir()
+    env = dict(os.environ, HOME=str(home), ESPNET_MAMBA_BACKEND="torch", CUDA_VISIBLE_DEVICES="",
+               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env.pop("ESPNET_MAMBA_DISABLE_HOOK", None)
+    moved = recipe.parent / "exp_smoke_moved_away"
+    (recipe / "exp_smoke").rename(moved)  # the zip must be all the decode needs
+    try:
+        proc = subprocess.run([sys.executable, script, copy, json.dumps(argv), json.dumps(wavs)],
+                              cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=TIMEOUT)
+    finally:
+        moved.rename(recipe / "exp_smoke")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    got = json.loads(next(x for x in proc.stdout.splitlines()
+                          if x.startswith("RESULT "))[len("RESULT "):])
+    assert got["kernels"] == [], got["kernels"]
+    assert got["encoder"].startswith("espnet_mamba."), got["encoder"]
+    cache = home / ".cache" / "espnet_model_zoo"
+    assert any(cache.rglob("config.yaml")), "from_pretrained did not unpack into the fresh cache"
+    print(f"\npacked model via from_pretrained ({got['opts']}): " + ", ".join(
+        f"{u}: {want[u]!r} / {got['hyps'][u]!r}" for u in utts))
+    assert {u: got["hyps"][u] for u in utts} == {u: want[u] for u in utts}

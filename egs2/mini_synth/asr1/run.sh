@@ -12,7 +12,7 @@
 #   4 train  espnet2.bin.asr_train
 #   5 decode espnet2.bin.asr_inference, nj jobs over all test sets
 #   6 score  local/score.py: WER and CER per test set -> ${asr_exp}/RESULTS.md
-#   7 pack   espnet2.bin.pack asr -> ${asr_exp}/*.zip
+#   7 pack   local/model_card.py -> ${asr_exp}/README.md; espnet2.bin.pack asr -> ${asr_exp}/*.zip
 # No path.sh/cmd.sh: everything runs locally with the project's Python (see find_python below).
 # The body is one { ... } block: bash parses all of it before running, so editing this file
 # while a run is going cannot derail that run.
@@ -380,9 +380,16 @@ fi
 
 # ------------------------------------------------------------------------------ 7: pack
 if stage_on 7; then
-    stage_start 7 "packing the model"
+    stage_start 7 "packing the model (with a model card: ${asr_exp}/README.md)"
     packed=${asr_exp}/$(basename "${asr_exp}")_${inference_asr_model%.pth}.zip
-    opts=(--option "${asr_exp}/RESULTS.md")
+    # the card says that espnet-mamba must be installed to load the model, names the classes,
+    # configs and results; it goes into the zip next to config.yaml and RESULTS.md
+    "$python" local/model_card.py --exp "${asr_exp}" --model_file "${inference_asr_model}" \
+        --asr_config "${asr_config}" --inference_config "${inference_config}" \
+        --recipe "egs2/mini_synth/asr1" --out "${asr_exp}/README.md" > /dev/null \
+        || die "model card failed (local/model_card.py)"
+    opts=(--option "${asr_exp}/README.md")
+    [[ -s ${asr_exp}/RESULTS.md ]] && opts+=(--option "${asr_exp}/RESULTS.md")
     [[ -n $bpemodel ]] && opts+=(--option "$bpemodel")
     "$python" -m espnet2.bin.pack asr --asr_train_config "${asr_exp}/config.yaml" \
         --asr_model_file "${asr_exp}/${inference_asr_model}" \
