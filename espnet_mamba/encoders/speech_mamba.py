@@ -28,10 +28,7 @@ class SpeechMambaEncoderLayer(nn.Module):
 
     def forward(self, x, lengths, valid, packing=None):
         x = self.mamba_in(x, lengths, packing=packing)
-        if packing is None:
-            x = self.self_attn(x, key_mask=valid)
-        else:  # attention runs padded: packed, it would need a (total x total) block mask
-            x = packing.padded(self.self_attn, x, key_mask=valid)
+        x = self.self_attn(x, key_mask=valid, packing=packing)
         return self.mamba_out(x, lengths, packing=packing)
 
 

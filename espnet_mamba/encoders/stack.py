@@ -20,6 +20,7 @@ from espnet2.asr.encoder.abs_encoder import AbsEncoder
 from espnet2.legacy.nets.pytorch_backend.nets_utils import make_pad_mask
 from espnet_mamba.encoders.input_layer import InputLayer, check_features, check_input
 from espnet_mamba.modules.factory import check_options, mixer_options, MIXERS
+from espnet_mamba.modules.block import Stream
 from espnet_mamba.modules.norm import RMSNorm
 from espnet_mamba.modules.packing import Packing
 from espnet_mamba.modules.strict_load import StrictLoadMixin
@@ -70,14 +71,16 @@ class StackEncoder(StrictLoadMixin, AbsEncoder):
         if packing:
             xs = packing.pack(xs)
         intermediate = []
+        stream = Stream(None, xs)  # residual adds fused into the next norm (modules/block.py)
         for idx, layer in enumerate(self.encoders, start=1):
-            xs = layer(xs, lengths, valid, packing)
+            stream = layer(stream, lengths, valid, packing)
             if idx in self.interctc_layer_idx:
-                out = self.after_norm(xs)
+                out, xs = stream.normed(self.after_norm)
                 intermediate.append((idx, unpack(out)))
                 if self.interctc_use_conditioning:
                     xs = xs + self.conditioning_layer(ctc.softmax(out))
-        xs = unpack(self.after_norm(xs))
+                stream = Stream(None, xs)
+        xs = unpack(stream.normed(self.after_norm)[0])
         if intermediate:
             return (xs, intermediate), lengths, None
         return xs, lengths, None

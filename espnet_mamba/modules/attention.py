@@ -46,7 +46,13 @@ class MultiHeadAttention(nn.Module):
         y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=drop)
         return self.linear_out(y.transpose(1, 2).flatten(2))
 
-    def forward(self, query, memory=None, key_mask=None):
-        """Self-attention (memory None) or cross-attention over ``memory``."""
+    def forward(self, query, memory=None, key_mask=None, packing=None):
+        """Self-attention (memory None) or cross-attention over ``memory``.
+
+        ``packing``: query is a packed (1, total, d) batch (modules/packing.py); attention then
+        runs on the padded batch (packed, it would need a (total x total) block mask).
+        """
+        if packing is not None:
+            return packing.padded(self.forward, query, memory, key_mask)
         keys, values = self.project_memory(query if memory is None else memory)
         return self.attend(query, keys, values, key_mask)

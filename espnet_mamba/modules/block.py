@@ -1,10 +1,34 @@
-"""Pre-norm residual unit: x + dropout(f(RMSNorm(x))), the building block of every stack here."""
+"""Pre-norm residual unit: x + dropout(f(RMSNorm(x))), the building block of every stack here.
+
+A stack may pass a :class:`Stream` instead of a tensor: the residual sum so far plus the last
+sub-layer's output not yet added.  The next unit then does dropout + add + RMSNorm in one step
+(one triton kernel on CUDA, mamba-ssm's fused add-norm) instead of three kernels each way: at
+short utterances the encoders are bound by kernel launches, not arithmetic.  Same result,
+same parameters.
+"""
 
 from __future__ import annotations
 
+from typing import NamedTuple, Optional
+
+import torch
 from torch import nn
 
 from espnet_mamba.modules.norm import RMSNorm
+from espnet_mamba.ops.rms_norm import add_rms_norm
+
+
+class Stream(NamedTuple):
+    """x = residual + dropout(pending, dropout_p); residual None means x = pending."""
+
+    residual: Optional[torch.Tensor]
+    pending: torch.Tensor
+    dropout_p: float = 0.0
+
+    def normed(self, norm: RMSNorm):
+        """(norm(x), x) with the add and the dropout fused into the norm."""
+        return add_rms_norm(self.pending, self.residual, norm.weight, norm.eps,
+                            self.dropout_p, backend=norm.backend)
 
 
 class Residual(nn.Module):
@@ -18,6 +42,11 @@ class Residual(nn.Module):
         self.dropout = nn.Dropout(dropout_rate)
 
     def forward(self, x, *args, **kwargs):
+        """x: a tensor (returns a tensor) or a :class:`Stream` (returns a Stream)."""
+        if isinstance(x, Stream):
+            h, residual = x.normed(self.norm)
+            p = self.dropout.p if self.training else 0.0
+            return Stream(residual, self.layer(h, *args, **kwargs), p)
         return x + self.dropout(self.layer(self.norm(x), *args, **kwargs))
 
     def step(self, x, state):

@@ -1,7 +1,8 @@
 """RMSNorm, plain and gated, with the triton kernels of mamba-ssm as the CUDA path.
 
 ``rms_norm(x, weight, residual=...)`` fuses the residual add of a pre-norm block:
-it returns (norm(x + residual) * weight, x + residual), one kernel on GPU.
+it returns (norm(x + residual) * weight, x + residual), one kernel on GPU; ``add_rms_norm``
+also applies the dropout of the sub-layer output being added.
 ``gated_rms_norm(x, z, weight)`` is Mamba2's output norm: norm(x * silu(z)) * weight, per group.
 """
 
@@ -34,6 +35,23 @@ def rms_norm(x, weight, eps=1e-5, residual=None, residual_in_fp32=False,
     if residual_in_fp32:
         residual = residual.float()
     return _rms(residual.to(x.dtype), weight, eps), residual
+
+
+def add_rms_norm(pending, residual, weight, eps=1e-5, dropout_p=0.0,
+                 backend: str | None = None):
+    """The residual add of a pre-norm stack fused with the next norm.
+
+    new_residual = residual + dropout(pending) (just ``pending`` if residual is None);
+    returns (norm(new_residual) * weight, new_residual).  On CUDA one triton kernel does the
+    dropout, the add and the norm (and one their backward), instead of three kernels each way.
+    """
+    if use_kernels(backend, "rms_norm", pending, weight):
+        fn = kernel_module("rms_norm").rms_norm_fn
+        return fn(pending, weight, None, residual=residual, eps=eps, dropout_p=dropout_p,
+                  prenorm=True)
+    new = F.dropout(pending, dropout_p) if dropout_p else pending
+    new = new if residual is None else residual + new
+    return _rms(new, weight, eps), new
 
 
 def gated_rms_norm(x, z, weight, eps=1e-5, group_size=None, backend: str | None = None):

@@ -129,3 +129,26 @@ def test_mixer_bf16_autocast_finite(cls, kw):
     assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
     assert all(torch.isfinite(p.grad).all() for p in m.parameters())
     assert m.A_log.dtype == torch.float32 and m.D.dtype == torch.float32
+
+
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_add_rms_norm_cuda_vs_torch(with_residual):
+    """The fused dropout+add+norm of the encoder stacks (dropout 0: deterministic), values and
+    gradients of pending, residual and weight; and that dropout > 0 keeps the expected scale."""
+    torch.manual_seed(0)
+    leaves = [torch.randn(2, 50, 128, device=DEV, requires_grad=True),
+              torch.randn(2, 50, 128, device=DEV, requires_grad=True) if with_residual else None,
+              torch.randn(128, device=DEV, requires_grad=True)]
+    outs = {}
+    for backend in ("cuda", "torch"):
+        y, res = norm_ops.add_rms_norm(leaves[0], leaves[1], leaves[2], backend=backend)
+        grads = torch.autograd.grad((y * y.detach().sin()).sum() + res.square().sum(),
+                                    [t for t in leaves if t is not None])
+        outs[backend] = (y, res, *grads)
+    for a, b in zip(outs["cuda"], outs["torch"]):
+        assert rel(a, b) < 1e-4
+    x = torch.ones(4096, 256, device=DEV)
+    _, res = norm_ops.add_rms_norm(x, None, torch.ones(256, device=DEV), dropout_p=0.25,
+                                   backend="cuda")
+    kept = (res != 0).float().mean().item()
+    assert abs(kept - 0.75) < 0.01 and abs(res.mean().item() - 1.0) < 0.02

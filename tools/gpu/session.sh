@@ -43,8 +43,20 @@ python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "
 export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
 echo "${#wheels[@]} wheels installed; PYTHONPATH=$PYTHONPATH"
 
+if [[ ${SKIP_KERNELS:-0} != 1 && -f .gpu/kernels.tar.xz ]]; then
+    # built on an earlier machine (tools/gpu/export_kernels.sh): usable if the label matches
+    stage "kernels from .gpu/kernels.tar.xz"
+    tar -C /tmp -xJf .gpu/kernels.tar.xz && cat /tmp/site/KERNEL_WHEELS
+    label=$(python3 -c 'import torch; print("pt%s.cu%s.sm%d%d" % (torch.__version__.split("+")[0].replace(".", ""),
+            torch.version.cuda.replace(".", ""), *torch.cuda.get_device_capability()))')
+    if grep -q "+$label-" /tmp/site/KERNEL_WHEELS && python3 -c 'import causal_conv1d_cuda, selective_scan_cuda'; then
+        echo "prebuilt kernels match $label: no build"; SKIP_KERNELS=1; KERNELS_OK=1
+    else
+        echo "prebuilt kernels do not fit this machine ($label): building"
+    fi
+fi
 if [[ ${SKIP_KERNELS:-0} == 1 ]]; then
-    stage "kernels: skipped (SKIP_KERNELS=1)"
+    stage "kernels: not built (SKIP_KERNELS=1 or prebuilt)"
 else
     stage "build + install mamba-ssm and causal-conv1d kernels"
     # A failed build does not stop the session: the command still runs (tests of the pure-PyTorch

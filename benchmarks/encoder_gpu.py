@@ -1,0 +1,338 @@
+"""Encoder speed and memory vs audio length, our Mamba encoders beside ESPnet's own, in one run.
+
+    python benchmarks/encoder_gpu.py --out docs/benchmarks/encoder_h100.json
+    python benchmarks/encoder_gpu.py --device cpu --tiny --out /tmp/enc.json   # a smoke run
+
+What it measures (issue 6): ESPnet's LibriSpeech-960 Conformer (512, 8 heads, 2048 units, 12
+blocks, rel-pos, macaron, conv kernel 31) and E-Branchformer (512, 17 blocks), each with the
+recipe's default attention and with ``use_sdpa=True``, against ``samba_asr`` and
+``speech_mamba`` encoders sized to the Conformer's parameter count.  80-dim random features at
+100 frames/s, conv2d subsampling, fp32 weights under bf16 autocast; per setting a warm-up, then
+the median of ``--repeats`` runs timed with CUDA events; peak memory with the allocator's stats
+reset between settings.  Settings: lengths x batch {8, 1} x {train: forward+backward, infer:
+no_grad forward}.  A model that runs out of memory at one length is not tried at longer ones
+(same batch and mode).  Then ``--packed``: one LibriSpeech-like batch (8 utterances of 2-35 s)
+trained padded vs packed (``pack_sequences``) with Mamba2 mixers, with the CTC losses compared.
+
+Results go to ``--out`` (JSON, rewritten after every setting, so a run cut short keeps what it
+measured); benchmarks/encoder_report.py turns them into tables and plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+FEATS, FPS = 80, 100
+LENGTHS_S = [15, 30, 60, 120, 300, 600, 1200]
+# LibriSpeech-like utterance lengths (s) for the packed-vs-padded batch (2-35 s, as in train-960)
+PACKED_BATCH_S = [2.1, 4.7, 7.3, 11.2, 14.8, 19.5, 26.0, 34.6]
+
+CONFORMER = dict(output_size=512, attention_heads=8, linear_units=2048, num_blocks=12,
+                 input_layer="conv2d", macaron_style=True, rel_pos_type="latest",
+                 pos_enc_layer_type="rel_pos", selfattention_layer_type="rel_selfattn",
+                 activation_type="swish", use_cnn_module=True, cnn_module_kernel=31,
+                 dropout_rate=0.1, positional_dropout_rate=0.1, attention_dropout_rate=0.1)
+EBRANCHFORMER = dict(output_size=512, attention_heads=8, attention_layer_type="rel_selfattn",
+                     pos_enc_layer_type="rel_pos", rel_pos_type="latest",
+                     cgmlp_linear_units=3072, cgmlp_conv_kernel=31, use_linear_after_conv=False,
+                     gate_activation="identity", num_blocks=17, dropout_rate=0.1,
+                     positional_dropout_rate=0.1, attention_dropout_rate=0.1,
+                     input_layer="conv2d", layer_drop_rate=0.0, linear_units=1024,
+                     positionwise_layer_type="linear", use_ffn=True, macaron_ffn=True,
+                     merge_conv_kernel=31)
+# Sized to the Conformer's 83.2M parameters (printed at start-up): 22 bidirectional Mamba
+# blocks (81.9M); 10 Speech-Mamba layers (85.7M); 23 bidirectional Mamba2 blocks (83.4M).
+SAMBA = dict(output_size=512, num_blocks=22, input_layer="conv2d", d_state=16, expand=2)
+SPEECH_MAMBA = dict(output_size=512, attention_heads=8, num_blocks=10, input_layer="conv2d",
+                    d_state=16, expand=2)
+SAMBA_M2 = dict(output_size=512, num_blocks=23, input_layer="conv2d", mixer="mamba2",
+                d_state=64, expand=2, mixer_conf={"headdim": 64})
+SPEECH_MAMBA_M2 = dict(output_size=512, attention_heads=8, num_blocks=10, input_layer="conv2d",
+                       mixer="mamba2", d_state=64, expand=2, mixer_conf={"headdim": 64})
+TINY = dict(output_size=64, num_blocks=2)  # --tiny: every model at this size (CPU smoke)
+
+
+DEFAULT_MODELS = ["conformer", "conformer_sdpa", "e_branchformer", "e_branchformer_sdpa",
+                  "samba_asr", "speech_mamba", "samba_asr_mamba2"]
+
+
+def model_table():
+    """name -> (builder, constructor options)."""
+    from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
+    from espnet2.asr.encoder.e_branchformer_encoder import EBranchformerEncoder
+
+    from espnet_mamba.encoders.samba_asr import SambaASREncoder
+    from espnet_mamba.encoders.speech_mamba import SpeechMambaEncoder
+
+    return {
+        "conformer": (ConformerEncoder, CONFORMER),
+        "conformer_sdpa": (ConformerEncoder, {**CONFORMER, "use_sdpa": True}),
+        "e_branchformer": (EBranchformerEncoder, EBRANCHFORMER),
+        "e_branchformer_sdpa": (EBranchformerEncoder, {**EBRANCHFORMER, "use_sdpa": True}),
+        "samba_asr": (SambaASREncoder, SAMBA),
+        "speech_mamba": (SpeechMambaEncoder, SPEECH_MAMBA),
+        "samba_asr_mamba2": (SambaASREncoder, SAMBA_M2),
+        "speech_mamba_mamba2": (SpeechMambaEncoder, SPEECH_MAMBA_M2),
+    }
+
+
+def build(name, tiny, **extra):
+    cls, conf = model_table()[name]
+    conf = {**conf, **extra}
+    if tiny:
+        conf.update(TINY)
+        if "linear_units" in conf:
+            conf["linear_units"] = 128
+        if "cgmlp_linear_units" in conf:
+            conf["cgmlp_linear_units"] = 128
+        if conf.get("mixer") == "mamba2":
+            conf.update(d_state=16, mixer_conf={"headdim": 16})
+    return cls(FEATS, **conf), conf
+
+
+class Timer:
+    """Median wall time of a callable: CUDA events on GPU, perf_counter on CPU."""
+
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+
+    def sync(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def __call__(self, fn, warmup, repeats):
+        for _ in range(warmup):
+            fn()
+        self.sync()
+        times = []
+        for _ in range(repeats):
+            if self.cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(
+                    enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e3)
+        return times
+
+
+def autocast(device, amp):
+    if amp == "none":
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[amp])
+
+
+def step_fn(enc, x, ilens, mode, device, amp):
+    """One training step (forward + backward) or one inference forward."""
+    if mode == "infer":
+        def run():
+            with torch.no_grad(), autocast(device, amp):
+                enc(x, ilens)
+        return run
+
+    def run():
+        enc.zero_grad(set_to_none=True)
+        with autocast(device, amp):
+            y, _, _ = enc(x, ilens)
+        y.float().square().mean().backward()
+    return run
+
+
+def is_oom(err: BaseException) -> bool:
+    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err)
+
+
+def free(device):
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def measure(enc, mode, batch, seconds, device, args, timer):
+    """One setting -> dict with times (ms), median, peak memory (GiB), or the error."""
+    frames = int(seconds * FPS)
+    enc.train(mode == "train")
+    res = {"mode": mode, "batch": batch, "seconds": seconds, "frames": frames}
+    try:
+        free(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        x = torch.randn(batch, frames, FEATS, device=device)
+        ilens = torch.full((batch,), frames, dtype=torch.long, device=device)
+        times = timer(step_fn(enc, x, ilens, mode, device, args.amp), args.warmup, args.repeats)
+        res.update(times_ms=[round(t, 3) for t in times], median_ms=statistics.median(times))
+        if device.type == "cuda":
+            res["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    except Exception as err:  # noqa: BLE001 - OOM is a result; anything else is reported too
+        if not is_oom(err):
+            raise
+        res["error"] = "OOM"
+    finally:
+        enc.zero_grad(set_to_none=True)
+        x = ilens = None
+        free(device)
+    return res
+
+
+def packed_vs_padded(args, device, timer, report):
+    """Training step on one LibriSpeech-like batch, padded vs packed, same weights (dropout 0)."""
+    from espnet2.asr.ctc import CTC
+
+    scale = 0.1 if args.tiny else 1.0
+    lengths = [int(s * FPS * scale) for s in PACKED_BATCH_S]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(len(lengths), max(lengths), FEATS, generator=gen).to(device)
+    ilens = torch.tensor(lengths, device=device)
+    vocab = 64 if args.tiny else 5000
+    out = []
+    for name in args.packed_models:
+        padded, conf = build(name, args.tiny, dropout_rate=0.0)
+        packed, _ = build(name, args.tiny, dropout_rate=0.0, pack_sequences=True)
+        packed.load_state_dict(padded.state_dict())
+        ctc = CTC(vocab, padded.output_size()).to(device)
+        torch.manual_seed(1)
+        ylens = torch.tensor([max(1, n // 40) for n in lengths], device=device)
+        ys = torch.randint(1, vocab, (len(lengths), int(ylens.max())), device=device)
+        entry = {"model": name, "conf": conf, "lengths_frames": lengths,
+                 "padding_fraction": 1 - sum(lengths) / (len(lengths) * max(lengths))}
+        for label, enc in (("padded", padded), ("packed", packed)):
+            enc.to(device).train()
+
+            def loss_fn(amp, enc=enc):
+                with autocast(device, amp):
+                    hs, hlens, _ = enc(x, ilens)
+                return ctc(hs.float(), hlens, ys, ylens)
+
+            def run(enc=enc, loss_fn=loss_fn):
+                enc.zero_grad(set_to_none=True)
+                loss_fn(args.amp).backward()
+
+            times = timer(run, args.warmup, args.repeats)
+            with torch.no_grad():
+                entry[label] = {"times_ms": [round(t, 3) for t in times],
+                                "median_ms": statistics.median(times),
+                                "loss_fp32": loss_fn("none").item(),
+                                f"loss_{args.amp}": loss_fn(args.amp).item()}
+            enc.cpu()
+        entry["speedup"] = entry["padded"]["median_ms"] / entry["packed"]["median_ms"]
+        entry["loss_fp32_abs_diff"] = abs(entry["padded"]["loss_fp32"]
+                                          - entry["packed"]["loss_fp32"])
+        print(f"[packed] {name}: padded {entry['padded']['median_ms']:.1f} ms, packed "
+              f"{entry['packed']['median_ms']:.1f} ms ({entry['speedup']:.2f}x), fp32 loss "
+              f"{entry['padded']['loss_fp32']:.6f} vs {entry['packed']['loss_fp32']:.6f}",
+              flush=True)
+        out.append(entry)
+        report["packed"] = out
+        del padded, packed
+        free(device)
+
+
+def environment(device):
+    env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "command": " ".join(sys.argv), "python": platform.python_version(),
+           "torch": torch.__version__, "device": str(device)}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name()
+        env["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
+    try:
+        from importlib.metadata import version
+        for pkg in ("espnet", "espnet-mamba", "mamba-ssm", "causal-conv1d", "triton"):
+            try:
+                env[pkg] = version(pkg)
+            except Exception:  # noqa: BLE001
+                env[pkg] = None
+    except ImportError:
+        pass
+    from espnet_mamba.ops import backend
+    env["kernels_available"] = backend.kernels_available()
+    return env
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
+    ap.add_argument("--lengths", nargs="+", type=float, default=LENGTHS_S, help="seconds")
+    ap.add_argument("--batches", nargs="+", type=int, default=[8, 1])
+    ap.add_argument("--modes", nargs="+", default=["train", "infer"],
+                    choices=["train", "infer"])
+    ap.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "none"])
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--packed", action="store_true", help="also run the packed-vs-padded batch")
+    ap.add_argument("--packed-only", action="store_true")
+    ap.add_argument("--packed-models", nargs="+",
+                    default=["samba_asr_mamba2"], help="models with Mamba2 mixers to pack")
+    ap.add_argument("--max-seconds-per-model", type=float, default=math.inf,
+                    help="stop a model's remaining settings after this much wall time")
+    ap.add_argument("--tiny", action="store_true", help="tiny models: a smoke run on CPU")
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    timer = Timer(device)
+    report = {"environment": environment(device), "settings": vars(args) | {"out": str(args.out)},
+              "models": {}, "results": []}
+
+    def save():
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1, default=str))
+
+    if not args.packed_only:
+        for name in args.models:
+            enc, conf = build(name, args.tiny)
+            enc.to(device)
+            params = sum(p.numel() for p in enc.parameters())
+            report["models"][name] = {"params": params, "class": type(enc).__name__,
+                                      "conf": conf}
+            print(f"== {name}: {params / 1e6:.2f}M parameters", flush=True)
+            t_model = time.time()
+            for mode in args.modes:
+                for batch in args.batches:
+                    failed_at = None
+                    for seconds in sorted(args.lengths):
+                        if failed_at is not None:
+                            res = {"mode": mode, "batch": batch, "seconds": seconds,
+                                   "error": f"skipped (OOM at {failed_at} s)"}
+                        elif time.time() - t_model > args.max_seconds_per_model:
+                            res = {"mode": mode, "batch": batch, "seconds": seconds,
+                                   "error": "skipped (time budget of the model)"}
+                        else:
+                            res = measure(enc, mode, batch, seconds, device, args, timer)
+                            if res.get("error") == "OOM":
+                                failed_at = seconds
+                        res["model"] = name
+                        report["results"].append(res)
+                        save()
+                        shown = (f"{res['median_ms']:9.1f} ms" if "median_ms" in res
+                                 else res["error"])
+                        mem = f"  {res['peak_gib']:6.2f} GiB" if "peak_gib" in res else ""
+                        print(f"{name:20s} {mode:5s} B{batch} {seconds:6.0f} s  {shown}{mem}",
+                              flush=True)
+            del enc
+            free(device)
+    if args.packed or args.packed_only:
+        packed_vs_padded(args, device, timer, report)
+        save()
+    print(f"wrote {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""Tables, target checks and plots from benchmarks/encoder_gpu.py's JSON.
+
+    python benchmarks/encoder_report.py docs/benchmarks/encoder_h100.json \
+        --plot-prefix docs/benchmarks/encoder_h100 > docs/benchmarks/encoder_h100.md
+
+Ratios compare each Mamba encoder with the better of ESPnet's two Conformer settings (default
+attention, ``use_sdpa``) at the same length, batch and mode, from the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+BASELINES = ("conformer", "conformer_sdpa")
+
+
+def index(report):
+    """(model, mode, batch, seconds) -> result."""
+    return {(r["model"], r["mode"], r["batch"], r["seconds"]): r for r in report["results"]}
+
+
+def cell(r):
+    if r is None:
+        return "-"
+    if "median_ms" not in r:
+        return "OOM" if "OOM" in r.get("error", "") else r.get("error", "-")
+    mem = f" / {r['peak_gib']:.1f}" if "peak_gib" in r else ""
+    return f"{r['median_ms']:.1f}{mem}"
+
+
+def best_baseline(idx, mode, batch, seconds):
+    runs = [idx.get((b, mode, batch, seconds)) for b in BASELINES]
+    runs = [r for r in runs if r and "median_ms" in r]
+    return min(runs, key=lambda r: r["median_ms"]) if runs else None
+
+
+def fit_exponent(points):
+    """Least-squares slope of log(time) on log(length)."""
+    xs = [math.log(s) for s, _ in points]
+    ys = [math.log(t) for _, t in points]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+
+
+def tables(report, idx):
+    models = list(report["models"])
+    lengths = sorted({r["seconds"] for r in report["results"]})
+    lines = []
+    for mode in ("train", "infer"):
+        for batch in sorted({r["batch"] for r in report["results"]}, reverse=True):
+            lines += [f"\n**{mode}, batch {batch}** (median ms / peak GiB)\n",
+                      "| length (s) | " + " | ".join(models) + " |",
+                      "|---" * (len(models) + 1) + "|"]
+            for s in lengths:
+                lines.append(f"| {s:g} | " + " | ".join(
+                    cell(idx.get((m, mode, batch, s))) for m in models) + " |")
+    return lines
+
+
+def ratios(report, idx):
+    ours = [m for m in report["models"] if m not in BASELINES and "branchformer" not in m]
+    lengths = sorted({r["seconds"] for r in report["results"]})
+    lines = ["\n**Speed-up over the better Conformer setting** (time ratio Conformer/ours; "
+             "memory ratio ours/Conformer in brackets)\n",
+             "| mode | batch | length (s) | " + " | ".join(ours) + " |",
+             "|---" * (len(ours) + 3) + "|"]
+    for mode in ("train", "infer"):
+        for batch in sorted({r["batch"] for r in report["results"]}, reverse=True):
+            for s in lengths:
+                base = best_baseline(idx, mode, batch, s)
+                row = []
+                for m in ours:
+                    r = idx.get((m, mode, batch, s))
+                    if not r or "median_ms" not in r:
+                        row.append(cell(r))
+                    elif base is None:
+                        row.append("baseline OOM")
+                    else:
+                        mem = (f" ({r['peak_gib'] / base['peak_gib']:.2f})"
+                               if "peak_gib" in r and "peak_gib" in base else "")
+                        row.append(f"{base['median_ms'] / r['median_ms']:.2f}x{mem}")
+                lines.append(f"| {mode} | {batch} | {s:g} | " + " | ".join(row) + " |")
+    return lines
+
+
+def targets(report, idx):
+    """The issue's targets, each with the measured value and pass/fail."""
+    ours = [m for m in report["models"] if m not in BASELINES and "branchformer" not in m]
+    lines = ["\n**Targets (issue 6)**\n", "| target | " + " | ".join(ours) + " |",
+             "|---" * (len(ours) + 1) + "|"]
+
+    def speed(m, mode, batch, s):
+        r, base = idx.get((m, mode, batch, s)), best_baseline(idx, mode, batch, s)
+        if not r or "median_ms" not in r or base is None:
+            return None, None
+        return base["median_ms"] / r["median_ms"], (
+            r.get("peak_gib", math.nan) / base.get("peak_gib", math.nan))
+
+    def row(name, fn):
+        lines.append(f"| {name} | " + " | ".join(fn(m) for m in ours) + " |")
+
+    def need(m, mode, batch, s, at_least, mem_at_most=None):
+        x, mem = speed(m, mode, batch, s)
+        if x is None:
+            return "not measured"
+        ok = x >= at_least and (mem_at_most is None or mem <= mem_at_most)
+        memtxt = f", memory {mem:.2f}x" if mem_at_most is not None else ""
+        return f"{'PASS' if ok else 'FAIL'} {x:.2f}x{memtxt}"
+
+    row("train B8 15 s: >= 1x", lambda m: need(m, "train", 8, 15, 1.0))
+    row("train B8 30 s: >= 1x", lambda m: need(m, "train", 8, 30, 1.0))
+    row("train B8 60 s: >= 2x", lambda m: need(m, "train", 8, 60, 2.0))
+    row("train B1 300 s: >= 4x, memory <= 0.25x",
+        lambda m: need(m, "train", 1, 300, 4.0, 0.25))
+
+    def linear(m):
+        pts = [(s, r["median_ms"]) for (mm, mode, b, s), r in idx.items()
+               if mm == m and mode == "infer" and b == 1 and 60 <= s <= 1200 and "median_ms" in r]
+        if len(pts) < 2:
+            return "not measured"
+        top = max(s for s, _ in pts)
+        k = fit_exponent(pts)
+        mem = idx[(m, "infer", 1, top)].get("peak_gib")
+        ok = top >= 1200 and k <= 1.05
+        return (f"{'PASS' if ok else 'FAIL'} exponent {k:.3f} over 60-{top:g} s"
+                + (f", {mem:.1f} GiB at {top:g} s" if mem is not None else ""))
+
+    row("infer B1 up to 1200 s, time exponent <= 1.05", linear)
+    return lines
+
+
+def packed(report):
+    if not report.get("packed"):
+        return []
+    lines = ["\n**Packed vs padded training step** (8 utterances, "
+             "LibriSpeech-like lengths 2.1-34.6 s)\n",
+             "| model | padding | padded ms | packed ms | speed-up | fp32 loss padded | "
+             "fp32 loss packed | abs diff |", "|---" * 8 + "|"]
+    for e in report["packed"]:
+        lines.append(
+            f"| {e['model']} | {e['padding_fraction']:.0%} | {e['padded']['median_ms']:.1f} | "
+            f"{e['packed']['median_ms']:.1f} | {e['speedup']:.2f}x | "
+            f"{e['padded']['loss_fp32']:.6f} | {e['packed']['loss_fp32']:.6f} | "
+            f"{e['loss_fp32_abs_diff']:.2e} |")
+    return lines
+
+
+def plots(report, idx, prefix):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batches = sorted({r["batch"] for r in report["results"]}, reverse=True)
+    for key, label, fname in (("median_ms", "median time per step (ms)", "time"),
+                              ("peak_gib", "peak GPU memory (GiB)", "memory")):
+        fig, axes = plt.subplots(2, len(batches), figsize=(6 * len(batches), 9), squeeze=False)
+        for i, mode in enumerate(("train", "infer")):
+            for j, batch in enumerate(batches):
+                ax = axes[i][j]
+                for m in report["models"]:
+                    pts = sorted((s, r[key]) for (mm, md, b, s), r in idx.items()
+                                 if mm == m and md == mode and b == batch and key in r)
+                    if pts:
+                        ax.plot(*zip(*pts), marker="o", label=m,
+                                linestyle="-" if m not in BASELINES and "branch" not in m
+                                else "--")
+                ax.set(xscale="log", yscale="log", xlabel="audio length (s)", ylabel=label,
+                       title=f"{mode}, batch {batch}")
+                ax.grid(True, which="both", alpha=0.3)
+                ax.legend(fontsize=7)
+        env = report["environment"]
+        fig.suptitle(f"{env.get('gpu', env['device'])}, {env['date'][:10]}, bf16 autocast")
+        fig.tight_layout()
+        fig.savefig(f"{prefix}_{fname}.png", dpi=80)
+        plt.close(fig)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("json", type=Path)
+    ap.add_argument("--plot-prefix", help="write PREFIX_time.png and PREFIX_memory.png")
+    args = ap.parse_args(argv)
+    report = json.loads(args.json.read_text())
+    idx = index(report)
+    env = report["environment"]
+    lines = [f"Device: {env.get('gpu', env['device'])}; date {env['date']}; torch {env['torch']}; "
+             f"mamba-ssm {env.get('mamba-ssm')}; kernels {env.get('kernels_available')}",
+             f"Command: `{env['command']}`", "",
+             "| model | parameters |", "|---|---|"]
+    lines += [f"| {m} | {v['params'] / 1e6:.2f}M |" for m, v in report["models"].items()]
+    lines += targets(report, idx) + ratios(report, idx) + tables(report, idx) + packed(report)
+    print("\n".join(lines))
+    if args.plot_prefix:
+        plots(report, idx, args.plot_prefix)
+
+
+if __name__ == "__main__":
+    main()
