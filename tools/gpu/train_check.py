@@ -11,32 +11,13 @@ every loss was finite, and the CER of the decoded test set.
 import argparse
 import json
 import math
-import random
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
-from cli_data import data_args, write_dataset  # noqa: E402
-from test_espnet_cli import FRONTEND, epoch_losses, write_yaml  # noqa: E402
-
-MODELS = {
-    "samba_asr": ("samba_asr", {"output_size": 256, "num_blocks": 6},
-                  "samba_asr", {"num_blocks": 3}),
-    "speech_mamba": ("speech_mamba", {"output_size": 256, "num_blocks": 3, "attention_heads": 4},
-                     "speech_mamba", {"num_blocks": 2, "attention_heads": 4}),
-    "samba_asr_mamba2": ("samba_asr", {"output_size": 256, "num_blocks": 6, "mixer": "mamba2",
-                                       "d_state": 64, "mixer_conf": {"headdim": 32}},
-                         "samba_asr", {"num_blocks": 3, "mixer": "mamba2", "d_state": 64,
-                                       "mixer_conf": {"headdim": 32}}),
-}
-
-
-def espnet(module, args, log):
-    cmd = [sys.executable, "-m", f"espnet2.bin.{module}", *map(str, args)]
-    with open(log, "w") as f:
-        return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from synth_runs import (MODELS, collect_stats, common_args, epoch_losses, espnet,  # noqa: E402
+                        make_dataset, shape_args, synth_texts, train_config, write_yaml)
 
 
 def cer(hyp_file, ref):
@@ -54,43 +35,18 @@ def main():
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     a = ap.parse_args()
     out = Path(a.out).resolve()
-    rng = random.Random(0)
-    texts = ["".join(rng.choice("abcde") for _ in range(rng.randint(3, 8))) for _ in range(24)]
-    ds = write_dataset(out / "data", texts=texts, repeat=16)
-    common = ["--use_preprocessor", "true", "--token_type", "char", "--token_list",
-              ds.token_list, "--num_workers", "2", "--seed", "0", "--use_tensorboard", "false",
-              "--use_matplotlib", "false", "--num_att_plot", "0", *data_args(ds)]
-    stats = out / "stats"
-    rc = espnet("asr_train", ["--collect_stats", "true", *common, "--ngpu", "0",
-                              "--batch_type", "unsorted", "--batch_size", "8",
-                              "--frontend", FRONTEND["frontend"],
-                              *[x for k, v in FRONTEND["frontend_conf"].items()
-                                for x in ("--frontend_conf", f"{k}={v}")],
-                              "--encoder", "transformer", "--model_conf", "ctc_weight=1.0",
-                              "--output_dir", stats], out / "stats.log")
-    assert rc == 0, (out / "stats.log").read_text()[-3000:]
+    texts = synth_texts()
+    ds = make_dataset(out, repeat=16)
+    common = common_args(ds, num_workers=2)
+    stats = collect_stats(out, ds, common)
     summary = {}
     for name in a.models:
-        enc, enc_conf, dec, dec_conf = MODELS[name]
         exp = out / name
         exp.mkdir(parents=True, exist_ok=True)
-        write_yaml(exp / "train.yaml", {
-            "encoder": enc, "encoder_conf": enc_conf, "decoder": dec, "decoder_conf": dec_conf,
-            "model_conf": {"ctc_weight": 0.3, "lsm_weight": 0.1}, **FRONTEND,
-            "normalize": "global_mvn",
-            "normalize_conf": {"stats_file": str(stats / "train" / "feats_stats.npz")},
-            "optim": "adam", "optim_conf": {"lr": 0.002}, "scheduler": "warmuplr",
-            "scheduler_conf": {"warmup_steps": 50}, "max_epoch": a.epochs,
-            "batch_type": "folded", "batch_size": 16, "keep_nbest_models": 1,
-            "grad_clip": 5.0})
+        write_yaml(exp / "train.yaml", train_config(name, stats, a.epochs))
         start = time.time()
         rc = espnet("asr_train", ["--config", exp / "train.yaml", *common, "--ngpu", a.ngpu,
-                                  "--use_amp", str(a.ngpu > 0).lower(),
-                                  "--train_shape_file", stats / "train/speech_shape",
-                                  "--train_shape_file", stats / "train/text_shape",
-                                  "--valid_shape_file", stats / "valid/speech_shape",
-                                  "--valid_shape_file", stats / "valid/text_shape",
-                                  "--fold_length", "80000", "--fold_length", "150",
+                                  "--use_amp", str(a.ngpu > 0).lower(), *shape_args(stats),
                                   "--output_dir", exp], exp / "train.log")
         train_s = time.time() - start
         log = (exp / "train.log").read_text(errors="replace")
