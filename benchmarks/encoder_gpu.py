@@ -11,7 +11,7 @@ recipe's default attention and with ``use_sdpa=True``, against ``samba_asr`` and
 the median of ``--repeats`` runs timed with CUDA events; peak memory with the allocator's stats
 reset between settings.  Settings: lengths x batch {8, 1} x {train: forward+backward, infer:
 no_grad forward}.  A model that runs out of memory at one length is not tried at longer ones
-(same batch and mode).  Then ``--packed``: one LibriSpeech-like batch (8 utterances of 2-35 s)
+(same batch and mode); batches > 1 stop at ``--max-batched-seconds`` (300 s).  Then ``--packed``: one LibriSpeech-like batch (8 utterances of 2-35 s)
 trained padded vs packed (``pack_sequences``) with Mamba2 mixers, with the CTC losses compared.
 
 Results go to ``--out`` (JSON, rewritten after every setting, so a run cut short keeps what it
@@ -32,6 +32,10 @@ import time
 from pathlib import Path
 
 import torch
+
+from espnet_mamba.ops import rms_norm as norm_ops
+
+TRITON_DEFAULT = norm_ops.TRITON_MIN_NUMEL
 
 FEATS, FPS = 80, 100
 LENGTHS_S = [15, 30, 60, 120, 300, 600, 1200]
@@ -64,7 +68,7 @@ TINY = dict(output_size=64, num_blocks=2)  # --tiny: every model at this size (C
 
 
 DEFAULT_MODELS = ["conformer", "conformer_sdpa", "e_branchformer", "e_branchformer_sdpa",
-                  "samba_asr", "speech_mamba", "samba_asr_mamba2"]
+                  "samba_asr", "speech_mamba", "samba_asr_mamba2", "samba_asr_torchnorm"]
 
 
 def model_table():
@@ -84,6 +88,7 @@ def model_table():
         "speech_mamba": (SpeechMambaEncoder, SPEECH_MAMBA),
         "samba_asr_mamba2": (SambaASREncoder, SAMBA_M2),
         "speech_mamba_mamba2": (SpeechMambaEncoder, SPEECH_MAMBA_M2),
+        "samba_asr_torchnorm": (SambaASREncoder, SAMBA),
     }
 
 
@@ -272,6 +277,8 @@ def main(argv=None):
     ap.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
     ap.add_argument("--lengths", nargs="+", type=float, default=LENGTHS_S, help="seconds")
     ap.add_argument("--batches", nargs="+", type=int, default=[8, 1])
+    ap.add_argument("--max-batched-seconds", type=float, default=300,
+                    help="batches > 1 only up to this length (longer: batch 1 only)")
     ap.add_argument("--modes", nargs="+", default=["train", "infer"],
                     choices=["train", "infer"])
     ap.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "none"])
@@ -303,10 +310,17 @@ def main(argv=None):
                                       "conf": conf}
             print(f"== {name}: {params / 1e6:.2f}M parameters", flush=True)
             t_model = time.time()
+            # a *_torchnorm variant: the same model with every RMSNorm on torch's op instead of
+            # mamba-ssm's triton kernel (which costs more host time per call), short lengths only
+            variant = name.endswith("_torchnorm")
+            norm_ops.TRITON_MIN_NUMEL = math.inf if variant else TRITON_DEFAULT
             for mode in args.modes:
                 for batch in args.batches:
                     failed_at = None
-                    for seconds in sorted(args.lengths):
+                    lengths = [s for s in sorted(args.lengths)
+                               if (batch == 1 or s <= args.max_batched_seconds)
+                               and (not variant or s <= 60)]
+                    for seconds in lengths:
                         if failed_at is not None:
                             res = {"mode": mode, "batch": batch, "seconds": seconds,
                                    "error": f"skipped (OOM at {failed_at} s)"}

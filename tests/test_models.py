@@ -54,6 +54,26 @@ def test_beam_search_and_batch_beam_search_agree(name, mixer):
         assert abs(float(h1.score) - float(h2.score)) < 1e-8
 
 
+@pytest.mark.parametrize("name", ["samba_asr", "speech_mamba"])
+def test_batch_search_keeps_states_batched(name, monkeypatch):
+    """BatchBeamSearch reorders the decoder states with batch_select_state (one index_select
+    per tensor, no per-hypothesis slices), and the n-best equals the per-hypothesis path."""
+    from espnet_mamba.decoders.recurrent import RecurrentDecoder
+    dec = tiny_decoder(name, "mamba")
+    _, (_, fast) = run_beam_searches(dec, ctc_weight=0.0)
+    calls = []
+    original = RecurrentDecoder.batch_select_state
+    monkeypatch.setattr(RecurrentDecoder, "batch_select_state",
+                        lambda self, *a: calls.append(1) or original(self, *a))
+    _, (_, counted) = run_beam_searches(dec, ctc_weight=0.0)
+    assert calls, "BatchBeamSearch did not use batch_select_state"
+    monkeypatch.delattr(RecurrentDecoder, "batch_select_state")
+    _, (_, slow) = run_beam_searches(dec, ctc_weight=0.0)
+    assert [h.yseq.tolist() for h in fast] == [h.yseq.tolist() for h in slow]
+    assert [float(h.score) for h in fast] == pytest.approx([float(h.score) for h in slow],
+                                                           abs=1e-10)
+
+
 @pytest.mark.parametrize("name,mixer", PAIRS)
 def test_joint_ctc_decoding_scores_are_exact_in_both_searches(name, mixer):
     """Joint CTC/attention (weight 0.3): ESPnet 202611's two searches may keep different

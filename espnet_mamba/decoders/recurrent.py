@@ -20,7 +20,7 @@ import torch
 
 from espnet2.asr.decoder.abs_decoder import AbsDecoder
 from espnet2.legacy.nets.scorer_interface import BatchScorerInterface
-from espnet_mamba.modules.state import select_row, split_rows, stack_rows
+from espnet_mamba.modules.state import map_state, select_row, stack_rows
 from espnet_mamba.modules.strict_load import StrictLoadMixin
 
 
@@ -38,6 +38,28 @@ class _Batch:
             memory = None if self.memory is None else self.memory.select(utt)
             self._rows[utt] = (select_row(self.recurrent, utt), memory)
         return self._rows[utt]
+
+
+class _Rows:
+    """The states of a step's n hypotheses, kept as one batch for the next step.
+
+    ``batch_score`` returns this instead of n row views: ESPnet's BatchBeamSearch then reorders
+    it with :meth:`RecurrentDecoder.batch_select_state` (one ``index_select`` per tensor) rather
+    than slicing n rows and stacking them again each step.  Indexing gives one hypothesis's
+    state, which is what ESPnet's ``select_state`` and the non-batched search use.
+    """
+
+    def __init__(self, recurrent, memories: list):
+        self.recurrent, self.memories = recurrent, memories
+
+    def __len__(self):
+        return len(self.memories)
+
+    def __getitem__(self, i: int):
+        return select_row(self.recurrent, i), self.memories[i]
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
 
 
 class RecurrentDecoder(StrictLoadMixin, AbsDecoder, BatchScorerInterface):
@@ -67,13 +89,37 @@ class RecurrentDecoder(StrictLoadMixin, AbsDecoder, BatchScorerInterface):
     def batch_score(self, ys: torch.Tensor, states: List[Any], xs: torch.Tensor
                     ) -> Tuple[torch.Tensor, List[Any]]:
         """Only the last token of each prefix is read: the state holds the rest."""
-        n = len(states)
-        states = [s.row(r, n) if isinstance(s, _Batch) else s for r, s in enumerate(states)]
-        recurrent = stack_rows([s[0] for s in states])
-        memories = [s[1] for s in states]
+        if isinstance(states, _Rows):
+            recurrent, memories = states.recurrent, states.memories
+        else:  # one state per hypothesis (first step, or after hypotheses ended)
+            n = len(states)
+            states = [s.row(r, n) if isinstance(s, _Batch) else s for r, s in enumerate(states)]
+            recurrent = stack_rows([s[0] for s in states])
+            memories = [s[1] for s in states]
         memory = None if memories[0] is None else type(memories[0]).stack(memories)
         logits, recurrent = self.step(ys[:, -1], recurrent, memory)
         # half-precision logits are normalised in fp32; fp32/fp64 keep their precision
         logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)),
                                  dim=-1)
-        return logp, [(r, m) for r, m in zip(split_rows(recurrent, n), memories)]
+        return logp, _Rows(recurrent, memories)
+
+    def batch_select_state(self, state: Any, top_ids: torch.Tensor) -> _Rows:
+        """Keep the states of the hypotheses that survive pruning, as one batch.
+
+        top_ids: (n_utt, beam) of ``h * vocab + token``, h counted within each utterance (the
+        layout ESPnet's BatchBeamSearch passes to scorers that define this method).
+        """
+        if not isinstance(state, _Rows):
+            state = _Rows(stack_rows([s[0] for s in state]), [s[1] for s in state])
+        n_utt = top_ids.shape[0]
+        per_utt = len(state) // n_utt
+        offsets = torch.arange(n_utt, device=top_ids.device)[:, None] * per_utt
+        rows = (torch.div(top_ids, self.output_layer.out_features, rounding_mode="trunc")
+                + offsets).view(-1)
+        first = state.memories[0]
+        if all(m is first for m in state.memories):  # one utterance: no host sync needed
+            memories = [first] * len(rows)
+        else:
+            memories = [state.memories[j] for j in rows.tolist()]
+        recurrent = map_state(lambda t: t.index_select(0, rows.to(t.device)), state.recurrent)
+        return _Rows(recurrent, memories)

@@ -16,6 +16,9 @@ for w in "${wheels[@]}"; do python3 -m zipfile -e "$w" "$tmp/site"; done
 basename -a "${wheels[@]}" > "$tmp/site/KERNEL_WHEELS"
 t0=$SECONDS
 tar -C "$tmp" -cf - site | xz -6 -T0 > "$tmp/kernels.tar.xz"
+size=$(stat -c %s "$tmp/kernels.tar.xz")
+# a device call returns 8 files at most, one of them the job's logs (tools/gpu/detached.sh)
+((size <= 6 * 15 * 1024 * 1024)) || { echo "kernels.tar.xz is $size bytes: too big to return"; exit 1; }
 split -b 15M -d "$tmp/kernels.tar.xz" "$out/kernels.tar.xz.part"
 echo "kernels: $(du -sh "$tmp/site" | cut -f1) unpacked -> $(du -h "$tmp/kernels.tar.xz" | cut -f1) xz in $((SECONDS - t0)) s:"
 ls -l "$out"/kernels.tar.xz.part*
