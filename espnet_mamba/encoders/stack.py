@@ -5,8 +5,8 @@ ESPnet's intermediate-CTC options.  Subclasses only say how to build one layer.
 
 ``pack_sequences``: after the subsampling, the layers see the valid frames of the batch end to
 end (1, total, d) instead of a padded batch (see modules/packing.py); outputs are unpacked again.
-Exact either way; faster with Mamba2 mixers on CUDA, whose kernels take the utterance
-boundaries (``seq_idx``).
+Exact either way.  Meant to be faster with Mamba2 mixers on CUDA, whose kernels take the
+utterance boundaries (``seq_idx``); that path is off for now (see modules/mamba2.py).
 """
 
 from __future__ import annotations

@@ -21,6 +21,14 @@ from espnet_mamba.ops.ssd import (
 )
 
 
+# Packed batches through the fused kernel's ``seq_idx``.  Off: on the H100 (2026-11-22,
+# mamba-ssm 2.3.2.post1, causal-conv1d 1.7.0) tests/gpu/test_models_cuda.py::
+# test_packed_encoder_cuda found packed and padded encoders differing by 0.4-2% (relative, fp32,
+# TF32 off), far above rounding; until that is understood, packed Mamba2 layers run padded
+# (exact, no speed-up).  The test runs the native path too, as a strict xfail.
+NATIVE_SEQ_IDX = False
+
+
 class GatedRMSNorm(nn.Module):
     """Holds the ``norm.weight`` of Mamba2 (mamba-ssm's layernorm_gated.RMSNorm)."""
 
@@ -123,7 +131,7 @@ class Mamba2(nn.Module):
 
     def _forward_packed(self, x, packing):
         zxbcdt = self.in_proj(x)
-        if not fused_mamba2_available(self.backend, zxbcdt):
+        if not (NATIVE_SEQ_IDX and fused_mamba2_available(self.backend, zxbcdt)):
             return packing.padded(self.forward, x, packing.lengths)
         return fused_mamba2_split_scan(
             zxbcdt, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias,

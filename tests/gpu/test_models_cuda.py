@@ -33,10 +33,19 @@ def test_encoder_padding_cuda(name, mixer):
     assert encoder_padding_error(enc, device="cuda", dtype=torch.float32) < 1e-4
 
 
+NATIVE = pytest.param(True, marks=pytest.mark.xfail(
+    strict=True, reason="seq_idx path: 0.4-2% off the padded result on the H100 (2026-11-22); "
+    "espnet_mamba/modules/mamba2.py NATIVE_SEQ_IDX"))
+
+
+@pytest.mark.parametrize("native", [False, NATIVE])
 @pytest.mark.parametrize("bidirectional", [True, False])
 @pytest.mark.parametrize("name", ["samba_asr", "speech_mamba"])
-def test_packed_encoder_cuda(name, bidirectional):
-    """Mamba2 on the fused kernel with seq_idx (packed) == the padded batch."""
+def test_packed_encoder_cuda(name, bidirectional, native, monkeypatch):
+    """Packed (pack_sequences) == the padded batch on CUDA: as shipped (packed Mamba2 layers
+    run padded) and through the fused kernel's seq_idx (NATIVE_SEQ_IDX)."""
+    from espnet_mamba.modules import mamba2
+    monkeypatch.setattr(mamba2, "NATIVE_SEQ_IDX", native)
     err = packed_vs_padded_error(name, "mamba2", device="cuda", dtype=torch.float32,
                                  backend="cuda", bidirectional=bidirectional)
     assert err < 1e-4
