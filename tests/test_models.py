@@ -74,6 +74,25 @@ def test_batch_search_keeps_states_batched(name, monkeypatch):
                                                            abs=1e-10)
 
 
+def test_ended_hypothesis_states_are_compacted():
+    """ESPnet copies an ended hypothesis's state out of the step's batch (_compact): our lazy
+    row reference must turn into the row itself, which batch_score still accepts."""
+    from espnet2.legacy.nets.batch_beam_search import _compact
+    dec = tiny_decoder("samba_asr", "mamba")
+    x = torch.randn(6, 32, dtype=torch.float64)
+    ys = torch.full((3, 1), VOCAB - 1)
+    with torch.no_grad():
+        _, rows = dec.batch_score(ys, [dec.batch_init_state(x)] * 3, x[None])
+        ref = dec.select_state(rows, 2)
+        compact = _compact({"decoder": ref})["decoder"]
+        leaf = compact["recurrent"][0][0]
+        assert leaf.shape[0] == 1
+        assert leaf.untyped_storage().nbytes() == leaf.numel() * leaf.element_size()
+        a, _ = dec.batch_score(ys[:1], [ref], x[None])
+        b, _ = dec.batch_score(ys[:1], [compact], x[None])
+    assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("name,mixer", PAIRS)
 def test_joint_ctc_decoding_scores_are_exact_in_both_searches(name, mixer):
     """Joint CTC/attention (weight 0.3): ESPnet 202611's two searches may keep different

@@ -62,6 +62,56 @@ class _Rows:
         return (self[i] for i in range(len(self)))
 
 
+class _RowRef(dict):
+    """Hypothesis i of a :class:`_Rows` batch, not yet sliced out.  ESPnet's BatchBeamSearch
+    selects the surviving hypotheses with ``select_state`` after every step; slicing every
+    tensor of every layer there, only to stack the rows again in the next ``batch_score``,
+    cost more host time than the decoder step itself.
+
+    A dict only for ESPnet's ``_compact``, which copies the states of *ended* hypotheses out of
+    the step's batch (else each would keep a whole batch alive until decoding ends): it reads
+    ``items()``, and gets the row itself as a plain dict, which :func:`_gather` accepts too.
+    """
+
+    __slots__ = ("rows", "i")
+
+    def __init__(self, rows: _Rows, i: int):
+        super().__init__()
+        self.rows, self.i = rows, i
+
+    def __bool__(self):
+        return True
+
+    def items(self):
+        recurrent, memory = self.rows[self.i]
+        return [("recurrent", recurrent), ("memory", memory)]
+
+    def get(self):
+        return self.rows[self.i]
+
+
+def _as_row(state):
+    """A per-hypothesis state of any form -> (recurrent rows, memory)."""
+    if isinstance(state, _RowRef):
+        return state.get()
+    if isinstance(state, dict):  # a _RowRef after ESPnet's _compact
+        return state["recurrent"], state["memory"]
+    return state
+
+
+def _gather(states: list):
+    """Per-hypothesis states -> (recurrent batch, memories), without copies where possible."""
+    if states and all(isinstance(s, _RowRef) and s.rows is states[0].rows for s in states):
+        rows, ids = states[0].rows, [s.i for s in states]
+        if ids == list(range(len(rows))):
+            return rows.recurrent, rows.memories
+        index = torch.tensor(ids)
+        recurrent = map_state(lambda t: t.index_select(0, index.to(t.device)), rows.recurrent)
+        return recurrent, [rows.memories[j] for j in ids]
+    states = [_as_row(s) for s in states]
+    return stack_rows([s[0] for s in states]), [s[1] for s in states]
+
+
 class RecurrentDecoder(StrictLoadMixin, AbsDecoder, BatchScorerInterface):
     def start_state(self, memory: torch.Tensor, lengths: torch.Tensor):
         raise NotImplementedError
@@ -84,24 +134,29 @@ class RecurrentDecoder(StrictLoadMixin, AbsDecoder, BatchScorerInterface):
 
     def score(self, ys: torch.Tensor, state: Any, x: torch.Tensor) -> Tuple[torch.Tensor, Any]:
         logp, states = self.batch_score(ys[None], [state], x[None])
-        return logp[0], states[0]
+        return logp[0], states[0]  # a (recurrent rows, memory) tuple
 
     def batch_score(self, ys: torch.Tensor, states: List[Any], xs: torch.Tensor
                     ) -> Tuple[torch.Tensor, List[Any]]:
         """Only the last token of each prefix is read: the state holds the rest."""
         if isinstance(states, _Rows):
             recurrent, memories = states.recurrent, states.memories
-        else:  # one state per hypothesis (first step, or after hypotheses ended)
+        else:  # one state per hypothesis (e.g. after ESPnet's select_state)
             n = len(states)
             states = [s.row(r, n) if isinstance(s, _Batch) else s for r, s in enumerate(states)]
-            recurrent = stack_rows([s[0] for s in states])
-            memories = [s[1] for s in states]
+            recurrent, memories = _gather(states)
         memory = None if memories[0] is None else type(memories[0]).stack(memories)
         logits, recurrent = self.step(ys[:, -1], recurrent, memory)
         # half-precision logits are normalised in fp32; fp32/fp64 keep their precision
         logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)),
                                  dim=-1)
         return logp, _Rows(recurrent, memories)
+
+    def select_state(self, state: Any, i: int, new_id: int = None) -> Any:
+        """Hypothesis i of a step's output: a reference, sliced only if ever needed alone."""
+        if isinstance(state, _Rows):
+            return _RowRef(state, i)
+        return None if state is None else state[i]
 
     def batch_select_state(self, state: Any, top_ids: torch.Tensor) -> _Rows:
         """Keep the states of the hypotheses that survive pruning, as one batch.
@@ -110,7 +165,7 @@ class RecurrentDecoder(StrictLoadMixin, AbsDecoder, BatchScorerInterface):
         layout ESPnet's BatchBeamSearch passes to scorers that define this method).
         """
         if not isinstance(state, _Rows):
-            state = _Rows(stack_rows([s[0] for s in state]), [s[1] for s in state])
+            state = _Rows(*_gather(list(state)))
         n_utt = top_ids.shape[0]
         per_utt = len(state) // n_utt
         offsets = torch.arange(n_utt, device=top_ids.device)[:, None] * per_utt
