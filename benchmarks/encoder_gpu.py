@@ -177,7 +177,11 @@ def measure(enc, mode, batch, seconds, device, args, timer):
     try:
         free(device)
         if device.type == "cuda":
+            torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
+            # what is allocated before the setting starts (weights; more would mean leftovers of
+            # an earlier setting, e.g. an out-of-memory one, inflating this setting's peak)
+            res["resident_gib"] = torch.cuda.memory_allocated() / 2**30
         x = torch.randn(batch, frames, FEATS, device=device)
         ilens = torch.full((batch,), frames, dtype=torch.long, device=device)
         times = timer(step_fn(enc, x, ilens, mode, device, args.amp), args.warmup, args.repeats)

@@ -18,8 +18,16 @@ BASELINES = ("conformer", "conformer_sdpa")
 
 
 def index(report):
-    """(model, mode, batch, seconds) -> result."""
-    return {(r["model"], r["mode"], r["batch"], r["seconds"]): r for r in report["results"]}
+    """(model, mode, batch, seconds) -> result.  A peak that exceeds the peak of a longer
+    length of the same model, mode and batch is not a property of this setting (seen on the
+    first setting after an out-of-memory one): it is dropped and the result marked."""
+    idx = {(r["model"], r["mode"], r["batch"], r["seconds"]): dict(r) for r in report["results"]}
+    for (m, mode, b, s), r in idx.items():
+        longer = [o.get("peak_gib") for (m2, mode2, b2, s2), o in idx.items()
+                  if (m2, mode2, b2) == (m, mode, b) and s2 > s and "peak_gib" in o]
+        if "peak_gib" in r and longer and r["peak_gib"] > min(longer):
+            r["suspect_peak_gib"] = r.pop("peak_gib")
+    return idx
 
 
 def cell(r):
@@ -28,6 +36,8 @@ def cell(r):
     if "median_ms" not in r:
         return "OOM" if "OOM" in r.get("error", "") else r.get("error", "-")
     mem = f" / {r['peak_gib']:.1f}" if "peak_gib" in r else ""
+    if "suspect_peak_gib" in r:
+        mem = " / (n/a)"
     return f"{r['median_ms']:.1f}{mem}"
 
 
@@ -55,8 +65,9 @@ def tables(report, idx):
                       "| length (s) | " + " | ".join(models) + " |",
                       "|---" * (len(models) + 1) + "|"]
             for s in lengths:
-                lines.append(f"| {s:g} | " + " | ".join(
-                    cell(idx.get((m, mode, batch, s))) for m in models) + " |")
+                cells = [cell(idx.get((m, mode, batch, s))) for m in models]
+                if any(c != "-" for c in cells):  # a length not run at this batch: no row
+                    lines.append(f"| {s:g} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -71,6 +82,8 @@ def ratios(report, idx):
         for batch in sorted({r["batch"] for r in report["results"]}, reverse=True):
             for s in lengths:
                 base = best_baseline(idx, mode, batch, s)
+                if not any((m, mode, batch, s) in idx for m in report["models"]):
+                    continue
                 row = []
                 for m in ours:
                     r = idx.get((m, mode, batch, s))
@@ -192,6 +205,9 @@ def main(argv=None):
              "| model | parameters |", "|---|---|"]
     lines += [f"| {m} | {v['params'] / 1e6:.2f}M |" for m, v in report["models"].items()]
     lines += targets(report, idx) + ratios(report, idx) + tables(report, idx) + packed(report)
+    lines += ["", "(n/a): a peak above that of a longer length of the same model and setting, "
+              "seen right after an out-of-memory setting; not a property of the setting, "
+              "left out (`suspect_peak_gib` in the JSON)."]
     print("\n".join(lines))
     if args.plot_prefix:
         plots(report, idx, args.plot_prefix)
