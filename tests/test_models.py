@@ -74,6 +74,28 @@ def test_batch_search_keeps_states_batched(name, monkeypatch):
                                                            abs=1e-10)
 
 
+@pytest.mark.parametrize("name", ["samba_asr", "speech_mamba"])
+def test_batch_of_utterances_equals_one_at_a_time(name, caplog):
+    """BatchBeamSearch over 2 padded utterances (ESPnet's (utterance, beam) grid, reordered by
+    batch_select_state with per-utterance offsets) == decoding each alone, scores included."""
+    from espnet2.legacy.nets.batch_beam_search import BatchBeamSearch
+    dec = tiny_decoder(name, "mamba")
+    eos = VOCAB - 1
+    search = BatchBeamSearch(scorers={"decoder": dec}, weights={"decoder": 1.0}, beam_size=3,
+                             vocab_size=VOCAB, sos=eos, eos=eos, token_list=None,
+                             pre_beam_score_key="full").double().eval()
+    x = torch.randn(2, 12, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    lens = torch.tensor([12, 7])
+    with torch.no_grad():
+        both = search(x=x, maxlenratio=0.0, minlenratio=0.0, x_lengths=lens)
+        alone = [search(x=x[i, :lens[i]], maxlenratio=0.0, minlenratio=0.0) for i in range(2)]
+    for batched, single in zip(both, alone):
+        assert [h.yseq.tolist() for h in batched] == [h.yseq.tolist() for h in single]
+        assert [float(h.score) for h in batched] == pytest.approx(
+            [float(h.score) for h in single], abs=1e-10)
+    assert "xs_mask" not in caplog.text  # no "padded frames are attended to" warning
+
+
 def test_ended_hypothesis_states_are_compacted():
     """ESPnet copies an ended hypothesis's state out of the step's batch (_compact): our lazy
     row reference must turn into the row itself, which batch_score still accepts."""

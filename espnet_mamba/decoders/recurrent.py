@@ -136,9 +136,13 @@ class RecurrentDecoder(StrictLoadMixin, AbsDecoder, BatchScorerInterface):
         logp, states = self.batch_score(ys[None], [state], x[None])
         return logp[0], states[0]  # a (recurrent rows, memory) tuple
 
-    def batch_score(self, ys: torch.Tensor, states: List[Any], xs: torch.Tensor
-                    ) -> Tuple[torch.Tensor, List[Any]]:
-        """Only the last token of each prefix is read: the state holds the rest."""
+    def batch_score(self, ys: torch.Tensor, states: List[Any], xs: torch.Tensor,
+                    xs_mask: torch.Tensor = None) -> Tuple[torch.Tensor, List[Any]]:
+        """Only the last token of each prefix is read: the state holds the rest.
+
+        ``xs_mask`` (BatchBeamSearch over several padded utterances) is accepted and not
+        needed: each utterance's start state was built from its own length
+        (``batch_init_state(x, xs_lengths)``), so padded frames never reach it."""
         if isinstance(states, _Rows):
             recurrent, memories = states.recurrent, states.memories
         else:  # one state per hypothesis (e.g. after ESPnet's select_state)
