@@ -50,6 +50,13 @@ REGISTRY: dict[str, dict[str, dict[str, str]]] = {
 }
 
 
+# {ESPnet module: "module:function"} run right after that module executes, before any other
+# module imports names from it.  Memory fixes that leave every result unchanged.
+POST_IMPORT = {
+    "espnet2.legacy.nets.pytorch_backend.nets_utils": "espnet_mamba.compat.pad_mask:patch",
+}
+
+
 class RegistrationError(RuntimeError):
     """A plugin name clashes with an ESPnet class, or a plugin class cannot be used."""
 
@@ -155,7 +162,10 @@ class _RegisteringLoader(importlib.abc.Loader):
 
     def exec_module(self, module):
         self._loader.exec_module(module)
-        register_into(module)
+        if module.__name__ in POST_IMPORT:
+            load_class(POST_IMPORT[module.__name__])(module)
+        if module.__name__ in REGISTRY:
+            register_into(module)
 
     def __getattr__(self, name):  # get_source, get_code, is_package... of the real loader
         return getattr(self._loader, name)
@@ -166,7 +176,8 @@ class _PostImportFinder(importlib.abc.MetaPathFinder):
         self._resolving: set[str] = set()
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname not in REGISTRY or fullname in self._resolving:
+        wanted = fullname in REGISTRY or fullname in POST_IMPORT
+        if not wanted or fullname in self._resolving:
             return None
         self._resolving.add(fullname)  # let the other finders locate the real module
         try:
@@ -249,6 +260,9 @@ def register(eager: bool = False) -> dict[str, dict[str, list[str]]]:
     Returns {task module: {choices attribute: [names]}} for the modules registered so far.
     """
     install_import_hook(force=True)
+    for name, target in POST_IMPORT.items():  # already imported: patch now (best effort)
+        if name in sys.modules:
+            load_class(target)(sys.modules[name])
     done = {}
     for name in REGISTRY:
         if eager and name not in sys.modules:

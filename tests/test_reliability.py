@@ -453,7 +453,6 @@ def test_two_minute_recording_decodes_on_cpu_within_memory():
     row = json.loads(out.stdout.strip().splitlines()[-1])
     assert row["feature_frames"] == 12001 and row["encoder_frames"] == 2999
     assert row["hyp_tokens"] > 0  # a hypothesis (bounded by maxlenratio: 14 tokens)
-    assert row["wall_seconds"] < 60, row
     # measured ~0.9 GiB peak on a 2-core CPU; the decode itself adds < 0.2 GiB
     assert row["peak_rss_mib"] < 3072, row
     assert row["peak_rss_mib"] - row["rss_before_decode_mib"] < 1024, row

@@ -17,12 +17,12 @@ import torch
 from torch import nn
 
 from espnet2.asr.encoder.abs_encoder import AbsEncoder
-from espnet2.legacy.nets.pytorch_backend.nets_utils import make_pad_mask
 from espnet_mamba.encoders.input_layer import InputLayer, check_features, check_input
 from espnet_mamba.modules.factory import check_options, mixer_options, MIXERS
 from espnet_mamba.modules.block import Stream
 from espnet_mamba.modules.norm import RMSNorm
 from espnet_mamba.modules.packing import Packing
+from espnet_mamba.modules.padding import lengths_to_mask
 from espnet_mamba.modules.strict_load import StrictLoadMixin
 
 
@@ -62,7 +62,8 @@ class StackEncoder(StrictLoadMixin, AbsEncoder):
                 ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         check_input(xs_pad, ilens, self.embed.input_size)
         check_features(xs_pad)
-        masks = (~make_pad_mask(ilens, maxlen=xs_pad.shape[1])[:, None, :]).to(xs_pad.device)
+        # (batch, 1, frames), True on valid frames; a broadcast compare, O(batch x frames)
+        masks = lengths_to_mask(ilens.to(xs_pad.device), xs_pad.shape[1])[:, None, :]
         xs, masks = self.embed(xs_pad, masks)
         valid = masks.squeeze(1)
         lengths = valid.sum(-1)

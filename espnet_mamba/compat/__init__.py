@@ -1,0 +1,1 @@
+"""Fixes applied to ESPnet at import time (see registry.py: POST_IMPORT)."""
