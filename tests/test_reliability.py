@@ -458,6 +458,30 @@ def test_two_minute_recording_decodes_on_cpu_within_memory():
     assert row["peak_rss_mib"] - row["rss_before_decode_mib"] < 1024, row
 
 
+def test_front_end_of_a_twenty_minute_recording_fits():
+    """ESPnet's front-end (STFT, LogMel, utterance MVN) on 20 minutes of 16 kHz audio in a fresh
+    process: with ESPnet's own make_pad_mask its LogMel and MVN build 120001^2 matrices (14 GB
+    each) and are killed on a 24 GiB machine; through the hook's linear version (compat/
+    pad_mask.py) the process stays below 3 GiB (measured ~1.5 GiB)."""
+    code = """
+import torch
+from espnet2.asr.frontend.default import DefaultFrontend
+from espnet2.layers.utterance_mvn import UtteranceMVN
+n = 20 * 60 * 16000
+x, lens = torch.randn(1, n) * 0.1, torch.tensor([n])
+with torch.no_grad():
+    feats, flens = DefaultFrontend(fs=16000, n_fft=512, hop_length=160, n_mels=80)(x, lens)
+    feats, flens = UtteranceMVN()(feats, flens)
+peak = int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
+print(tuple(feats.shape), int(flens[0]), bool(torch.isfinite(feats).all()), peak // 1024)
+"""
+    out = _run(code)
+    assert out.returncode == 0, out.stderr[-3000:]
+    shape, frames, finite, peak_mib = out.stdout.strip().splitlines()[-1].rsplit(" ", 3)
+    assert shape == "(1, 120001, 80)" and frames == "120001" and finite == "True"
+    assert int(peak_mib) < 3072, peak_mib
+
+
 class _LargestTensor:
     """Records the largest tensor any aten op creates (a TorchDispatchMode)."""
 
