@@ -51,9 +51,11 @@ REGISTRY: dict[str, dict[str, dict[str, str]]] = {
 
 
 # {ESPnet module: "module:function"} run right after that module executes, before any other
-# module imports names from it.  Memory fixes that leave every result unchanged.
+# module imports names from it.  Fixes that leave every result unchanged: linear memory for
+# ESPnet's pad masks, a clear (and per-utterance skippable) error for audio too short to STFT.
 POST_IMPORT = {
     "espnet2.legacy.nets.pytorch_backend.nets_utils": "espnet_mamba.compat.pad_mask:patch",
+    "espnet2.layers.stft": "espnet_mamba.compat.stft:patch",
 }
 
 

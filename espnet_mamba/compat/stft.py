@@ -1,0 +1,43 @@
+"""A clear, skippable error for audio too short for ESPnet's STFT front-end.
+
+ESPnet's ``Stft`` (``torch.stft`` with ``center=True`` and reflect padding) fails on a batch
+shorter than n_fft/2 + 1 samples with a message about tensor dimensions or padding sizes, before
+any model code runs; ``asr_inference`` then aborts the whole decoding job.  :func:`patch` makes
+such input raise ESPnet's own ``TooShortUttError`` naming the sizes, which ``asr_inference``
+already catches per utterance (it logs it and writes an empty hypothesis), exactly as for audio
+too short for the encoder's subsampling.  Input the STFT can process is not touched.
+"""
+
+from __future__ import annotations
+
+import functools
+
+
+def min_samples(stft) -> int:
+    """Fewest samples torch.stft accepts with this module's settings."""
+    return stft.n_fft // 2 + 1 if stft.center else stft.n_fft
+
+
+def patch(module) -> bool:
+    """Wrap ``module.Stft.forward`` (idempotent)."""
+    cls = getattr(module, "Stft", None)
+    if cls is None or getattr(cls.forward, "_espnet_mamba_checked", False):
+        return False
+    original = cls.forward
+
+    @functools.wraps(original)
+    def forward(self, input, ilens=None):
+        need = min_samples(self)
+        if input.dim() >= 2 and input.shape[1] < need:
+            from espnet2.legacy.nets.pytorch_backend.transformer.subsampling import (
+                TooShortUttError,
+            )
+            raise TooShortUttError(
+                f"has {input.shape[1]} audio samples (empty or nearly): too short for the STFT "
+                f"front-end (n_fft={self.n_fft}, center={self.center} needs at least {need})",
+                input.shape[1], need)
+        return original(self, input, ilens)
+
+    forward._espnet_mamba_checked = True
+    cls.forward = forward
+    return True
