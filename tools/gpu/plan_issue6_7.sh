@@ -1,35 +1,59 @@
 #!/usr/bin/env bash
 # What the H100 runs for issues 6 and 7 once tools/gpu/session.sh has set the machine up:
-#   call 1: bash tools/gpu/detached.sh start 560 bash tools/gpu/plan_issue6_7.sh   (carry .gpu)
-#   call 2+: bash tools/gpu/detached.sh wait 560
-# 1. the mixed-precision runs (tools/gpu/amp_check.py, 6 trainings) in the background while the
-#    GPU tests run (correctness only, so sharing the GPU does not matter);
-# 2. then, alone on the GPU, the decoding and encoder benchmarks (timings);
-# 3. the built kernels packed into $OUT (xz, <= 15 MiB parts) so that a later machine of the
-#    same architecture can skip the 7-minute build (tools/gpu/session.sh looks in .gpu/kernels).
-# Each step's output is in $OUT; a step that fails does not stop the next one.
+#   call 1: bash tools/gpu/detached.sh start 555 bash tools/gpu/plan_issue6_7.sh   (carry .gpu)
+#   call 2+: bash tools/gpu/detached.sh wait 585
+# STEPS (comma list, default all, in this order) picks what runs:
+#   tests    pytest -m gpu tests/gpu, alone on the GPU (beside six training runs it took 17 min
+#            instead of a few: 2026-11-22)
+#   decode   benchmarks/decode_gpu.py (about 1.5 min)
+#   encoder  benchmarks/encoder_gpu.py; ENCODER_MODELS picks the models (default: all); the
+#            packed-vs-padded batch too
+#   amp      tools/gpu/amp_check.py (six trainings at once, ~7 min); AMP_ARGS adds options,
+#            e.g. "--models samba_asr --dtypes fp16" for the fp16 overflow of samba_asr
+#   export   the built kernels into $OUT (xz parts) for a later machine (tools/gpu/export_kernels.sh)
+# Each step's output is in $OUT (returned as one job.tgz by detached.sh); a failing step does not
+# stop the next one.  Session 1 of 2026-11-22 ran tests+amp together, then decode, then encoder
+# (cut at speech_mamba inference when the device time ran out).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+STEPS=",${STEPS:-tests,decode,encoder,amp,export},"
 step() { echo; echo "=== [$(date -u +%H:%M:%S)] $*"; }
+want() { [[ $STEPS == *",$1,"* ]]; }
 
-step "amp_check (background) + GPU tests"
-python3 tools/gpu/amp_check.py /tmp/amp_check --ngpu 1 --deadline 420 > "$OUT/amp_check.log" 2>&1 &
-amp_pid=$!
-python3 -m pytest -m gpu tests/gpu -v -rA --tb=short -p no:cacheprovider > "$OUT/pytest_gpu.log" 2>&1
-echo "pytest exit $?"; tail -n 40 "$OUT/pytest_gpu.log"
-wait "$amp_pid"; echo "amp_check exit $?"; tail -n 30 "$OUT/amp_check.log"
-cp /tmp/amp_check/amp_check.json "$OUT/" 2>/dev/null
+if want tests; then
+    step "GPU tests"
+    python3 -m pytest -m gpu tests/gpu -v -rA --tb=short -p no:cacheprovider > "$OUT/pytest_gpu.log" 2>&1
+    echo "pytest exit $?"; tail -n 40 "$OUT/pytest_gpu.log"
+fi
 
-step "decoding benchmark"
-python3 benchmarks/decode_gpu.py --device cuda --out "$OUT/decode_h100.json" \
-    --plot "$OUT/decode_h100.png" --profile "$OUT/decode_profile.txt" 2>&1 |
-    tee "$OUT/decode_bench.log" | tail -n 40
+if want decode; then
+    step "decoding benchmark"
+    python3 benchmarks/decode_gpu.py --device cuda --out "$OUT/decode_h100.json" \
+        --plot "$OUT/decode_h100.png" --profile "$OUT/decode_profile.txt" 2>&1 |
+        tee "$OUT/decode_bench.log" | tail -n 40
+fi
 
-step "encoder benchmark"
-python3 benchmarks/encoder_gpu.py --out "$OUT/encoder_h100.json" --packed \
-    --packed-models samba_asr_mamba2 speech_mamba_mamba2 2>&1 | tee "$OUT/encoder_bench.log" | tail -n 80
+if want encoder; then
+    step "encoder benchmark"
+    # shellcheck disable=SC2086  # ENCODER_MODELS is a word list
+    python3 benchmarks/encoder_gpu.py --out "$OUT/encoder_h100.json" --packed \
+        ${ENCODER_MODELS:+--models $ENCODER_MODELS} \
+        --packed-models samba_asr_mamba2 speech_mamba_mamba2 2>&1 |
+        tee "$OUT/encoder_bench.log" | tail -n 80
+fi
 
-step "kernels for later machines"
-bash tools/gpu/export_kernels.sh "$OUT" || echo "export failed"
+if want amp; then
+    step "amp_check"
+    # shellcheck disable=SC2086
+    python3 tools/gpu/amp_check.py /tmp/amp_check --ngpu 1 --deadline 480 ${AMP_ARGS:-} \
+        > "$OUT/amp_check.log" 2>&1
+    echo "amp_check exit $?"; tail -n 30 "$OUT/amp_check.log"
+    cp /tmp/amp_check/amp_check.json "$OUT/" 2>/dev/null
+fi
+
+if want export; then
+    step "kernels for later machines"
+    bash tools/gpu/export_kernels.sh "$OUT" || echo "export failed"
+fi
 step "plan done"
