@@ -27,11 +27,14 @@ def v1_inputs(b, d, n, l, requires_grad=False):
 @pytest.mark.parametrize("b,d,n,l,chunk", [
     (1, 1, 1, 1, None), (2, 3, 4, 1, None), (2, 5, 3, 17, None), (3, 4, 8, 100, 7),
     (1, 6, 16, 64, 64), (2, 2, 2, 33, 1), (2, 8, 4, 257, None)])
-def test_selective_scan_matches_loop(b, d, n, l, chunk):
-    t = v1_inputs(b, d, n, l)
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad_path", "blocked_path"])
+def test_selective_scan_matches_loop(b, d, n, l, chunk, grad):
+    """Both PyTorch paths: one fused step per time step without autograd, blocked with it."""
+    t = v1_inputs(b, d, n, l, requires_grad=grad)
     y, last = selective_scan_torch(**t, delta_softplus=True, return_last_state=True,
                                    chunk_size=chunk)
-    y_ref, last_ref = selective_scan_loop(**t, delta_softplus=True)
+    with torch.no_grad():
+        y_ref, last_ref = selective_scan_loop(**t, delta_softplus=True)
     assert y.dtype == F64 and y.shape == (b, d, l)
     assert rel_err(y, y_ref) < 1e-12
     assert rel_err(last, last_ref) < 1e-12
