@@ -130,9 +130,9 @@ class Mamba2(nn.Module):
         return out, (last_inputs(conv_in, end, self.d_conv), ssm_state)
 
     def _forward_packed(self, x, packing):
-        zxbcdt = self.in_proj(x)
-        if not (NATIVE_SEQ_IDX and fused_mamba2_available(self.backend, zxbcdt)):
+        if not (NATIVE_SEQ_IDX and fused_mamba2_available(self.backend, x)):
             return packing.padded(self.forward, x, packing.lengths)
+        zxbcdt = self.in_proj(x)
         return fused_mamba2_split_scan(
             zxbcdt, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias,
             -torch.exp(self.A_log.float()), self.D, self.chunk_size, self.norm.weight,

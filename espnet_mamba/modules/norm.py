@@ -14,6 +14,6 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d))
         self.eps, self.backend = eps, backend
 
-    def forward(self, x, residual=None):
-        """norm(x) * weight, or with ``residual``: (norm(x + residual) * weight, x + residual)."""
-        return rms_norm(x, self.weight, self.eps, residual=residual, backend=self.backend)
+    def forward(self, x):
+        """norm(x) * weight (a residual add fused into it: modules/block.py, Stream)."""
+        return rms_norm(x, self.weight, self.eps, backend=self.backend)

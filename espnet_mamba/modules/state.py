@@ -1,7 +1,8 @@
 """Per-hypothesis recurrent states for beam search: nested tuples of tensors, batch dim first.
 
 A hypothesis owns rows of batch size 1; beam search stacks them into one batch for a step and
-splits the result again.  The size of a state never depends on how many tokens it has read.
+keeps the result as one batch (decoders/recurrent.py).  The size of a state never depends on how
+many tokens it has read.
 """
 
 from __future__ import annotations
@@ -26,11 +27,6 @@ def stack_rows(states: list):
             return first.expand(len(states), *first.shape[1:])
         return torch.cat(states, dim=0)
     return type(first)(stack_rows([s[i] for s in states]) for i in range(len(first)))
-
-
-def split_rows(state, n: int) -> list:
-    """One state of batch n -> n states of batch 1 (views, no copies)."""
-    return [map_state(lambda t, i=i: t[i:i + 1], state) for i in range(n)]
 
 
 def select_row(state, i: int):

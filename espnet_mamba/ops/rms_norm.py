@@ -1,8 +1,7 @@
 """RMSNorm, plain and gated, with the triton kernels of mamba-ssm as the CUDA path.
 
-``rms_norm(x, weight, residual=...)`` fuses the residual add of a pre-norm block:
-it returns (norm(x + residual) * weight, x + residual), one kernel on GPU; ``add_rms_norm``
-also applies the dropout of the sub-layer output being added.
+``add_rms_norm(pending, residual, weight)`` fuses the residual add (and the dropout of the
+sub-layer output being added) of a pre-norm block into the norm: one kernel on GPU.
 ``gated_rms_norm(x, z, weight)`` is Mamba2's output norm: norm(x * silu(z)) * weight, per group.
 """
 
@@ -31,21 +30,11 @@ def _rms(x, weight, eps):
     return F.rms_norm(xf, (x.shape[-1],), weight.to(xf.dtype), eps).to(x.dtype)
 
 
-def rms_norm(x, weight, eps=1e-5, residual=None, residual_in_fp32=False,
-             backend: str | None = None):
-    """Returns norm(x [+ residual]) * weight and, if residual is given, the new residual."""
+def rms_norm(x, weight, eps=1e-5, backend: str | None = None):
+    """norm(x) * weight."""
     if _use_triton(backend, x, weight):
-        fn = kernel_module("rms_norm").rms_norm_fn
-        if residual is None:
-            return fn(x, weight, None, eps=eps)
-        return fn(x, weight, None, residual=residual, prenorm=True,
-                  residual_in_fp32=residual_in_fp32, eps=eps)
-    if residual is None:
-        return _rms(x, weight, eps)
-    residual = x + residual
-    if residual_in_fp32:
-        residual = residual.float()
-    return _rms(residual.to(x.dtype), weight, eps), residual
+        return kernel_module("rms_norm").rms_norm_fn(x, weight, None, eps=eps)
+    return _rms(x, weight, eps)
 
 
 def add_rms_norm(pending, residual, weight, eps=1e-5, dropout_p=0.0,
