@@ -199,6 +199,39 @@ def measure(enc, mode, batch, seconds, device, args, timer):
     return res
 
 
+def profile_setting(enc, name, mode, batch, seconds, device, args, directory: Path):
+    """torch.profiler over 3 steps of one setting: where the host time goes (ops by self CPU
+    time, and the CUDA kernels), written to DIRECTORY/<model>_<mode>_B<batch>_<seconds>s.txt."""
+    from torch.profiler import ProfilerActivity, profile
+
+    frames = int(seconds * FPS)
+    enc.train(mode == "train")
+    x = torch.randn(batch, frames, FEATS, device=device)
+    ilens = torch.full((batch,), frames, dtype=torch.long, device=device)
+    run = step_fn(enc, x, ilens, mode, device, args.amp)
+    for _ in range(3):
+        run()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
+                                           else [])
+    timer = Timer(device)
+    timer.sync()
+    with profile(activities=activities) as prof:
+        for _ in range(3):
+            run()
+        timer.sync()
+    avg = prof.key_averages()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}_{mode}_B{batch}_{seconds:g}s.txt"
+    sort_dev = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    path.write_text(f"{name} {mode} B{batch} {seconds:g} s, 3 steps, amp {args.amp}\n\n"
+                    "== by self CPU time (host)\n"
+                    + avg.table(sort_by="self_cpu_time_total", row_limit=45)
+                    + "\n== by self device time\n" + avg.table(sort_by=sort_dev, row_limit=30))
+    enc.zero_grad(set_to_none=True)
+    free(device)
+    print(f"profile: {path}", flush=True)
+
+
 def packed_vs_padded(args, device, timer, report):
     """Training step on one LibriSpeech-like batch, padded vs packed, same weights (dropout 0)."""
     from espnet2.asr.ctc import CTC
@@ -295,6 +328,11 @@ def main(argv=None):
     ap.add_argument("--max-seconds-per-model", type=float, default=math.inf,
                     help="stop a model's remaining settings after this much wall time")
     ap.add_argument("--tiny", action="store_true", help="tiny models: a smoke run on CPU")
+    ap.add_argument("--profile-dir", type=Path, default=None,
+                    help="also profile (torch.profiler) each model's train and infer steps at "
+                         "--profile-setting into this folder")
+    ap.add_argument("--profile-setting", nargs=2, type=float, default=[8, 15],
+                    metavar=("BATCH", "SECONDS"))
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     timer = Timer(device)
@@ -343,6 +381,10 @@ def main(argv=None):
                         mem = f"  {res['peak_gib']:6.2f} GiB" if "peak_gib" in res else ""
                         print(f"{name:20s} {mode:5s} B{batch} {seconds:6.0f} s  {shown}{mem}",
                               flush=True)
+            if args.profile_dir:
+                b, sec = args.profile_setting
+                for mode in args.modes:
+                    profile_setting(enc, name, mode, int(b), sec, device, args, args.profile_dir)
             del enc
             free(device)
     if args.packed or args.packed_only:

@@ -3,24 +3,31 @@
 #   call 1: bash tools/gpu/detached.sh start 555 bash tools/gpu/plan_issue6_7.sh   (carry .gpu)
 #   call 2+: bash tools/gpu/detached.sh wait 585
 # STEPS (comma list, default all, in this order) picks what runs:
+#   export   first: the built kernels into $OUT (xz parts) for a later machine of the same GPU
+#            architecture (tools/gpu/export_kernels.sh), so a cut-short plan still saves them
 #   tests    pytest -m gpu tests/gpu, alone on the GPU (beside six training runs it took 17 min
 #            instead of a few: 2026-11-22)
 #   decode   benchmarks/decode_gpu.py (about 1.5 min)
 #   encoder  benchmarks/encoder_gpu.py; ENCODER_MODELS picks the models (default: all); the
-#            packed-vs-padded batch too
+#            packed-vs-padded batch too (PACKED_BATCH=0: not); ENCODER_ARGS adds options (e.g. --lengths 15 30
+#            --profile-dir "$OUT/profiles")
+#   packed   tools/gpu/packed_diag.py: where Mamba2's seq_idx path leaves the padded result
 #   amp      tools/gpu/amp_check.py (six trainings at once, ~7 min); AMP_ARGS adds options,
 #            e.g. "--models samba_asr --dtypes fp16" for the fp16 overflow of samba_asr
-#   export   the built kernels into $OUT (xz parts) for a later machine (tools/gpu/export_kernels.sh)
 # Each step's output is in $OUT (returned as one job.tgz by detached.sh); a failing step does not
 # stop the next one.  Session 1 of 2026-11-22 ran tests+amp together, then decode, then encoder
 # (cut at speech_mamba inference when the device time ran out).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-STEPS=",${STEPS:-tests,decode,encoder,amp,export},"
+STEPS=",${STEPS:-export,tests,decode,encoder,packed,amp},"
 step() { echo; echo "=== [$(date -u +%H:%M:%S)] $*"; }
 want() { [[ $STEPS == *",$1,"* ]]; }
 
+if want export; then
+    step "kernels for later machines"
+    bash tools/gpu/export_kernels.sh "$OUT" || echo "export failed"
+fi
 if want tests; then
     step "GPU tests"
     python3 -m pytest -m gpu tests/gpu -v -rA --tb=short -p no:cacheprovider > "$OUT/pytest_gpu.log" 2>&1
@@ -37,10 +44,17 @@ fi
 if want encoder; then
     step "encoder benchmark"
     # shellcheck disable=SC2086  # ENCODER_MODELS is a word list
-    python3 benchmarks/encoder_gpu.py --out "$OUT/encoder_h100.json" --packed \
+    python3 benchmarks/encoder_gpu.py --out "$OUT/encoder_h100.json" \
+        $( ((${PACKED_BATCH:-1})) && echo --packed) \
         ${ENCODER_MODELS:+--models $ENCODER_MODELS} \
-        --packed-models samba_asr_mamba2 speech_mamba_mamba2 2>&1 |
+        --packed-models samba_asr_mamba2 speech_mamba_mamba2 ${ENCODER_ARGS:-} 2>&1 |
         tee "$OUT/encoder_bench.log" | tail -n 80
+fi
+
+if want packed; then
+    step "packed (seq_idx) diagnostic"
+    python3 tools/gpu/packed_diag.py > "$OUT/packed_diag.log" 2>&1
+    echo "packed_diag exit $?"; tail -n 40 "$OUT/packed_diag.log"
 fi
 
 if want amp; then
@@ -52,8 +66,4 @@ if want amp; then
     cp /tmp/amp_check/amp_check.json "$OUT/" 2>/dev/null
 fi
 
-if want export; then
-    step "kernels for later machines"
-    bash tools/gpu/export_kernels.sh "$OUT" || echo "export failed"
-fi
 step "plan done"
