@@ -9,7 +9,7 @@
 # dependencies would pull triton, tilelang, transformers, ...
 #
 # Usage: tools/build_kernels.sh [--sdist-dir DIR] [--wheel-dir DIR] [--target DIR] [--no-install]
-#                               [--arch 90] [--jobs N] [--dry-run]
+#                               [--arch 90] [--jobs N] [--skip NAME] [--dry-run]
 #   --sdist-dir DIR  folder with mamba_ssm-*.tar.gz and causal_conv1d-*.tar.gz (default .gpu/sdist)
 #   --wheel-dir DIR  where wheels, build logs and build_times.txt go (default /tmp/espnet_mamba_kernels);
 #                    wheels already there for this torch/CUDA/arch are reused, not rebuilt
@@ -17,6 +17,8 @@
 #   --no-install     build only
 #   --arch CC        compute capability without the dot (90, 90a, 100...); default: the local GPU's
 #   --jobs N         MAX_JOBS for each of the two parallel builds (default: nproc)
+#   --skip NAME      neither build nor install NAME (mamba_ssm or causal_conv1d): it is installed
+#                    already, e.g. from tools/gpu/export_kernels.sh's archive of an earlier machine
 #   --dry-run        unpack and patch, print the patched arch lines and the commands; build nothing
 # Env: PYTHON (default python3), the interpreter whose torch the kernels are built against.
 set -euo pipefail
@@ -25,6 +27,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PY=${PYTHON:-python3}
 SDIST_DIR=$ROOT/.gpu/sdist WHEEL_DIR=/tmp/espnet_mamba_kernels TARGET="" INSTALL=1
 ARCH="" JOBS=$(nproc) DRY=0
+NAMES=(mamba_ssm causal_conv1d)
 while (($#)); do
     case $1 in
         --sdist-dir) SDIST_DIR=$2; shift 2 ;;
@@ -33,6 +36,8 @@ while (($#)); do
         --no-install) INSTALL=0; shift ;;
         --arch) ARCH=$2; shift 2 ;;
         --jobs) JOBS=$2; shift 2 ;;
+        --skip) [[ " ${NAMES[*]} " == *" $2 "* ]] || { echo "--skip: not one of ${NAMES[*]}: $2" >&2; exit 2; }
+                NAMES=($(printf '%s\n' "${NAMES[@]}" | grep -vx "$2")); shift 2 ;;
         --dry-run) DRY=1; shift ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
@@ -45,7 +50,8 @@ run() { echo "+ $*"; ((DRY)) || "$@"; }
 # --- sources --------------------------------------------------------------------------------
 shopt -s nullglob
 declare -A SDIST
-for name in mamba_ssm causal_conv1d; do
+((${#NAMES[@]})) || { say "nothing to build (both skipped)"; exit 0; }
+for name in "${NAMES[@]}"; do
     files=("$SDIST_DIR"/"$name"-*.tar.gz)
     if ((${#files[@]} != 1)); then
         say "need exactly one $name-*.tar.gz in $SDIST_DIR, found ${#files[@]}."
@@ -83,10 +89,13 @@ want_wheel() {  # $1 = name: the wheel for this LOCAL label, if there
     local w=("$WHEEL_DIR/$1-$ver+$LOCAL"-*.whl)
     ((${#w[@]})) && echo "${w[0]}" || true
 }
-WHEEL[mamba_ssm]=$(want_wheel mamba_ssm) WHEEL[causal_conv1d]=$(want_wheel causal_conv1d)
+have_all() {  # every package to build has its wheel
+    local name
+    for name in "${NAMES[@]}"; do WHEEL[$name]=$(want_wheel "$name"); [[ -n ${WHEEL[$name]} ]] || return 1; done
+}
 
 # --- build (both at once: causal-conv1d is bound by one ~4 min file, mamba-ssm by many) -------
-if [[ -n ${WHEEL[mamba_ssm]} && -n ${WHEEL[causal_conv1d]} ]]; then
+if have_all; then
     say "reusing wheels already in $WHEEL_DIR for $LOCAL"
 else
     ((DRY)) || command -v nvcc >/dev/null || [[ -x /usr/local/cuda/bin/nvcc ]] \
@@ -94,7 +103,7 @@ else
     TMP=$(mktemp -d /tmp/build_kernels.XXXXXX)
     trap 'rm -rf "$TMP"' EXIT
     ((DRY)) || mkdir -p "$WHEEL_DIR"
-    for name in mamba_ssm causal_conv1d; do
+    for name in "${NAMES[@]}"; do
         tar -xzf "${SDIST[$name]}" -C "$TMP"
         src=$(echo "$TMP/$name"-*/)
         # Patch this temporary copy only: no env var selects the arch (cc_flag is hard-coded, and
@@ -136,38 +145,35 @@ EOF
         echo "$name $(($(date +%s) - t0)) s, exit $rc" >"$TMP/time-$name"
         return $rc
     }
-    for name in mamba_ssm causal_conv1d; do
+    for name in "${NAMES[@]}"; do
         echo "+ env ${ENVS[*]} $PY -m pip wheel -v --no-build-isolation --no-deps --no-index" \
              "--no-cache-dir -w $WHEEL_DIR $TMP/$name-*/ > $WHEEL_DIR/build-$name.log 2>&1 &"
     done
     if ((DRY)); then
         say "dry run: nothing built"
     else
-        say "building both in parallel, MAX_JOBS=$JOBS each; logs: $WHEEL_DIR/build-*.log"
+        say "building ${NAMES[*]} in parallel, MAX_JOBS=$JOBS each; logs: $WHEEL_DIR/build-*.log"
         t0=$(date +%s)
-        build_one mamba_ssm & pid_m=$!
-        build_one causal_conv1d & pid_c=$!
-        rc_m=0 rc_c=0
-        wait $pid_m || rc_m=$?
-        wait $pid_c || rc_c=$?
-        { echo "# $(date -u +%FT%TZ) sm_$ARCH torch $TORCH_V CUDA $CUDA_V MAX_JOBS=$JOBS nproc=$(nproc), in parallel"
-          cat "$TMP/time-mamba_ssm" "$TMP/time-causal_conv1d"
-          echo "both: $(($(date +%s) - t0)) s wall"; } >"$WHEEL_DIR/build_times.txt"
-        cat "$WHEEL_DIR/build_times.txt"
-        for name_rc in "mamba_ssm $rc_m" "causal_conv1d $rc_c"; do
-            read -r name rc <<<"$name_rc"
-            ((rc == 0)) || { say "$name FAILED (exit $rc); end of its log:"; tail -40 "$WHEEL_DIR/build-$name.log"; }
+        declare -A PID
+        for name in "${NAMES[@]}"; do build_one "$name" & PID[$name]=$!; done
+        failed=0
+        for name in "${NAMES[@]}"; do
+            wait "${PID[$name]}" && continue
+            failed=1; say "$name FAILED; end of its log:"; tail -40 "$WHEEL_DIR/build-$name.log"
         done
-        ((rc_m == 0 && rc_c == 0)) || die "kernel build failed"
-        WHEEL[mamba_ssm]=$(want_wheel mamba_ssm) WHEEL[causal_conv1d]=$(want_wheel causal_conv1d)
-        [[ -n ${WHEEL[mamba_ssm]} && -n ${WHEEL[causal_conv1d]} ]] \
-            || die "pip reported success but no wheel named *+$LOCAL-* is in $WHEEL_DIR"
+        { echo "# $(date -u +%FT%TZ) sm_$ARCH torch $TORCH_V CUDA $CUDA_V MAX_JOBS=$JOBS nproc=$(nproc), in parallel"
+          for name in "${NAMES[@]}"; do cat "$TMP/time-$name"; done
+          echo "all: $(($(date +%s) - t0)) s wall"; } >"$WHEEL_DIR/build_times.txt"
+        cat "$WHEEL_DIR/build_times.txt"
+        ((failed == 0)) || die "kernel build failed"
+        have_all || die "pip reported success but no wheel named *+$LOCAL-* is in $WHEEL_DIR"
     fi
 fi
 
 # --- install ---------------------------------------------------------------------------------
 if ((INSTALL)); then
-    ws=("${WHEEL[mamba_ssm]:-$WHEEL_DIR/mamba_ssm-...whl}" "${WHEEL[causal_conv1d]:-$WHEEL_DIR/causal_conv1d-...whl}")
+    ws=()
+    for name in "${NAMES[@]}"; do ws+=("${WHEEL[$name]:-$WHEEL_DIR/$name-...whl}"); done
     # --upgrade: with --target, pip otherwise keeps what a previous call put there.
     if [[ -n $TARGET ]]; then where=(--target "$TARGET" --upgrade); else where=(--force-reinstall); fi
     run "$PY" -m pip install -q --no-deps --no-index --no-compile "${where[@]}" "${ws[@]}"

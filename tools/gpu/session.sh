@@ -43,17 +43,23 @@ python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "
 export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
 echo "${#wheels[@]} wheels installed; PYTHONPATH=$PYTHONPATH"
 
-if [[ ${SKIP_KERNELS:-0} != 1 && -f .gpu/kernels.tar.xz ]]; then
-    # built on an earlier machine (tools/gpu/export_kernels.sh): usable if the label matches
-    stage "kernels from .gpu/kernels.tar.xz"
-    tar -C /tmp -xJf .gpu/kernels.tar.xz && cat /tmp/site/KERNEL_WHEELS
+SKIP_BUILD=()
+if [[ ${SKIP_KERNELS:-0} != 1 ]] && compgen -G '.gpu/kernels/*.tar.xz' >/dev/null; then
+    # built on an earlier machine (tools/gpu/export_kernels.sh): used if the label matches
+    stage "prebuilt kernels from .gpu/kernels"
     label=$(python3 -c 'import torch; print("pt%s.cu%s.sm%d%d" % (torch.__version__.split("+")[0].replace(".", ""),
             torch.version.cuda.replace(".", ""), *torch.cuda.get_device_capability()))')
-    if grep -q "+$label-" /tmp/site/KERNEL_WHEELS && python3 -c 'import causal_conv1d_cuda, selective_scan_cuda'; then
-        echo "prebuilt kernels match $label: no build"; SKIP_KERNELS=1; KERNELS_OK=1
-    else
-        echo "prebuilt kernels do not fit this machine ($label): building"
-    fi
+    for archive in .gpu/kernels/*.tar.xz; do
+        name=$(basename "$archive" .tar.xz)
+        tar -C "$(dirname "$SITE")" -xJf "$archive"  # the archive holds site/...
+        ext=$([[ $name == mamba_ssm ]] && echo selective_scan_cuda || echo causal_conv1d_cuda)
+        if grep -q "+$label-" "$SITE/KERNEL_WHEELS.$name" 2>/dev/null && python3 -c "import $ext"; then
+            echo "$name: prebuilt $(cat "$SITE/KERNEL_WHEELS.$name") fits $label: not built"
+            SKIP_BUILD+=(--skip "$name")
+        else
+            echo "$name: prebuilt kernels do not fit this machine ($label): building"
+        fi
+    done
 fi
 if [[ ${SKIP_KERNELS:-0} == 1 ]]; then
     stage "kernels: not built (SKIP_KERNELS=1 or prebuilt)"
@@ -61,7 +67,8 @@ else
     stage "build + install mamba-ssm and causal-conv1d kernels"
     # A failed build does not stop the session: the command still runs (tests of the pure-PyTorch
     # path are worth the device time already spent), but the session's exit status says so.
-    if bash tools/build_kernels.sh --sdist-dir .gpu/sdist --wheel-dir "$KERNEL_DIR" --target "$SITE" &&
+    if bash tools/build_kernels.sh --sdist-dir .gpu/sdist --wheel-dir "$KERNEL_DIR" --target "$SITE" \
+        "${SKIP_BUILD[@]}" &&
         python3 -c 'import causal_conv1d, mamba_ssm, selective_scan_cuda, causal_conv1d_cuda
 print("mamba_ssm", mamba_ssm.__version__, "| causal_conv1d", causal_conv1d.__version__, "import OK")'
     then KERNELS_OK=1
