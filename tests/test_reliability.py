@@ -281,6 +281,53 @@ def test_model_cast_to_bf16_still_scans_in_fp32(mixer):
     assert err < 0.05 and late < 0.05, (err, late)
 
 
+@pytest.mark.parametrize("mixer", sorted(MIXER_CONF))
+@pytest.mark.parametrize("decode_step", [False, True])
+def test_fp16_autocast_runs_the_recurrence_in_fp32(mixer, decode_step, monkeypatch):
+    """Under fp16 autocast a mixer's output can leave fp16's range from small inputs (samba_asr's
+    speech summary did on the H200: inf at step ~49 of fp16 training).  Everything after in_proj
+    runs in fp32 then (modules/precision.py): an output far beyond 65504 is finite and equals the
+    fp32 result up to in_proj's fp16 rounding; with the policy switched off it is inf, which
+    shows the input does overflow fp16."""
+    from espnet_mamba.modules import precision
+    from espnet_mamba.modules.factory import build_mixer
+
+    torch.manual_seed(0)
+    mix = build_mixer(32, mixer, False, None, d_state=16, d_conv=4, expand=2,
+                      **MIXER_CONF[mixer]).eval()
+    with torch.no_grad():
+        mix.out_proj.weight.mul_(3e6)  # outputs of order 1e5..1e6: beyond fp16 (65504)
+    x = torch.randn(2, 40, 32)
+
+    def run():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+            if not decode_step:
+                return mix(x, torch.tensor([40, 31]))
+            state = mix.init_state(2)
+            return torch.stack([mix.step(x[:, t], state)[0] for t in range(3)], 1)
+
+    with torch.no_grad():
+        ref = (mix(x, torch.tensor([40, 31])) if not decode_step else torch.stack(
+            [mix.step(x[:, t], mix.init_state(2))[0] for t in range(3)], 1))
+    assert ref.abs().max() > 1e5
+    y = run()
+    assert y.dtype == torch.float32 and torch.isfinite(y).all()
+    assert ((y - ref).abs().max() / ref.abs().max()).item() < 2e-2
+    monkeypatch.setattr(precision, "fp16_autocast", lambda t: False)
+    assert not torch.isfinite(run()).all()
+
+
+def test_fp16_policy_leaves_bf16_and_fp32_alone():
+    from espnet_mamba.modules.precision import fp16_autocast
+
+    t = torch.zeros(1)
+    assert not fp16_autocast(t)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not fp16_autocast(t)
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert fp16_autocast(t)
+
+
 # ==============================================================================================
 # 5. determinism: two seeded CPU training runs give identical losses
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from espnet_mamba.modules.mamba_init import inverse_softplus_dt, no_weight_decay, ssm_dtype
 from espnet_mamba.modules.padding import MASKED_DT, lengths_to_mask, mask_end
+from espnet_mamba.modules.precision import after_in_proj
 from espnet_mamba.ops import backend as ops_backend
 from espnet_mamba.ops.causal_conv1d import causal_conv1d, causal_conv1d_step, last_inputs
 from espnet_mamba.ops.selective_scan import (
@@ -74,8 +75,12 @@ class Mamba(nn.Module):
         fusable = mask is None and not return_final_state
         if mask is None and lengths is not None:
             mask = lengths_to_mask(lengths, x.shape[1])
-        A = -torch.exp(self.A_log.float())
         xz = self.in_proj(x).transpose(1, 2)  # (b, 2*d_inner, l)
+        return after_in_proj(self._mix, xz, mask, fusable, return_final_state)
+
+    def _mix(self, xz, mask, fusable, return_final_state):
+        """Everything after in_proj (fp32 under fp16 autocast: modules/precision.py)."""
+        A = -torch.exp(self.A_log.float())
         if fusable and fused_mamba_inner_available(self.backend, xz):
             out = fused_mamba_inner(xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
                                     self.dt_proj.weight, self.out_proj.weight, self.out_proj.bias,
@@ -104,7 +109,7 @@ class Mamba(nn.Module):
         if not return_final_state:
             return out
         end = mask_end(mask) if mask is not None else torch.full(
-            (x.shape[0],), x.shape[1], device=x.device)
+            (xz.shape[0],), xz.shape[2], device=xz.device)
         return out, (last_inputs(conv_in, end, self.d_conv), ssm_state)
 
     def init_state(self, batch: int, device=None, dtype=torch.float32):
@@ -115,8 +120,11 @@ class Mamba(nn.Module):
 
     def step(self, x, state):
         """One token.  x: (batch, d_model) -> (y (batch, d_model), new state)."""
+        return after_in_proj(self._step_mix, self.in_proj(x), state)
+
+    def _step_mix(self, xz, state):
         conv_state, ssm_state = state
-        xs, z = self.in_proj(x).chunk(2, dim=-1)
+        xs, z = xz.chunk(2, dim=-1)
         xs, conv_state = causal_conv1d_step(xs, conv_state, self._conv_weight(),
                                             self.conv1d.bias, "silu", self.backend)
         dt, B, C = self.x_proj(xs).split([self.dt_rank, self.d_state, self.d_state], dim=-1)

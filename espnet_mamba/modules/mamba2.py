@@ -13,6 +13,7 @@ from torch import nn
 
 from espnet_mamba.modules.mamba_init import inverse_softplus_dt, no_weight_decay, ssm_dtype
 from espnet_mamba.modules.padding import MASKED_DT, lengths_to_mask, mask_end
+from espnet_mamba.modules.precision import after_in_proj
 from espnet_mamba.ops import backend as ops_backend
 from espnet_mamba.ops.causal_conv1d import causal_conv1d, causal_conv1d_step, last_inputs
 from espnet_mamba.ops.rms_norm import gated_rms_norm
@@ -94,9 +95,12 @@ class Mamba2(nn.Module):
         fusable = mask is None and not return_final_state
         if mask is None and lengths is not None:
             mask = lengths_to_mask(lengths, x.shape[1])
-        batch, length, _ = x.shape
+        return after_in_proj(self._mix, self.in_proj(x), mask, fusable, return_final_state)
+
+    def _mix(self, zxbcdt, mask, fusable, return_final_state):
+        """Everything after in_proj (fp32 under fp16 autocast: modules/precision.py)."""
+        batch, length, _ = zxbcdt.shape
         A = -torch.exp(self.A_log.float())
-        zxbcdt = self.in_proj(x)
         if fusable and fused_mamba2_available(self.backend, zxbcdt):
             out = fused_mamba2_split_scan(
                 zxbcdt, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias, A,
@@ -126,18 +130,17 @@ class Mamba2(nn.Module):
         if not return_final_state:
             return out
         end = mask_end(mask) if mask is not None else torch.full(
-            (batch,), length, device=x.device)
+            (batch,), length, device=zxbcdt.device)
         return out, (last_inputs(conv_in, end, self.d_conv), ssm_state)
 
     def _forward_packed(self, x, packing):
         if not (NATIVE_SEQ_IDX and fused_mamba2_available(self.backend, x)):
             return packing.padded(self.forward, x, packing.lengths)
-        zxbcdt = self.in_proj(x)
-        return fused_mamba2_split_scan(
+        return after_in_proj(lambda zxbcdt: fused_mamba2_split_scan(
             zxbcdt, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias,
             -torch.exp(self.A_log.float()), self.D, self.chunk_size, self.norm.weight,
             self.norm.eps, self.out_proj.weight, self.out_proj.bias, self.headdim, self.ngroups,
-            seq_idx=packing.seq_idx)
+            seq_idx=packing.seq_idx), self.in_proj(x))
 
     def init_state(self, batch: int, device=None, dtype=torch.float32):
         return (torch.zeros(batch, self.conv_dim, self.d_conv, device=device, dtype=dtype),
@@ -146,9 +149,12 @@ class Mamba2(nn.Module):
 
     def step(self, x, state):
         """One token.  x: (batch, d_model) -> (y (batch, d_model), new state)."""
+        return after_in_proj(self._step_mix, self.in_proj(x), state)
+
+    def _step_mix(self, zxbcdt, state):
         conv_state, ssm_state = state
-        batch = x.shape[0]
-        z, xbc, dt = self._split(self.in_proj(x))
+        batch = zxbcdt.shape[0]
+        z, xbc, dt = self._split(zxbcdt)
         xbc, conv_state = causal_conv1d_step(xbc, conv_state, self.conv1d.weight.squeeze(1),
                                              self.conv1d.bias, "silu", self.backend)
         xs, B, C = self._split_xbc(xbc)

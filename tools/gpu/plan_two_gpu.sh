@@ -20,7 +20,7 @@ step() { echo; echo "=== [$(date -u +%H:%M:%S)] $*"; }
 step "GPU 0: packed test + diagnostic | GPU 1: fp16 probe"
 (
     export CUDA_VISIBLE_DEVICES=0
-    timeout -s INT 150 python3 -m pytest tests/gpu/test_models_cuda.py -k packed -v -rA \
+    timeout -s INT 150 python3 -m pytest -m gpu tests/gpu/test_models_cuda.py -k packed -v -rA \
         --tb=short -p no:cacheprovider -o faulthandler_timeout=60 > "$OUT/pytest_packed.log" 2>&1
     echo "pytest packed exit $?" >> "$OUT/pytest_packed.log"
     # SIGABRT: faulthandler prints every thread's stack before the process dies

@@ -53,7 +53,7 @@ if [[ ${SKIP_KERNELS:-0} != 1 ]] && compgen -G '.gpu/kernels/*.tar.xz' >/dev/nul
         name=$(basename "$archive" .tar.xz)
         tar -C "$(dirname "$SITE")" -xJf "$archive"  # the archive holds site/...
         ext=$([[ $name == mamba_ssm ]] && echo selective_scan_cuda || echo causal_conv1d_cuda)
-        if grep -q "+$label-" "$SITE/KERNEL_WHEELS.$name" 2>/dev/null && python3 -c "import $ext"; then
+        if grep -q "+$label-" "$SITE/KERNEL_WHEELS.$name" 2>/dev/null && python3 -c "import torch, $ext"; then  # torch first: it loads libc10
             echo "$name: prebuilt $(cat "$SITE/KERNEL_WHEELS.$name") fits $label: not built"
             SKIP_BUILD+=(--skip "$name")
         else
