@@ -34,3 +34,20 @@ def test_stream_dropout(training):
     _, value = out.normed(unit.norm)
     dropped = (value == 1.0).float().mean().item()  # residual 1 + 0 where the output dropped
     assert (abs(dropped - 0.5) < 0.05) if training else dropped < 0.01
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_stream_keeps_the_residual_in_fp32(dtype):
+    """Half-precision sub-layer outputs: the residual sum is fp32 (it would overflow fp16 first:
+    20 layers of outputs near 4e3 already exceed 65504), the normalised output is the layer's
+    dtype, as with mamba-ssm's residual_in_fp32."""
+    torch.manual_seed(0)
+    norm = units()[0].norm.float()
+    stream = Stream(None, torch.full((2, 3, 16), 4000.0, dtype=dtype))
+    for _ in range(20):
+        h, residual = stream.normed(norm)
+        assert residual.dtype == torch.float32 and h.dtype == dtype
+        stream = Stream(residual, torch.full((2, 3, 16), 4000.0, dtype=dtype))
+    h, residual = stream.normed(norm)
+    assert torch.isfinite(residual).all() and residual.max().item() == 21 * 4000.0
+    assert torch.isfinite(h).all()

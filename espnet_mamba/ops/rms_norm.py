@@ -44,14 +44,20 @@ def add_rms_norm(pending, residual, weight, eps=1e-5, dropout_p=0.0,
     new_residual = residual + dropout(pending) (just ``pending`` if residual is None);
     returns (norm(new_residual) * weight, new_residual).  On CUDA one triton kernel does the
     dropout, the add and the norm (and one their backward), instead of three kernels each way.
+
+    The residual is kept in fp32 when ``pending`` is half precision (mamba-ssm's
+    ``residual_in_fp32``): the running sum of every layer's output is what leaves fp16's range
+    first and what bf16 rounds most.  The normalised output has ``pending``'s dtype.
     """
     if _use_triton(backend, pending, weight):
         fn = kernel_module("rms_norm").rms_norm_fn
         return fn(pending, weight, None, residual=residual, eps=eps, dropout_p=dropout_p,
-                  prenorm=True)
+                  prenorm=True, residual_in_fp32=True)
     new = F.dropout(pending, dropout_p) if dropout_p else pending
+    if residual is None and new.dtype in (torch.float16, torch.bfloat16):
+        new = new.float()
     new = new if residual is None else residual + new
-    return _rms(new, weight, eps), new
+    return _rms(new, weight, eps).to(pending.dtype), new
 
 
 def gated_rms_norm(x, z, weight, eps=1e-5, group_size=None, backend: str | None = None):

@@ -151,3 +151,20 @@ def test_add_rms_norm_cuda_vs_torch(with_residual):
                                    backend="cuda")
     kept = (res != 0).float().mean().item()
     assert abs(kept - 0.75) < 0.01 and abs(res.mean().item() - 1.0) < 0.02
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_add_rms_norm_half_keeps_residual_fp32_cuda(dtype):
+    """Half-precision sub-layer outputs: both backends keep the residual in fp32 (mamba-ssm's
+    residual_in_fp32) and return the norm in the input dtype."""
+    torch.manual_seed(0)
+    pending = [torch.randn(2, 300, 256, device=DEV, dtype=dtype) for _ in range(2)]
+    weight = torch.randn(256, device=DEV)
+    outs = {}
+    for backend in ("cuda", "torch"):
+        y0, res = norm_ops.add_rms_norm(pending[0], None, weight, backend=backend)
+        y1, res = norm_ops.add_rms_norm(pending[1], res, weight, backend=backend)
+        assert res.dtype == torch.float32 and y0.dtype == y1.dtype == dtype
+        outs[backend] = (y1.float(), res)
+    for a, b in zip(outs["cuda"], outs["torch"]):
+        assert rel(a, b) < 1e-2
