@@ -12,6 +12,8 @@
 #            packed-vs-padded batch too (PACKED_BATCH=0: not); ENCODER_ARGS adds options (e.g. --lengths 15 30
 #            --profile-dir "$OUT/profiles")
 #   packed   tools/gpu/packed_diag.py: where Mamba2's seq_idx path leaves the padded result
+#   recipe   tools/gpu/recipe_gpu.sh: the mini recipe's asr_train --ngpu 1, seconds per epoch of
+#            the Conformer and the two Mamba configs (about 5 min)
 #   amp      tools/gpu/amp_check.py (six trainings at once, ~7 min); AMP_ARGS adds options,
 #            e.g. "--models samba_asr --dtypes fp16" for the fp16 overflow of samba_asr
 # Each step's output is in $OUT (returned as one job.tgz by detached.sh); a failing step does not
@@ -20,7 +22,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-STEPS=",${STEPS:-export,tests,decode,encoder,packed,amp},"
+STEPS=",${STEPS:-export,tests,decode,encoder,packed,recipe,amp},"
 step() { echo; echo "=== [$(date -u +%H:%M:%S)] $*"; }
 want() { [[ $STEPS == *",$1,"* ]]; }
 
@@ -30,7 +32,9 @@ if want export; then
 fi
 if want tests; then
     step "GPU tests"
-    python3 -m pytest -m gpu tests/gpu -v -rA --tb=short -p no:cacheprovider > "$OUT/pytest_gpu.log" 2>&1
+    # per-test limit: session 3 lost a call to one test stalled in triton's autotuning
+    python3 -m pytest -m gpu tests/gpu -v -rA --tb=short -p no:cacheprovider \
+        --timeout "${TEST_TIMEOUT:-600}" -o faulthandler_timeout=300 > "$OUT/pytest_gpu.log" 2>&1
     echo "pytest exit $?"; tail -n 40 "$OUT/pytest_gpu.log"
 fi
 
@@ -53,8 +57,14 @@ fi
 
 if want packed; then
     step "packed (seq_idx) diagnostic"
-    python3 tools/gpu/packed_diag.py > "$OUT/packed_diag.log" 2>&1
+    # SIGABRT after 10 min: faulthandler prints every stack (autotuning can take minutes)
+    PYTHONFAULTHANDLER=1 timeout -s ABRT 600 python3 tools/gpu/packed_diag.py > "$OUT/packed_diag.log" 2>&1
     echo "packed_diag exit $?"; tail -n 40 "$OUT/packed_diag.log"
+fi
+
+if want recipe; then
+    step "mini recipe on the GPU"
+    bash tools/gpu/recipe_gpu.sh 2>&1 | tail -n 20
 fi
 
 if want amp; then

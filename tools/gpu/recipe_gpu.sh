@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The mini recipe (egs2/mini_synth/asr1) trained on one GPU through the stock
+# `asr_train --ngpu 1` (issue 6): seconds per epoch of the Conformer baseline and of the two Mamba
+# configs, same data, batches and epochs.  Run on the device after tools/gpu/session.sh set it up
+# (step `recipe` of tools/gpu/plan_issue6_7.sh).  Writes $OUT/recipe_gpu.json, the runs' logs and
+# train.logs.  Stages 1-3 (corpus, tokens, stats) run once on the CPU cores.
+set -uo pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$REPO/egs2/mini_synth/asr1"
+nj=$(nproc)
+if ! ./run.sh --python python3 --nj "$nj" --stage 1 --stop_stage 3 > "$OUT/recipe_prep.log" 2>&1; then
+    echo "recipe stages 1-3 failed:"; tail -n 30 "$OUT/recipe_prep.log"; exit 1
+fi
+runs=()
+for cfg in train_asr_conformer train_asr_samba_asr train_asr_speech_mamba; do
+    ./run.sh --python python3 --nj "$nj" --ngpu 1 --stage 4 --stop_stage 4 \
+        --asr_config "conf/tuning/$cfg.yaml" --asr_tag "gpu_$cfg" > "$OUT/recipe_$cfg.log" 2>&1
+    echo "$cfg: exit $?"
+    cp "exp/asr_gpu_$cfg/train.log" "$OUT/recipe_${cfg}.train.log" 2>/dev/null
+    runs+=("$cfg=exp/asr_gpu_$cfg/train.log")
+done
+python3 "$REPO/tools/gpu/recipe_epoch_times.py" "$OUT/recipe_gpu.json" "${runs[@]}"
