@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from espnet_mamba.modules import mamba as mamba_mixer
 from espnet_mamba.ops import rms_norm as norm_ops
 
 TRITON_DEFAULT = norm_ops.TRITON_MIN_NUMEL
@@ -68,7 +69,8 @@ TINY = dict(output_size=64, num_blocks=2)  # --tiny: every model at this size (C
 
 
 DEFAULT_MODELS = ["conformer", "conformer_sdpa", "e_branchformer", "e_branchformer_sdpa",
-                  "samba_asr", "speech_mamba", "samba_asr_mamba2", "samba_asr_torchnorm"]
+                  "samba_asr", "speech_mamba", "samba_asr_mamba2", "samba_asr_torchnorm",
+                  "samba_asr_composed"]
 
 
 def model_table():
@@ -89,6 +91,7 @@ def model_table():
         "samba_asr_mamba2": (SambaASREncoder, SAMBA_M2),
         "speech_mamba_mamba2": (SpeechMambaEncoder, SPEECH_MAMBA_M2),
         "samba_asr_torchnorm": (SambaASREncoder, SAMBA),
+        "samba_asr_composed": (SambaASREncoder, SAMBA),
     }
 
 
@@ -353,15 +356,19 @@ def main(argv=None):
             print(f"== {name}: {params / 1e6:.2f}M parameters", flush=True)
             t_model = time.time()
             # a *_torchnorm variant: the same model with every RMSNorm on torch's op instead of
-            # mamba-ssm's triton kernel (which costs more host time per call), short lengths only
-            variant = name.endswith("_torchnorm")
-            norm_ops.TRITON_MIN_NUMEL = math.inf if variant else TRITON_DEFAULT
+            # mamba-ssm's triton kernel (which costs more host time per call), up to 60 s;
+            # a *_composed variant: v1 mixers without mamba_inner_fn (modules/mamba.py
+            # FUSED_INNER: less host time, more memory), up to 300 s (the memory target)
+            torchnorm, composed = name.endswith("_torchnorm"), name.endswith("_composed")
+            norm_ops.TRITON_MIN_NUMEL = math.inf if torchnorm else TRITON_DEFAULT
+            mamba_mixer.FUSED_INNER = not composed
+            max_s = 60 if torchnorm else 300 if composed else math.inf
             for mode in args.modes:
                 for batch in args.batches:
                     failed_at = None
                     lengths = [s for s in sorted(args.lengths)
                                if (batch == 1 or s <= args.max_batched_seconds)
-                               and (not variant or s <= 60)]
+                               and s <= max_s]
                     for seconds in lengths:
                         if failed_at is not None:
                             res = {"mode": mode, "batch": batch, "seconds": seconds,

@@ -23,6 +23,15 @@ from espnet_mamba.ops.selective_scan import (
 )
 
 
+# Right-padded batches without a final state run as mamba-ssm's single ``mamba_inner_fn`` call
+# on CUDA (it recomputes the conv and dt in backward: less memory).  Its Python-level forward and
+# backward cost ~1.1 ms and ~2.5 ms of host time per call on the H100 (2026-11-22 profile),
+# which bounds training at short lengths; the composed path below (the same kernels called one
+# by one, backward in autograd's engine) is the alternative measured by benchmarks/
+# encoder_gpu.py's ``samba_asr_composed`` variant, which sets this to False.
+FUSED_INNER = True
+
+
 class Mamba(nn.Module):
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: float = 2,
                  dt_rank="auto", dt_min: float = 0.001, dt_max: float = 0.1,
@@ -81,7 +90,7 @@ class Mamba(nn.Module):
     def _mix(self, xz, mask, fusable, return_final_state):
         """Everything after in_proj (fp32 under fp16 autocast: modules/precision.py)."""
         A = -torch.exp(self.A_log.float())
-        if fusable and fused_mamba_inner_available(self.backend, xz):
+        if fusable and FUSED_INNER and fused_mamba_inner_available(self.backend, xz):
             out = fused_mamba_inner(xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
                                     self.dt_proj.weight, self.out_proj.weight, self.out_proj.bias,
                                     A, self.D.float(), self.dt_proj.bias.float())

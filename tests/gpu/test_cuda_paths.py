@@ -87,12 +87,36 @@ def test_conv_and_norm_cuda_vs_torch():
 @pytest.mark.parametrize("cls,kw", [(Mamba, {}), (Mamba2, dict(d_state=64, headdim=32))])
 @pytest.mark.parametrize("masked", [False, True])
 def test_mixer_cuda_vs_torch(cls, kw, masked):
-    """Same weights: fused kernels (unmasked) or unfused kernels (masked) vs PyTorch."""
+    """Same weights: the fused kernels vs PyTorch, unpadded and right-padded (right padding
+    keeps the fused path: causal outputs on valid frames do not see the padding)."""
     cuda = cls(128, **kw, backend="cuda").to(DEV)
     ref = cls(128, **kw, backend="torch").to(DEV)
     ref.load_state_dict(cuda.state_dict(), strict=True)
     x = torch.randn(3, 200, 128, device=DEV)
     lengths = torch.tensor([200, 150, 31], device=DEV) if masked else None
+    outs = []
+    for m in (cuda, ref):
+        xi = x.clone().requires_grad_()
+        y = m(xi, lengths=lengths)
+        y.square().mean().backward()
+        outs.append((y, xi.grad, {k: p.grad for k, p in m.named_parameters()}))
+    assert_close({"y": (outs[0][0], outs[1][0]), "dx": (outs[0][1], outs[1][1]),
+                  **{f"d{k}": (outs[0][2][k], outs[1][2][k]) for k in outs[0][2]}})
+
+
+@pytest.mark.parametrize("lengths", [None, [200, 150, 31]])
+def test_mamba_composed_path_cuda_vs_torch(lengths, monkeypatch):
+    """The v1 mixer without mamba_inner_fn (modules/mamba.py FUSED_INNER = False: the kernels
+    called one by one, as benchmarks/encoder_gpu.py's samba_asr_composed variant runs them)
+    against the PyTorch path, values and every gradient."""
+    from espnet_mamba.modules import mamba as mamba_mixer
+
+    monkeypatch.setattr(mamba_mixer, "FUSED_INNER", False)
+    cuda = Mamba(128, backend="cuda").to(DEV)
+    ref = Mamba(128, backend="torch").to(DEV)
+    ref.load_state_dict(cuda.state_dict(), strict=True)
+    x = torch.randn(3, 200, 128, device=DEV)
+    lengths = None if lengths is None else torch.tensor(lengths, device=DEV)
     outs = []
     for m in (cuda, ref):
         xi = x.clone().requires_grad_()
