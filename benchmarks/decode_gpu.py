@@ -317,6 +317,7 @@ def profile_step(decoders: dict, cfg: dict, device, amp: str, seed: int, path: s
                  steps: int = 5) -> dict:
     """torch.profiler over ``steps`` batch_score calls at the longest prefix, per decoder: a
     table per decoder into ``path``; returns {name: {launches_per_step, cpu_ms_per_step}}."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     gen = torch.Generator().manual_seed(seed)
@@ -345,8 +346,10 @@ def profile_step(decoders: dict, cfg: dict, device, amp: str, seed: int, path: s
             launches = sum(e.count for e in events
                            if e.key in ("cudaLaunchKernel", "cuLaunchKernel",
                                         "cudaLaunchKernelExC", "cuLaunchKernelEx"))
+            # kernels only: CPU ops carry their kernels' time too, summing both counts it twice
             device_us = sum(getattr(e, "self_device_time_total", None)
-                            or getattr(e, "self_cuda_time_total", 0) or 0 for e in events)
+                            or getattr(e, "self_cuda_time_total", 0) or 0 for e in events
+                            if e.device_type == DeviceType.CUDA)
             summary[name] = {"launches_per_step": launches / steps,
                              "cpu_ms_per_step": sum(e.self_cpu_time_total for e in events)
                              / 1e3 / steps,

@@ -391,7 +391,15 @@ def main(argv=None):
             if args.profile_dir:
                 b, sec = args.profile_setting
                 for mode in args.modes:
-                    profile_setting(enc, name, mode, int(b), sec, device, args, args.profile_dir)
+                    try:
+                        profile_setting(enc, name, mode, int(b), sec, device, args,
+                                        args.profile_dir)
+                    except Exception as err:  # noqa: BLE001 - an OOM here loses no results
+                        if not is_oom(err):
+                            raise
+                        print(f"profile {name} {mode}: OOM", flush=True)
+                        enc.zero_grad(set_to_none=True)
+                        free(device)
             del enc
             free(device)
     if args.packed or args.packed_only:

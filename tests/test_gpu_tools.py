@@ -19,7 +19,13 @@ LOG = """\
 
 def test_epoch_times_reads_the_train_part_of_each_results_line():
     assert recipe_epoch_times.epoch_times(LOG) == {1: pytest.approx(79.92), 2: pytest.approx(14.65)}
-    assert recipe_epoch_times.seconds("1 hour and 2 minutes and 3.5 seconds") == 3723.5
+    import humanfriendly  # what ESPnet formats the epoch time with
+
+    for secs in (3.5, 79.92, 3723.5):
+        text = humanfriendly.format_timespan(secs)
+        line = (f"1epoch results: [train] train_time=0.6, time={text}, total_count=9, "
+                "[valid] time=1.79 seconds, total_count=1")
+        assert recipe_epoch_times.epoch_times(line) == {1: pytest.approx(secs)}, text
     with pytest.raises(ValueError, match="no duration"):
         recipe_epoch_times.seconds("soon")
 

@@ -286,11 +286,20 @@ def test_model_cast_to_bf16_still_scans_in_fp32(mixer):
 def test_fp16_autocast_runs_the_recurrence_in_fp32(mixer, decode_step, monkeypatch):
     """Under fp16 autocast a mixer's output can leave fp16's range from small inputs (samba_asr's
     speech summary did on the H200: inf at step ~49 of fp16 training).  Everything after in_proj
-    runs in fp32 then (modules/precision.py): an output far beyond 65504 is finite and equals the
-    fp32 result up to in_proj's fp16 rounding; with the policy switched off it is inf, which
-    shows the input does overflow fp16."""
-    from espnet_mamba.modules import precision
+    runs in fp32 then (modules/precision.py): the scan (or decoding step) gets fp32 inputs, an
+    output far beyond 65504 is finite and equals the fp32 result up to in_proj's fp16 rounding;
+    with the policy switched off the scan gets fp16 inputs and the output is inf."""
+    from espnet_mamba.modules import mamba as mamba_mod, mamba2 as mamba2_mod, precision
     from espnet_mamba.modules.factory import build_mixer
+
+    seen = []  # dtype of the first tensor argument of every scan / state step
+    for mod, names in ((mamba_mod, ("selective_scan", "selective_state_step")),
+                       (mamba2_mod, ("ssd_scan", "ssd_step"))):
+        for name in names:
+            def spy(*a, _f=getattr(mod, name), **k):  # (u, dt) or (state, x): their dtypes
+                seen.append([t.dtype for t in a[:2]])
+                return _f(*a, **k)
+            monkeypatch.setattr(mod, name, spy)
 
     torch.manual_seed(0)
     mix = build_mixer(32, mixer, False, None, d_state=16, d_conv=4, expand=2,
@@ -298,23 +307,61 @@ def test_fp16_autocast_runs_the_recurrence_in_fp32(mixer, decode_step, monkeypat
     with torch.no_grad():
         mix.out_proj.weight.mul_(3e6)  # outputs of order 1e5..1e6: beyond fp16 (65504)
     x = torch.randn(2, 40, 32)
+    lengths = torch.tensor([40, 31])
 
-    def run():
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
-            if not decode_step:
-                return mix(x, torch.tensor([40, 31]))
-            state = mix.init_state(2)
-            return torch.stack([mix.step(x[:, t], state)[0] for t in range(3)], 1)
+    def steps():  # the recurrence carried over 6 decoding steps
+        state, ys = mix.init_state(2), []
+        for t in range(6):
+            y, state = mix.step(x[:, t], state)
+            ys.append(y)
+        return torch.stack(ys, 1)
 
-    with torch.no_grad():
-        ref = (mix(x, torch.tensor([40, 31])) if not decode_step else torch.stack(
-            [mix.step(x[:, t], mix.init_state(2))[0] for t in range(3)], 1))
+    def run(autocast=True):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16, enabled=autocast):
+            return steps() if decode_step else mix(x, lengths)
+
+    ref = run(autocast=False)
     assert ref.abs().max() > 1e5
+    seen.clear()
     y = run()
     assert y.dtype == torch.float32 and torch.isfinite(y).all()
     assert ((y - ref).abs().max() / ref.abs().max()).item() < 2e-2
+    assert seen and all(d == torch.float32 for ds in seen for d in ds), seen
     monkeypatch.setattr(precision, "fp16_autocast", lambda t: False)
+    seen.clear()
     assert not torch.isfinite(run()).all()
+    assert any(d == torch.float16 for ds in seen for d in ds), seen
+
+
+def test_fp16_policy_skips_models_cast_to_half():
+    """A model cast to fp16 (no fp32 weights) under fp16 autocast runs as before, in fp16."""
+    from espnet_mamba.modules.factory import build_mixer
+
+    mix = build_mixer(32, "mamba", False, None, d_state=16, d_conv=4, expand=2).half()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        y = mix(torch.randn(2, 10, 32).half(), torch.tensor([10, 7]))
+    assert y.dtype == torch.float16 and torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("conditioning", [False, True])
+def test_intermediate_ctc_in_a_model_cast_to_bf16(conditioning):
+    """The residual stream is fp32 (ops/rms_norm.py); restarting it after an intermediate-CTC
+    layer must still feed the next layer in the model's dtype."""
+    enc = ENCODERS["samba_asr"](20, output_size=32, num_blocks=3, interctc_layer_idx=[1, 2],
+                                interctc_use_conditioning=conditioning, d_state=8).eval()
+    ctc = None
+    if conditioning:
+        class _CTC(torch.nn.Module):
+            def softmax(self, h):
+                return torch.softmax(h[..., :5], -1)
+        ctc = _CTC()
+        enc.conditioning_layer = torch.nn.Linear(5, 32)
+    enc = enc.to(torch.bfloat16)
+    with torch.no_grad():
+        (y, inter), _, _ = enc(torch.randn(2, 60, 20, dtype=torch.bfloat16),
+                               torch.tensor([60, 41]), ctc=ctc)
+    assert y.dtype == torch.bfloat16 and [i for i, _ in inter] == [1, 2]
+    assert all(h.dtype == torch.bfloat16 and torch.isfinite(h).all() for _, h in inter)
 
 
 def test_fp16_policy_leaves_bf16_and_fp32_alone():

@@ -37,7 +37,8 @@ while (($#)); do
         --arch) ARCH=$2; shift 2 ;;
         --jobs) JOBS=$2; shift 2 ;;
         --skip) [[ " ${NAMES[*]} " == *" $2 "* ]] || { echo "--skip: not one of ${NAMES[*]}: $2" >&2; exit 2; }
-                NAMES=($(printf '%s\n' "${NAMES[@]}" | grep -vx "$2")); shift 2 ;;
+                kept=(); for n in "${NAMES[@]}"; do [[ $n == "$2" ]] || kept+=("$n"); done
+                NAMES=("${kept[@]}"); shift 2 ;;
         --dry-run) DRY=1; shift ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;

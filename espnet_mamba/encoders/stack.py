@@ -80,7 +80,8 @@ class StackEncoder(StrictLoadMixin, AbsEncoder):
                 intermediate.append((idx, unpack(out)))
                 if self.interctc_use_conditioning:
                     xs = xs + self.conditioning_layer(ctc.softmax(out))
-                stream = Stream(None, xs)
+                # xs is the (fp32) residual; the next layer reads the norm in the layers' dtype
+                stream = Stream(None, xs, 0.0, out.dtype)
         xs = unpack(stream.normed(self.after_norm)[0])
         if intermediate:
             return (xs, intermediate), lengths, None

@@ -19,16 +19,22 @@ from espnet_mamba.ops.rms_norm import add_rms_norm
 
 
 class Stream(NamedTuple):
-    """x = residual + dropout(pending, dropout_p); residual None means x = pending."""
+    """x = residual + dropout(pending, dropout_p); residual None means x = pending.
+
+    ``out_dtype``: the dtype of ``normed``'s output when it is not ``pending``'s, e.g. a stream
+    restarted from the fp32 residual (intermediate CTC) inside a bf16 model.
+    """
 
     residual: Optional[torch.Tensor]
     pending: torch.Tensor
     dropout_p: float = 0.0
+    out_dtype: Optional[torch.dtype] = None
 
     def normed(self, norm: RMSNorm):
         """(norm(x), x) with the add and the dropout fused into the norm."""
-        return add_rms_norm(self.pending, self.residual, norm.weight, norm.eps,
+        h, x = add_rms_norm(self.pending, self.residual, norm.weight, norm.eps,
                             self.dropout_p, backend=norm.backend)
+        return (h if self.out_dtype is None else h.to(self.out_dtype)), x
 
 
 class Residual(nn.Module):

@@ -85,7 +85,8 @@ class Mamba(nn.Module):
         if mask is None and lengths is not None:
             mask = lengths_to_mask(lengths, x.shape[1])
         xz = self.in_proj(x).transpose(1, 2)  # (b, 2*d_inner, l)
-        return after_in_proj(self._mix, xz, mask, fusable, return_final_state)
+        return after_in_proj(self._mix, xz, mask, fusable, return_final_state,
+                             weight=self.out_proj.weight)
 
     def _mix(self, xz, mask, fusable, return_final_state):
         """Everything after in_proj (fp32 under fp16 autocast: modules/precision.py)."""
@@ -129,7 +130,7 @@ class Mamba(nn.Module):
 
     def step(self, x, state):
         """One token.  x: (batch, d_model) -> (y (batch, d_model), new state)."""
-        return after_in_proj(self._step_mix, self.in_proj(x), state)
+        return after_in_proj(self._step_mix, self.in_proj(x), state, weight=self.out_proj.weight)
 
     def _step_mix(self, xz, state):
         conv_state, ssm_state = state

@@ -95,7 +95,8 @@ class Mamba2(nn.Module):
         fusable = mask is None and not return_final_state
         if mask is None and lengths is not None:
             mask = lengths_to_mask(lengths, x.shape[1])
-        return after_in_proj(self._mix, self.in_proj(x), mask, fusable, return_final_state)
+        return after_in_proj(self._mix, self.in_proj(x), mask, fusable, return_final_state,
+                             weight=self.out_proj.weight)
 
     def _mix(self, zxbcdt, mask, fusable, return_final_state):
         """Everything after in_proj (fp32 under fp16 autocast: modules/precision.py)."""
@@ -140,7 +141,7 @@ class Mamba2(nn.Module):
             zxbcdt, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias,
             -torch.exp(self.A_log.float()), self.D, self.chunk_size, self.norm.weight,
             self.norm.eps, self.out_proj.weight, self.out_proj.bias, self.headdim, self.ngroups,
-            seq_idx=packing.seq_idx), self.in_proj(x))
+            seq_idx=packing.seq_idx), self.in_proj(x), weight=self.out_proj.weight)
 
     def init_state(self, batch: int, device=None, dtype=torch.float32):
         return (torch.zeros(batch, self.conv_dim, self.d_conv, device=device, dtype=dtype),
@@ -149,7 +150,7 @@ class Mamba2(nn.Module):
 
     def step(self, x, state):
         """One token.  x: (batch, d_model) -> (y (batch, d_model), new state)."""
-        return after_in_proj(self._step_mix, self.in_proj(x), state)
+        return after_in_proj(self._step_mix, self.in_proj(x), state, weight=self.out_proj.weight)
 
     def _step_mix(self, zxbcdt, state):
         conv_state, ssm_state = state

@@ -22,10 +22,12 @@ def fp16_autocast(t: torch.Tensor) -> bool:
     return torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev) == torch.float16
 
 
-def after_in_proj(fn, projected: torch.Tensor, *args, **kwargs):
+def after_in_proj(fn, projected: torch.Tensor, *args, weight: torch.Tensor, **kwargs):
     """``fn(projected, ...)``, the part of a mixer after its input projection, in fp32 when
-    fp16 autocast is on (see the module docstring); as is otherwise."""
-    if not fp16_autocast(projected):
+    fp16 autocast is on (see the module docstring); as is otherwise.  ``weight``: one of the
+    mixer's weights; if the model itself was cast to half precision there are no fp32 weights
+    to compute with, and the policy does not apply."""
+    if not fp16_autocast(projected) or weight.dtype != torch.float32:
         return fn(projected, *args, **kwargs)
     with torch.autocast(projected.device.type, enabled=False):
         return fn(projected.float(), *args, **kwargs)

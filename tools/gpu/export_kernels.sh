@@ -13,9 +13,11 @@ set -euo pipefail
 out=$1
 WHEEL_DIR=${WHEEL_DIR:-/tmp/espnet_mamba_kernels}
 shopt -s nullglob
+exported=0
 for name in mamba_ssm causal_conv1d; do
     wheels=("$WHEEL_DIR/$name"-*.whl)
     ((${#wheels[@]} == 1)) || { echo "expected 1 $name wheel in $WHEEL_DIR, found ${#wheels[@]}"; continue; }
+    exported=$((exported + 1))
     tmp=$(mktemp -d)
     python3 -m zipfile -e "${wheels[0]}" "$tmp/site"
     if command -v strip >/dev/null; then strip --strip-unneeded "$tmp"/site/*.so; fi
@@ -26,4 +28,5 @@ for name in mamba_ssm causal_conv1d; do
     echo "$name: $(du -sh "$tmp/site" | cut -f1) unpacked -> $(du -h "$tmp/$name.tar.xz" | cut -f1) xz in $((SECONDS - t0)) s"
     rm -rf "$tmp"
 done
+((exported)) || { echo "no kernel wheels in $WHEEL_DIR: nothing exported"; exit 1; }
 ls -l "$out"/*.tar.xz.part*

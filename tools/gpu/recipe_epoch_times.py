@@ -12,7 +12,9 @@ import statistics
 import sys
 from pathlib import Path
 
-_RESULT = re.compile(r"(\d+)epoch results: \[train\].*?\btime=([^,]+), total_count")
+# the train part's ``time=`` (not ``train_time=``); humanfriendly's durations contain commas
+# ("1 hour, 2 minutes and 3.5 seconds"), so match up to the field that follows it
+_RESULT = re.compile(r"(\d+)epoch results: \[train\].*?\btime=(.*?), total_count=")
 
 
 def seconds(text: str) -> float:

@@ -51,18 +51,25 @@ if [[ ${SKIP_KERNELS:-0} != 1 ]] && compgen -G '.gpu/kernels/*.tar.xz' >/dev/nul
             torch.version.cuda.replace(".", ""), *torch.cuda.get_device_capability()))')
     for archive in .gpu/kernels/*.tar.xz; do
         name=$(basename "$archive" .tar.xz)
-        tar -C "$(dirname "$SITE")" -xJf "$archive"  # the archive holds site/...
+        unpacked=$(mktemp -d)
+        tar -C "$unpacked" -xJf "$archive"  # the archive holds site/...
+        built_for=$(cat "$unpacked/site/KERNEL_WHEELS.$name" 2>/dev/null || echo "?")
+        if [[ $built_for != *"+$label-"* ]]; then
+            echo "$name: prebuilt $built_for does not fit this machine ($label): building"
+            continue
+        fi
+        cp -r "$unpacked"/site/. "$SITE"/
         ext=$([[ $name == mamba_ssm ]] && echo selective_scan_cuda || echo causal_conv1d_cuda)
-        if grep -q "+$label-" "$SITE/KERNEL_WHEELS.$name" 2>/dev/null && python3 -c "import torch, $ext"; then  # torch first: it loads libc10
-            echo "$name: prebuilt $(cat "$SITE/KERNEL_WHEELS.$name") fits $label: not built"
+        if python3 -c "import torch, $ext"; then  # torch first: it loads libc10 for the extension
+            echo "$name: prebuilt $built_for fits $label: not built"
             SKIP_BUILD+=(--skip "$name")
         else
-            echo "$name: prebuilt kernels do not fit this machine ($label): building"
+            echo "$name: prebuilt $built_for does not import here: building"
         fi
     done
 fi
 if [[ ${SKIP_KERNELS:-0} == 1 ]]; then
-    stage "kernels: not built (SKIP_KERNELS=1 or prebuilt)"
+    stage "kernels: not built (SKIP_KERNELS=1)"
 else
     stage "build + install mamba-ssm and causal-conv1d kernels"
     # A failed build does not stop the session: the command still runs (tests of the pure-PyTorch
