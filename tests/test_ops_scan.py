@@ -51,6 +51,46 @@ def test_selective_scan_gradients_match_loop():
         assert rel_err(g, g_ref) < 1e-10, name
 
 
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("l,chunk", [(37, None), (37, 5), (1, None)])
+def test_grouped_selective_scan_equals_one_scan_per_group(grad, l, chunk):
+    """B/C of shape (batch, groups, n, l), mamba-ssm's grouped layout (channel i reads group
+    i // (d / groups)): the same as scanning each group's channels alone, values, final state
+    and gradients; with and without autograd (the blocked and the step-by-step scans)."""
+    torch.manual_seed(0)
+    b, G, c, n = 2, 2, 6, 4
+    d = G * c
+    leaves = dict(u=torch.randn(b, d, l), delta=torch.randn(b, d, l), A=-torch.rand(d, n) * 3,
+                  B=torch.randn(b, G, n, l), C=torch.randn(b, G, n, l), D=torch.randn(d),
+                  z=torch.randn(b, d, l), bias=torch.randn(d))
+    leaves = {k: v.double().requires_grad_(grad) for k, v in leaves.items()}
+
+    def scan(u, delta, A, B, C, D, z, bias):
+        return selective_scan_torch(u, delta, A, B, C, D=D, z=z, delta_bias=bias,
+                                    delta_softplus=True, return_last_state=True,
+                                    chunk_size=chunk)
+
+    with torch.set_grad_enabled(grad):
+        y, last = scan(**leaves)
+        parts = [scan(*(leaves[k][:, g * c:(g + 1) * c] for k in ("u", "delta")),
+                      leaves["A"][g * c:(g + 1) * c], leaves["B"][:, g], leaves["C"][:, g],
+                      leaves["D"][g * c:(g + 1) * c], leaves["z"][:, g * c:(g + 1) * c],
+                      leaves["bias"][g * c:(g + 1) * c]) for g in range(G)]
+        y_ref = torch.cat([p[0] for p in parts], 1)
+        last_ref = torch.cat([p[1] for p in parts], 1)
+    assert rel_err(y, y_ref) < 1e-12 and rel_err(last, last_ref) < 1e-12
+    if grad:
+        g1 = torch.autograd.grad(y.square().sum() + last.sum(), list(leaves.values()))
+        g2 = torch.autograd.grad(y_ref.square().sum() + last_ref.sum(), list(leaves.values()))
+        assert all(rel_err(a, e) < 1e-12 for a, e in zip(g1, g2))
+
+
+def test_grouped_selective_scan_rejects_groups_not_dividing_channels():
+    with pytest.raises(ValueError, match="groups dividing d_inner=5"):
+        selective_scan_torch(torch.randn(1, 5, 3), torch.rand(1, 5, 3), -torch.rand(5, 2),
+                             torch.randn(1, 2, 2, 3), torch.randn(1, 2, 2, 3))
+
+
 def test_selective_scan_large_decay_is_finite_in_fp32():
     # dt * A of -1e3 per step: a method that divides by cumulative decays would overflow
     t = v1_inputs(1, 2, 3, 50)

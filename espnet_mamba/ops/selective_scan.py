@@ -49,8 +49,6 @@ def selective_scan_torch(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
     return_last_state=False, chunk_size: int | None = None,
 ):
-    if B.dim() != 3 or C.dim() != 3:
-        raise ValueError("B and C must be (batch, d_state, length); grouped B/C is not supported")
     out_dtype = u.dtype
     cdt = _compute_dtype(u)
     u, delta, A, B, C = (t.to(cdt) for t in (u, delta, A, B, C))
@@ -60,9 +58,12 @@ def selective_scan_torch(
         delta = F.softplus(delta)
 
     batch, d_inner, length = u.shape
+    B, C = _grouped(B, d_inner), _grouped(C, d_inner)  # (b, G, n, l)
+    G = B.shape[1]
+    A_g = A.view(G, d_inner // G, A.shape[1])  # channel c of group g: row g * d_inner/G + c
     if not (torch.is_grad_enabled() and any(
             t.requires_grad for t in (u, delta, A, B, C) if t is not None)):
-        y, last_state = _scan_no_grad(u, delta, A, B, C)
+        y, last_state = _scan_no_grad(u, delta, A_g, B, C)
         return _finish(y, u, D, z, cdt, out_dtype, last_state, return_last_state)
     K = chunk_size or default_chunk(length)
     M = -(-length // K)
@@ -71,47 +72,61 @@ def selective_scan_torch(
     if pad:  # dt = 0 on the tail: identity steps that change neither y nor the state
         delta, du, B, C = (F.pad(t, (0, pad)) for t in (delta, du, B, C))
 
-    # Time-major chunk views, state laid out (batch, M, d_inner, d_state) so that y = h @ C is
-    # one batched matmul per step.
-    def steps(t):  # (b, ch, M*K) -> (K, b, M, ch)
-        return t.view(batch, t.shape[1], M, K).permute(3, 0, 2, 1)
+    # Time-major chunk views, state laid out (batch, M, G, d_inner/G, d_state) so that y = h @ C
+    # is one batched matmul per step.
+    def steps(t):  # (b, G*c, M*K) -> (K, b, M, G, c, 1)
+        return t.view(batch, G, -1, M, K).permute(4, 0, 3, 1, 2).unsqueeze(-1)
 
-    dt_k = steps(delta).unsqueeze(-1)  # K,b,M,d,1
-    du_k = steps(du).unsqueeze(-1)  # K,b,M,d,1
-    B_k = steps(B).unsqueeze(-2)  # K,b,M,1,n
-    C_k = steps(C).unsqueeze(-1)  # K,b,M,n,1
+    def bc_steps(t):  # (b, G, n, M*K) -> (K, b, M, G, n)
+        return t.view(batch, G, t.shape[2], M, K).permute(4, 0, 3, 1, 2)
+
+    dt_k = steps(delta)  # K,b,M,G,c,1
+    du_k = steps(du)  # K,b,M,G,c,1
+    B_k = bc_steps(B).unsqueeze(-2)  # K,b,M,G,1,n
+    C_k = bc_steps(C).unsqueeze(-1)  # K,b,M,G,n,1
 
     # Pass 3 needs the same decays as pass 1; autograd keeps them anyway, so they are reused.
     decays = []
 
     def step(h, k, decay=None):
         if decay is None:
-            decay = torch.exp(dt_k[k] * A)  # exp of <= 0: never overflows
+            decay = torch.exp(dt_k[k] * A_g)  # exp of <= 0: never overflows
             decays.append(decay)
         return torch.addcmul(du_k[k] * B_k[k], decay, h)
 
     # 1. chunk end states from a zero start
-    h = torch.zeros(batch, M, d_inner, A.shape[1], dtype=cdt, device=u.device)
+    h = torch.zeros(batch, M, *A_g.shape, dtype=cdt, device=u.device)
     for k in range(K):
         h = step(h, k)
     chunk_end = h
-    chunk_decay = torch.exp(dt_k.sum(0) * A)  # b,M,d,n
+    chunk_decay = torch.exp(dt_k.sum(0) * A_g)  # b,M,G,c,n
 
     # 2. carry the state across chunks
     starts = [torch.zeros_like(chunk_end[:, 0])]
     for c in range(M):
         starts.append(torch.addcmul(chunk_end[:, c], chunk_decay[:, c], starts[-1]))
-    last_state = starts.pop()
+    last_state = starts.pop().reshape(batch, d_inner, A.shape[1])
     h = torch.stack(starts, dim=1)
 
     # 3. rerun every chunk from its true start, emitting y
     ys = []
     for k in range(K):
         h = step(h, k, decays[k])
-        ys.append(torch.matmul(h, C_k[k]))  # b,M,d,1
-    y = torch.cat(ys, dim=-1).permute(0, 2, 1, 3).reshape(batch, d_inner, M * K)[..., :length]
+        ys.append(torch.matmul(h, C_k[k]))  # b,M,G,c,1
+    y = torch.cat(ys, dim=-1).permute(0, 2, 3, 1, 4).reshape(batch, d_inner, M * K)[..., :length]
 
     return _finish(y, u, D, z, cdt, out_dtype, last_state, return_last_state)
+
+
+def _grouped(BC, d_inner):
+    """B or C as (batch, groups, d_state, length): mamba-ssm's grouped layout, where channel i
+    reads group i // (d_inner / groups); (batch, d_state, length) is one group."""
+    if BC.dim() == 3:
+        return BC.unsqueeze(1)
+    if BC.dim() != 4 or d_inner % BC.shape[1]:
+        raise ValueError(f"B and C must be (batch, d_state, length) or (batch, groups, d_state, "
+                         f"length) with groups dividing d_inner={d_inner}; got {tuple(BC.shape)}")
+    return BC
 
 
 def _finish(y, u, D, z, cdt, out_dtype, last_state, return_last_state):
@@ -123,24 +138,30 @@ def _finish(y, u, D, z, cdt, out_dtype, last_state, return_last_state):
     return (y, last_state) if return_last_state else y
 
 
-def _scan_no_grad(u, delta, A, B, C):
+def _scan_no_grad(u, delta, A_g, B, C):
     """Inference: one time step per iteration, three fused ops each, on contiguous time-major
     slices that stay in cache.  Without autograd the blocked scan's second pass (there only to
     keep the graph short) is pure extra arithmetic: this does half of it.  Measured on the 2-core
     CPU, B8 T1000 d512 N16: 0.16 s vs 0.25 s for the plain reference loop and 0.45 s blocked
     (docs/benchmarks.md).  Memory: the state (b, d, n) and copies of the inputs, never (b, d, l, n).
-    delta: after bias and softplus.  Returns y (b, d, l) and the last state (b, d, n)."""
+    delta: after bias and softplus; A_g (G, d/G, n); B, C (b, G, n, l).
+    Returns y (b, d, l) and the last state (b, d, n)."""
     batch, d_inner, length = u.shape
-    dt_t = delta.permute(2, 0, 1).unsqueeze(-1).contiguous()  # l,b,d,1
-    du_t = (delta * u).permute(2, 0, 1).unsqueeze(-1).contiguous()  # l,b,d,1
-    B_t = B.permute(2, 0, 1).unsqueeze(-2).contiguous()  # l,b,1,n
-    C_t = C.permute(2, 0, 1).unsqueeze(-1).contiguous()  # l,b,n,1
-    y = torch.empty(length, batch, d_inner, 1, dtype=u.dtype, device=u.device)
-    h = torch.zeros(batch, d_inner, A.shape[1], dtype=u.dtype, device=u.device)
+    G = A_g.shape[0]
+
+    def time_major(t):  # (b, G*c, l) -> (l, b, G, c, 1)
+        return t.view(batch, G, -1, length).permute(3, 0, 1, 2).unsqueeze(-1).contiguous()
+
+    dt_t = time_major(delta)
+    du_t = time_major(delta * u)
+    B_t = B.permute(3, 0, 1, 2).unsqueeze(-2).contiguous()  # l,b,G,1,n
+    C_t = C.permute(3, 0, 1, 2).unsqueeze(-1).contiguous()  # l,b,G,n,1
+    y = torch.empty(length, batch, *A_g.shape[:2], 1, dtype=u.dtype, device=u.device)
+    h = torch.zeros(batch, *A_g.shape, dtype=u.dtype, device=u.device)
     for t in range(length):
-        h = torch.addcmul(du_t[t] * B_t[t], torch.exp(dt_t[t] * A), h)  # exp of <= 0
+        h = torch.addcmul(du_t[t] * B_t[t], torch.exp(dt_t[t] * A_g), h)  # exp of <= 0
         torch.matmul(h, C_t[t], out=y[t])
-    return y.squeeze(-1).permute(1, 2, 0), h
+    return y.view(length, batch, d_inner).permute(1, 2, 0), h.reshape(batch, d_inner, -1)
 
 
 def selective_scan(
