@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from espnet_mamba.modules import bidirectional
 from espnet_mamba.modules import mamba as mamba_mixer
 from espnet_mamba.ops import rms_norm as norm_ops
 
@@ -70,7 +71,7 @@ TINY = dict(output_size=64, num_blocks=2)  # --tiny: every model at this size (C
 
 DEFAULT_MODELS = ["conformer", "conformer_sdpa", "e_branchformer", "e_branchformer_sdpa",
                   "samba_asr", "speech_mamba", "samba_asr_mamba2", "samba_asr_torchnorm",
-                  "samba_asr_composed"]
+                  "samba_asr_composed", "samba_asr_merged"]
 
 
 def model_table():
@@ -92,6 +93,7 @@ def model_table():
         "speech_mamba_mamba2": (SpeechMambaEncoder, SPEECH_MAMBA_M2),
         "samba_asr_torchnorm": (SambaASREncoder, SAMBA),
         "samba_asr_composed": (SambaASREncoder, SAMBA),
+        "samba_asr_merged": (SambaASREncoder, SAMBA),
     }
 
 
@@ -358,11 +360,14 @@ def main(argv=None):
             # a *_torchnorm variant: the same model with every RMSNorm on torch's op instead of
             # mamba-ssm's triton kernel (which costs more host time per call), up to 60 s;
             # a *_composed variant: v1 mixers without mamba_inner_fn (modules/mamba.py
-            # FUSED_INNER: less host time, more memory), up to 300 s (the memory target)
-            torchnorm, composed = name.endswith("_torchnorm"), name.endswith("_composed")
+            # FUSED_INNER: less host time, more memory), and *_merged: both directions of a
+            # bidirectional layer in one grouped scan (modules/bidirectional.py), up to 300 s
+            torchnorm = name.endswith("_torchnorm")
+            composed, merged = name.endswith("_composed"), name.endswith("_merged")
             norm_ops.TRITON_MIN_NUMEL = math.inf if torchnorm else TRITON_DEFAULT
             mamba_mixer.FUSED_INNER = not composed
-            max_s = 60 if torchnorm else 300 if composed else math.inf
+            bidirectional.MERGE_DIRECTIONS = True if merged else "auto"
+            max_s = 60 if torchnorm else 300 if composed or merged else math.inf
             for mode in args.modes:
                 for batch in args.batches:
                     failed_at = None

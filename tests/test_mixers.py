@@ -93,3 +93,32 @@ def test_ssm_parameters_are_fp32_and_no_weight_decay():
         for name in ("A_log", "D"):
             p = getattr(m, name)
             assert p.dtype == torch.float32 and p._no_weight_decay
+
+
+@pytest.mark.parametrize("lengths", [None, [23, 11, 1]])
+def test_bidirectional_merged_scan_equals_two_scans(lengths, monkeypatch):
+    """Two Mamba v1 directions through one grouped scan (modules/bidirectional.py, the default on
+    the PyTorch path) == the two mixers run separately: outputs and every gradient."""
+    from espnet_mamba.modules import bidirectional
+    from espnet_mamba.modules.factory import build_mixer
+
+    torch.manual_seed(0)
+    mix = build_mixer(16, "mamba", True, None, d_state=4, d_conv=4, expand=2).double()
+    x = torch.randn(3, 23, 16, dtype=torch.float64)
+    lengths = None if lengths is None else torch.tensor(lengths)
+    results = []
+    for merge in (False, True):
+        monkeypatch.setattr(bidirectional, "MERGE_DIRECTIONS", merge)
+        assert mix._merge(x) == merge
+        xi = x.clone().requires_grad_()
+        y = mix(xi, lengths)
+        results.append((y, *torch.autograd.grad(y.square().sum(), [xi, *mix.parameters()])))
+    assert all(rel_err(a, b) < 1e-12 for a, b in zip(*results))
+
+
+def test_bidirectional_merge_only_for_mamba_v1():
+    from espnet_mamba.modules.factory import build_mixer
+
+    x = torch.randn(1, 8, 32)
+    assert build_mixer(32, "mamba", True, None, d_state=4)._merge(x)  # PyTorch path: "auto"
+    assert not build_mixer(32, "mamba2", True, None, d_state=16, headdim=16)._merge(x)

@@ -3,13 +3,26 @@
 The backward mixer reads each utterance reversed within its own length (not the padded tensor),
 so an utterance gives the same output alone and inside a padded batch.  The two outputs are
 summed (the residual stream keeps its width).
+
+Two Mamba (v1) mixers can share one selective scan: their channels side by side, each
+direction's B and C as one group of mamba-ssm's grouped layout.  Same arithmetic, half the
+scan calls: on the PyTorch path half the Python steps over time (the CPU cost), on CUDA one
+kernel call instead of two.  ``MERGE_DIRECTIONS``: "auto" merges where mamba-ssm's fused
+``mamba_inner_fn`` is not used (the PyTorch path); True also on CUDA (the kernels one by one:
+benchmarks/encoder_gpu.py's ``samba_asr_merged`` variant measures it); False never.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-from espnet_mamba.modules.padding import reverse_padded
+from espnet_mamba.modules import mamba as mamba_v1
+from espnet_mamba.modules.padding import lengths_to_mask, reverse_padded
+from espnet_mamba.modules.precision import after_in_proj
+from espnet_mamba.ops.selective_scan import fused_mamba_inner_available, selective_scan
+
+MERGE_DIRECTIONS = "auto"
 
 
 class Bidirectional(nn.Module):
@@ -23,6 +36,38 @@ class Bidirectional(nn.Module):
             y = self.forward_mixer(x, packing=packing)
             x_rev = packing.reverse(x)
             return y + packing.reverse(self.backward_mixer(x_rev, packing=packing))
+        if self._merge(x):
+            return self._merged(x, lengths)
         y = self.forward_mixer(x, lengths)
         x_rev = reverse_padded(x, lengths)
         return y + reverse_padded(self.backward_mixer(x_rev, lengths), lengths)
+
+    def _merge(self, x) -> bool:
+        f, b = self.forward_mixer, self.backward_mixer
+        if not (isinstance(f, mamba_v1.Mamba) and isinstance(b, mamba_v1.Mamba)
+                and MERGE_DIRECTIONS):
+            return False
+        if MERGE_DIRECTIONS == "auto":
+            return not (mamba_v1.FUSED_INNER and fused_mamba_inner_available(f.backend, x))
+        return True
+
+    def _merged(self, x, lengths):
+        f, b = self.forward_mixer, self.backward_mixer
+        mask = None if lengths is None else lengths_to_mask(lengths, x.shape[1])
+        xz = torch.cat([f.in_proj(x), b.in_proj(reverse_padded(x, lengths))], dim=-1)
+        return after_in_proj(self._merged_mix, xz.transpose(1, 2), mask, lengths,
+                             weight=f.out_proj.weight)
+
+    def _merged_mix(self, xz, mask, lengths):
+        """Both directions' scans as one (channels [forward; backward], B/C as 2 groups)."""
+        f, b = self.forward_mixer, self.backward_mixer
+        ins = [m.scan_inputs(part, mask) for m, part in zip((f, b), xz.chunk(2, dim=1))]
+        params = [m.scan_params() for m in (f, b)]
+        u, z, dt = (torch.cat([ins[0][i], ins[1][i]], dim=1) for i in (1, 2, 3))
+        B, C = (torch.stack([ins[0][i], ins[1][i]], dim=1) for i in (4, 5))  # (b, 2, n, l)
+        A, D, dt_bias = (torch.cat([params[0][i], params[1][i]]) for i in range(3))
+        y = selective_scan(u, dt, A, B, C, D, z=z, delta_bias=dt_bias, delta_softplus=True,
+                           backend=f.backend)
+        y_f, y_b = y.transpose(1, 2).chunk(2, dim=-1)
+        out = f.out_proj(y_f) + reverse_padded(b.out_proj(y_b), lengths)
+        return out if mask is None else out * mask[..., None].to(out.dtype)

@@ -90,26 +90,16 @@ class Mamba(nn.Module):
 
     def _mix(self, xz, mask, fusable, return_final_state):
         """Everything after in_proj (fp32 under fp16 autocast: modules/precision.py)."""
-        A = -torch.exp(self.A_log.float())
+        A, D, dt_bias = self.scan_params()
         if fusable and FUSED_INNER and fused_mamba_inner_available(self.backend, xz):
             out = fused_mamba_inner(xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
                                     self.dt_proj.weight, self.out_proj.weight, self.out_proj.bias,
-                                    A, self.D.float(), self.dt_proj.bias.float())
+                                    A, D, dt_bias)
             return out if mask is None else out * mask[..., None].to(out.dtype)
 
-        xs, z = xz.chunk(2, dim=1)
-        if mask is not None:  # zero inputs on padded frames: the conv then sees what it would alone
-            xs = xs * mask[:, None, :].to(xs.dtype)
-        conv_in = xs
-        xs = causal_conv1d(xs, self._conv_weight(), self.conv1d.bias, "silu", self.backend)
-        dt, B, C = self.x_proj(xs.transpose(1, 2)).split(
-            [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (b, d_inner, l)
-        if mask is not None:
-            dt = dt.masked_fill(~mask[:, None, :], MASKED_DT)
-        y = selective_scan(xs, dt, A, B.transpose(1, 2).contiguous(),
-                           C.transpose(1, 2).contiguous(), self.D.float(), z=z,
-                           delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+        conv_in, xs, z, dt, B, C = self.scan_inputs(xz, mask)
+        y = selective_scan(xs, dt, A, B.contiguous(), C.contiguous(), D, z=z,
+                           delta_bias=dt_bias, delta_softplus=True,
                            return_last_state=return_final_state, backend=self.backend)
         if return_final_state:
             y, ssm_state = y
@@ -121,6 +111,26 @@ class Mamba(nn.Module):
         end = mask_end(mask) if mask is not None else torch.full(
             (xz.shape[0],), xz.shape[2], device=xz.device)
         return out, (last_inputs(conv_in, end, self.d_conv), ssm_state)
+
+    def scan_params(self):
+        """(A, D, dt bias) of the selective scan, in fp32."""
+        return -torch.exp(self.A_log.float()), self.D.float(), self.dt_proj.bias.float()
+
+    def scan_inputs(self, xz, mask):
+        """in_proj's output (b, 2*d_inner, l) -> the selective scan's inputs: the conv's input,
+        u = conv output (b, d_inner, l), the gate z, dt before its bias (MASKED_DT on masked
+        frames: identity steps), B and C (b, d_state, l)."""
+        xs, z = xz.chunk(2, dim=1)
+        if mask is not None:  # zero inputs on padded frames: the conv then sees what it would alone
+            xs = xs * mask[:, None, :].to(xs.dtype)
+        conv_in = xs
+        xs = causal_conv1d(xs, self._conv_weight(), self.conv1d.bias, "silu", self.backend)
+        dt, B, C = self.x_proj(xs.transpose(1, 2)).split(
+            [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (b, d_inner, l)
+        if mask is not None:
+            dt = dt.masked_fill(~mask[:, None, :], MASKED_DT)
+        return conv_in, xs, z, dt, B.transpose(1, 2), C.transpose(1, 2)
 
     def init_state(self, batch: int, device=None, dtype=torch.float32):
         """The zero state: (conv_state, ssm_state)."""

@@ -127,6 +127,30 @@ def test_mamba_composed_path_cuda_vs_torch(lengths, monkeypatch):
                   **{f"d{k}": (outs[0][2][k], outs[1][2][k]) for k in outs[0][2]}})
 
 
+@pytest.mark.parametrize("lengths", [None, [200, 150, 31]])
+def test_bidirectional_merged_scan_cuda_vs_torch(lengths, monkeypatch):
+    """Both directions of a bidirectional v1 layer in one grouped selective_scan_fn call
+    (modules/bidirectional.py MERGE_DIRECTIONS = True, the samba_asr_merged benchmark variant)
+    against the PyTorch path, values and every gradient."""
+    from espnet_mamba.modules import bidirectional
+    from espnet_mamba.modules.factory import build_mixer
+
+    monkeypatch.setattr(bidirectional, "MERGE_DIRECTIONS", True)
+    cuda = build_mixer(128, "mamba", True, "cuda").to(DEV)
+    ref = build_mixer(128, "mamba", True, "torch").to(DEV)
+    ref.load_state_dict(cuda.state_dict(), strict=True)
+    x = torch.randn(3, 200, 128, device=DEV)
+    lengths = None if lengths is None else torch.tensor(lengths, device=DEV)
+    outs = []
+    for m in (cuda, ref):
+        xi = x.clone().requires_grad_()
+        y = m(xi, lengths)
+        y.square().mean().backward()
+        outs.append((y, xi.grad, {k: p.grad for k, p in m.named_parameters()}))
+    assert_close({"y": (outs[0][0], outs[1][0]), "dx": (outs[0][1], outs[1][1]),
+                  **{f"d{k}": (outs[0][2][k], outs[1][2][k]) for k in outs[0][2]}})
+
+
 @pytest.mark.parametrize("cls,kw", [(Mamba, {}), (Mamba2, dict(d_state=64, headdim=32))])
 def test_mixer_step_on_cuda(cls, kw):
     m = cls(128, **kw, backend="cuda").to(DEV).eval()
