@@ -157,6 +157,7 @@ def compare(lengths, args) -> list:
         cmd = [sys.executable, __file__, "--minutes", str(minutes), "--json",
                "--encoder", args.encoder, "--decoder", args.decoder, "--beam", str(args.beam),
                "--ctc_weight", str(args.ctc_weight), "--maxlenratio", str(args.maxlenratio),
+               "--merge-directions", args.merge_directions,
                *(["--tiny"] if args.tiny else [])]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -183,12 +184,18 @@ def main():
                    help="max output length / encoder frames (bounds the untrained output)")
     p.add_argument("--tiny", action="store_true", help="a tiny model (the CI stand-in)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--merge-directions", choices=["auto", "off"], default="auto",
+                   help="modules/bidirectional.py MERGE_DIRECTIONS: 'off' runs the two "
+                        "directions of a bidirectional v1 layer as two scans (the old way)")
     args = p.parse_args()
+    from espnet_mamba.modules import bidirectional
+    bidirectional.MERGE_DIRECTIONS = "auto" if args.merge_directions == "auto" else False
     if args.compare:
         compare([float(x) for x in args.compare.split(",")], args)
         return
     row = measure(args.minutes, args.encoder, args.decoder, args.beam, args.ctc_weight,
                   args.maxlenratio, tiny=args.tiny)
+    row["merge_directions"] = args.merge_directions
     if args.json:
         print(json.dumps(row))
     else:
