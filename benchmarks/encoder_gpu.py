@@ -366,7 +366,7 @@ def main(argv=None):
             composed, merged = name.endswith("_composed"), name.endswith("_merged")
             norm_ops.TRITON_MIN_NUMEL = math.inf if torchnorm else TRITON_DEFAULT
             mamba_mixer.FUSED_INNER = not composed
-            bidirectional.MERGE_DIRECTIONS = True if merged else "auto"
+            bidirectional.MERGE_DIRECTIONS = True if merged else False if composed else "auto"
             max_s = 60 if torchnorm else 300 if composed or merged else math.inf
             for mode in args.modes:
                 for batch in args.batches:
@@ -407,6 +407,9 @@ def main(argv=None):
                         free(device)
             del enc
             free(device)
+    # the shipped settings again (a variant above changed them)
+    norm_ops.TRITON_MIN_NUMEL, mamba_mixer.FUSED_INNER = TRITON_DEFAULT, True
+    bidirectional.MERGE_DIRECTIONS = "auto"
     if args.packed or args.packed_only:
         packed_vs_padded(args, device, timer, report)
         save()

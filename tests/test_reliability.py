@@ -333,6 +333,25 @@ def test_fp16_autocast_runs_the_recurrence_in_fp32(mixer, decode_step, monkeypat
     assert any(d == torch.float16 for ds in seen for d in ds), seen
 
 
+def test_fp16_autocast_merged_bidirectional_runs_in_fp32():
+    """The merged bidirectional v1 layer (one grouped scan, modules/bidirectional.py) follows
+    the same policy: both directions' projections are cast, the output is fp32 and finite."""
+    from espnet_mamba.modules.factory import build_mixer
+
+    torch.manual_seed(0)
+    mix = build_mixer(32, "mamba", True, None, d_state=16).eval()
+    assert mix._merge(torch.zeros(1, 2, 32))
+    with torch.no_grad():
+        for m in (mix.forward_mixer, mix.backward_mixer):
+            m.out_proj.weight.mul_(3e6)
+        x, lengths = torch.randn(2, 40, 32), torch.tensor([40, 31])
+        ref = mix(x, lengths)
+        with torch.autocast("cpu", dtype=torch.float16):
+            y = mix(x, lengths)
+    assert ref.abs().max() > 1e5 and y.dtype == torch.float32 and torch.isfinite(y).all()
+    assert ((y - ref).abs().max() / ref.abs().max()).item() < 2e-2
+
+
 def test_fp16_policy_skips_models_cast_to_half():
     """A model cast to fp16 (no fp32 weights) under fp16 autocast runs as before, in fp16."""
     from espnet_mamba.modules.factory import build_mixer

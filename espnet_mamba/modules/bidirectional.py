@@ -7,9 +7,10 @@ summed (the residual stream keeps its width).
 Two Mamba (v1) mixers can share one selective scan: their channels side by side, each
 direction's B and C as one group of mamba-ssm's grouped layout.  Same arithmetic, half the
 scan calls: on the PyTorch path half the Python steps over time (the CPU cost), on CUDA one
-kernel call instead of two.  ``MERGE_DIRECTIONS``: "auto" merges where mamba-ssm's fused
-``mamba_inner_fn`` is not used (the PyTorch path); True also on CUDA (the kernels one by one:
-benchmarks/encoder_gpu.py's ``samba_asr_merged`` variant measures it); False never.
+kernel call instead of two.  ``MERGE_DIRECTIONS``: "auto" merges wherever mamba-ssm's fused
+``mamba_inner_fn`` would not be used (no kernels: the PyTorch path; or modules/mamba.py
+FUSED_INNER off); True also where it would (the kernels one by one: benchmarks/
+encoder_gpu.py's ``samba_asr_merged`` variant measures it); False never.
 """
 
 from __future__ import annotations
@@ -54,14 +55,15 @@ class Bidirectional(nn.Module):
     def _merged(self, x, lengths):
         f, b = self.forward_mixer, self.backward_mixer
         mask = None if lengths is None else lengths_to_mask(lengths, x.shape[1])
-        xz = torch.cat([f.in_proj(x), b.in_proj(reverse_padded(x, lengths))], dim=-1)
-        return after_in_proj(self._merged_mix, xz.transpose(1, 2), mask, lengths,
+        xz_f = f.in_proj(x).transpose(1, 2)  # (b, 2*d_inner, l)
+        xz_b = b.in_proj(reverse_padded(x, lengths)).transpose(1, 2)
+        return after_in_proj(self._merged_mix, xz_f, xz_b, mask, lengths,
                              weight=f.out_proj.weight)
 
-    def _merged_mix(self, xz, mask, lengths):
+    def _merged_mix(self, xz_f, xz_b, mask, lengths):
         """Both directions' scans as one (channels [forward; backward], B/C as 2 groups)."""
         f, b = self.forward_mixer, self.backward_mixer
-        ins = [m.scan_inputs(part, mask) for m, part in zip((f, b), xz.chunk(2, dim=1))]
+        ins = [m.scan_inputs(xz, mask) for m, xz in ((f, xz_f), (b, xz_b))]
         params = [m.scan_params() for m in (f, b)]
         u, z, dt = (torch.cat([ins[0][i], ins[1][i]], dim=1) for i in (1, 2, 3))
         B, C = (torch.stack([ins[0][i], ins[1][i]], dim=1) for i in (4, 5))  # (b, 2, n, l)

@@ -23,11 +23,14 @@ def fp16_autocast(t: torch.Tensor) -> bool:
 
 
 def after_in_proj(fn, projected: torch.Tensor, *args, weight: torch.Tensor, **kwargs):
-    """``fn(projected, ...)``, the part of a mixer after its input projection, in fp32 when
-    fp16 autocast is on (see the module docstring); as is otherwise.  ``weight``: one of the
-    mixer's weights; if the model itself was cast to half precision there are no fp32 weights
-    to compute with, and the policy does not apply."""
+    """``fn(projected, *args)``, the part of a mixer after its input projection, in fp32 when
+    fp16 autocast is on (see the module docstring); as is otherwise.  Every floating-point
+    tensor among ``projected, *args`` is cast (e.g. both directions' projections).  ``weight``:
+    one of the mixer's weights; if the model itself was cast to half precision there are no
+    fp32 weights to compute with, and the policy does not apply."""
     if not fp16_autocast(projected) or weight.dtype != torch.float32:
         return fn(projected, *args, **kwargs)
+    args = [a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+            for a in (projected, *args)]
     with torch.autocast(projected.device.type, enabled=False):
-        return fn(projected.float(), *args, **kwargs)
+        return fn(*args, **kwargs)

@@ -4,6 +4,7 @@ The interface is mamba-ssm's ``selective_scan_fn`` (same argument names and layo
 kernel and the PyTorch path are interchangeable:
 
     u, delta, z: (batch, d_inner, length);  A: (d_inner, d_state);  B, C: (batch, d_state, length)
+    or grouped (batch, groups, d_state, length), channel i reading group i // (d_inner / groups)
     D, delta_bias: (d_inner,);  returns y (batch, d_inner, length) [, last_state (batch, d_inner, d_state)]
 
 With autograd, the PyTorch path is a *blocked* scan, exact (same recurrence, only reordered) and
@@ -59,6 +60,9 @@ def selective_scan_torch(
 
     batch, d_inner, length = u.shape
     B, C = _grouped(B, d_inner), _grouped(C, d_inner)  # (b, G, n, l)
+    if B.shape != C.shape:
+        raise ValueError(f"B and C must have the same shape; got {tuple(B.shape)} and "
+                         f"{tuple(C.shape)}")
     G = B.shape[1]
     A_g = A.view(G, d_inner // G, A.shape[1])  # channel c of group g: row g * d_inner/G + c
     if not (torch.is_grad_enabled() and any(
