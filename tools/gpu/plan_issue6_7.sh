@@ -5,24 +5,25 @@
 # STEPS (comma list, default all, in this order) picks what runs:
 #   export   first: the built kernels into $OUT (xz parts) for a later machine of the same GPU
 #            architecture (tools/gpu/export_kernels.sh), so a cut-short plan still saves them
-#   tests    pytest -m gpu tests/gpu, alone on the GPU (beside six training runs it took 17 min
-#            instead of a few: 2026-11-22)
+#   tests    pytest -m gpu tests/gpu except the packed ones, alone on the GPU (beside six
+#            training runs it took 17 min instead of a few: 2026-11-22), 300 s per test at most
 #   decode   benchmarks/decode_gpu.py (about 1.5 min)
 #   encoder  benchmarks/encoder_gpu.py; ENCODER_MODELS picks the models (default: all); the
 #            packed-vs-padded batch too (PACKED_BATCH=0: not); ENCODER_ARGS adds options (e.g. --lengths 15 30
 #            --profile-dir "$OUT/profiles")
-#   packed   tools/gpu/packed_diag.py: where Mamba2's seq_idx path leaves the padded result
 #   recipe   tools/gpu/recipe_gpu.sh: the mini recipe's asr_train --ngpu 1, seconds per epoch of
 #            the Conformer and the two Mamba configs (about 5 min)
 #   amp      tools/gpu/amp_check.py (six trainings at once, ~7 min); AMP_ARGS adds options,
 #            e.g. "--models samba_asr --dtypes fp16" for the fp16 overflow of samba_asr
+#   packed   last: the packed GPU tests (each up to 15 min: triton autotuning of the seq_idx kernels)
+#            and tools/gpu/packed_diag.py: where Mamba2's seq_idx path leaves the padded result
 # Each step's output is in $OUT (returned as one job.tgz by detached.sh); a failing step does not
 # stop the next one.  Session 1 of 2026-11-22 ran tests+amp together, then decode, then encoder
 # (cut at speech_mamba inference when the device time ran out).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-STEPS=",${STEPS:-export,tests,decode,encoder,packed,recipe,amp},"
+STEPS=",${STEPS:-export,tests,decode,encoder,recipe,amp,packed},"
 step() { echo; echo "=== [$(date -u +%H:%M:%S)] $*"; }
 want() { [[ $STEPS == *",$1,"* ]]; }
 
@@ -33,8 +34,9 @@ fi
 if want tests; then
     step "GPU tests"
     # per-test limit: session 3 lost a call to one test stalled in triton's autotuning
-    python3 -m pytest -m gpu tests/gpu -v -rA --tb=short -p no:cacheprovider \
-        --timeout "${TEST_TIMEOUT:-600}" -o faulthandler_timeout=300 > "$OUT/pytest_gpu.log" 2>&1
+    # (the packed tests run in step `packed`: their triton autotuning can take many minutes)
+    python3 -m pytest -m gpu tests/gpu -k "not packed" -v -rA --tb=short -p no:cacheprovider \
+        --timeout "${TEST_TIMEOUT:-300}" -o faulthandler_timeout=240 > "$OUT/pytest_gpu.log" 2>&1
     echo "pytest exit $?"; tail -n 40 "$OUT/pytest_gpu.log"
 fi
 
@@ -55,13 +57,6 @@ if want encoder; then
         tee "$OUT/encoder_bench.log" | tail -n 80
 fi
 
-if want packed; then
-    step "packed (seq_idx) diagnostic"
-    # SIGABRT after 10 min: faulthandler prints every stack (autotuning can take minutes)
-    PYTHONFAULTHANDLER=1 timeout -s ABRT 600 python3 tools/gpu/packed_diag.py > "$OUT/packed_diag.log" 2>&1
-    echo "packed_diag exit $?"; tail -n 40 "$OUT/packed_diag.log"
-fi
-
 if want recipe; then
     step "mini recipe on the GPU"
     bash tools/gpu/recipe_gpu.sh 2>&1 | tail -n 20
@@ -74,6 +69,16 @@ if want amp; then
         > "$OUT/amp_check.log" 2>&1
     echo "amp_check exit $?"; tail -n 30 "$OUT/amp_check.log"
     cp /tmp/amp_check/amp_check.json "$OUT/" 2>/dev/null
+fi
+
+if want packed; then
+    step "packed (seq_idx) tests and diagnostic"
+    python3 -m pytest -m gpu tests/gpu -k packed -v -rA --tb=short -p no:cacheprovider \
+        --timeout 900 -o faulthandler_timeout=600 > "$OUT/pytest_packed.log" 2>&1
+    echo "pytest packed exit $?"; tail -n 15 "$OUT/pytest_packed.log"
+    # SIGABRT after 10 min: faulthandler prints every stack (autotuning can take minutes)
+    PYTHONFAULTHANDLER=1 timeout -s ABRT 600 python3 tools/gpu/packed_diag.py > "$OUT/packed_diag.log" 2>&1
+    echo "packed_diag exit $?"; tail -n 40 "$OUT/packed_diag.log"
 fi
 
 step "plan done"
