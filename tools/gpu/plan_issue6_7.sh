@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # What the H100 runs for issues 6 and 7 once tools/gpu/session.sh has set the machine up:
-#   call 1: bash tools/gpu/detached.sh start 555 bash tools/gpu/plan_issue6_7.sh   (carry .gpu)
+#   call 1: bash tools/gpu/detached.sh start 555 bash tools/gpu/plan_issue6_7.sh
+#           carry [".gpu/wheels", ".gpu/sdist", ".gpu/kernels"] (all of .gpu with both prebuilt
+#           kernel archives is over a call's 64 MiB: keep only causal_conv1d's in .gpu/kernels)
 #   call 2+: bash tools/gpu/detached.sh wait 585
 # STEPS (comma list, default all, in this order) picks what runs:
 #   export   first: the built kernels into $OUT (xz parts) for a later machine of the same GPU
