@@ -12,8 +12,8 @@ mode=$1 limit=$2; shift 2
 # kernel parts of tools/gpu/export_kernels.sh as they are (each <= 15 MiB, already xz).
 collect() {
     [[ -n ${OUT:-} ]] || return 0
-    tar czf "$OUT/job.tgz" -C "$JOB" --exclude='kernels.tar.xz.part*' out console.log 2>/dev/null
-    cp "$JOB"/out/kernels.tar.xz.part* "$OUT/" 2>/dev/null
+    tar czf "$OUT/job.tgz" -C "$JOB" --exclude='*.tar.xz.part*' out console.log 2>/dev/null
+    cp "$JOB"/out/*.tar.xz.part* "$OUT/" 2>/dev/null
     true
 }
 if [[ $mode == start ]]; then

@@ -4,9 +4,9 @@
 #           carry [".gpu/wheels", ".gpu/sdist", ".gpu/kernels"] (all of .gpu with both prebuilt
 #           kernel archives is over a call's 64 MiB: keep only causal_conv1d's in .gpu/kernels)
 #   call 2+: bash tools/gpu/detached.sh wait 585
-# STEPS (comma list, default all, in this order) picks what runs:
-#   export   first: the built kernels into $OUT (xz parts) for a later machine of the same GPU
-#            architecture (tools/gpu/export_kernels.sh), so a cut-short plan still saves them
+# STEPS (comma list, default all but export, in this order) picks what runs:
+#   export   first: the built kernels into $OUT (xz parts, one archive per package) for a later
+#            machine of the same GPU architecture (tools/gpu/export_kernels.sh)
 #   tests    pytest -m gpu tests/gpu except the packed ones, alone on the GPU (beside six
 #            training runs it took 17 min instead of a few: 2026-11-22), 300 s per test at most
 #   decode   benchmarks/decode_gpu.py (about 1.5 min)
@@ -25,7 +25,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-STEPS=",${STEPS:-export,tests,decode,encoder,recipe,amp,packed},"
+STEPS=",${STEPS:-tests,decode,encoder,recipe,amp,packed},"
 step() { echo; echo "=== [$(date -u +%H:%M:%S)] $*"; }
 want() { [[ $STEPS == *",$1,"* ]]; }
 
