@@ -87,7 +87,10 @@ from espnet_mamba.decoders.speech_mamba import SpeechMambaDecoder
 from espnet_mamba.ops import backend as ops_backend
 
 DECODERS = ("transformer", "samba_asr", "speech_mamba")
-OURS = ("samba_asr", "speech_mamba")
+# not run unless named in --decoders: samba_asr with its step as a CUDA graph (an experiment,
+# benchmarks/cuda_graph_step.py; on the CPU it is samba_asr)
+VARIANTS = ("samba_asr_graphed",)
+OURS = ("samba_asr", "speech_mamba", *VARIANTS)
 FRAMES_PER_SECOND = 100 / 4  # 10 ms frame shift, 4x subsampling
 EOS_BIAS = -1.0e4
 
@@ -107,6 +110,7 @@ def n_params(module: torch.nn.Module) -> int:
 
 def _build(name: str, cfg: dict, num_blocks: int, backend: str | None):
     d, vocab = cfg["d_model"], cfg["vocab"]
+    name = base_name(name)
     if name == "transformer":
         return TransformerDecoder(vocab, d, attention_heads=cfg["heads"],
                                   linear_units=cfg["linear_units"], num_blocks=num_blocks)
@@ -117,7 +121,13 @@ def _build(name: str, cfg: dict, num_blocks: int, backend: str | None):
     return SpeechMambaDecoder(vocab, d, attention_heads=cfg["heads"], **mamba)
 
 
+def base_name(name: str) -> str:
+    """samba_asr_graphed -> samba_asr: the decoder a variant is built from."""
+    return name.removesuffix("_graphed")
+
+
 def decoder_config(name: str, cfg: dict, num_blocks: int) -> dict:
+    name = base_name(name)
     conf = {"vocab_size": cfg["vocab"], "encoder_output_size": cfg["d_model"],
             "num_blocks": num_blocks}
     if name == "transformer":
@@ -156,6 +166,10 @@ def build_decoders(cfg: dict, names, device, backend: str | None, seed: int,
         with torch.no_grad():  # keep the beam full: see the module docstring
             dec.output_layer.bias[cfg["eos"]] = EOS_BIAS
         dec = dec.to(device).eval()
+        if name.endswith("_graphed"):  # the step as a CUDA graph (benchmarks/cuda_graph_step.py)
+            from cuda_graph_step import GraphedStep
+
+            dec.step = GraphedStep(dec)
         out[name] = (dec, {"class": f"{type(dec).__module__}.{type(dec).__qualname__}",
                            "params": n_params(dec),
                            "config": decoder_config(name, cfg, blocks[name])})
@@ -675,10 +689,10 @@ def main(argv=None) -> dict:
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     names = [n.strip() for n in args.decoders.split(",") if n.strip()]
     bad = [p for p in parts if p not in ("step", "decode")] + [
-        n for n in names if n not in DECODERS]
+        n for n in names if n not in DECODERS + VARIANTS]
     if bad:
         raise SystemExit(f"unknown part/decoder {bad}; parts: step, decode; "
-                         f"decoders: {', '.join(DECODERS)}")
+                         f"decoders: {', '.join(DECODERS + VARIANTS)}")
     backend = ops_backend.check_backend(args.backend)
     env = environment(device)
     kernels = all(env["kernels_available"][f] for f in
@@ -723,7 +737,8 @@ def main(argv=None) -> dict:
             tmp.write_text(json.dumps(result, indent=1))
             tmp.replace(args.out)
 
-    blocks = {"samba_asr": args.samba_blocks, "speech_mamba": args.speech_mamba_blocks}
+    blocks = {"samba_asr": args.samba_blocks, "speech_mamba": args.speech_mamba_blocks,
+              "samba_asr_graphed": args.samba_blocks}
     decoders = build_decoders(cfg, names, device, args.backend, args.seed, blocks)
     result["decoders"] = {n: info for n, (_, info) in decoders.items()}
     for n, info in result["decoders"].items():
@@ -755,6 +770,10 @@ def main(argv=None) -> dict:
     if args.profile:
         result["profile"] = profile_step(decoders, cfg, device, amp, args.seed, args.profile)
         result["profile_file"] = args.profile
+    graphed = {n: dec.step.checks for n, (dec, _) in decoders.items()
+               if hasattr(dec.step, "checks")}
+    if graphed:  # each captured graph's first replay vs the eager step: (rows, logits, states)
+        result["graph_checks"] = graphed
     result["errors"] = sorted(f"{part}/{n}" for part in ("step", "decode")
                               for n, r in (result.get(part) or {}).items() if "error" in r)
     result["finished"] = True

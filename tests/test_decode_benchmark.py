@@ -150,3 +150,39 @@ def test_failing_decoder_is_recorded(one_thread):
     assert "kernel says no" in dec["speech_mamba"]["error"]
     assert dec["samba_asr"]["steps_ok"] is True
     assert bench.decode_ratios(dec) == {}
+
+
+def test_graphed_variant_is_samba_asr_off_cuda(one_thread):
+    """samba_asr_graphed (benchmarks/cuda_graph_step.py) is built like samba_asr, with the same
+    weights; off CUDA its step is the eager one, so the decode is the same to the token."""
+    args = bench.parse_args(["--device", "cpu", "--tiny", "--decode-steps", "3"])
+    cfg = bench.settings_from_args(args)
+    cpu = torch.device("cpu")
+    decoders = bench.build_decoders(cfg, ["samba_asr", "samba_asr_graphed"], cpu, None, 0)
+    plain, graphed = decoders["samba_asr"][0], decoders["samba_asr_graphed"][0]
+    assert type(graphed.step).__name__ == "GraphedStep" and graphed.step.graphs == {}
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(),
+                                                 graphed.state_dict().values()))
+    assert decoders["samba_asr_graphed"][1]["config"] == decoders["samba_asr"][1]["config"]
+    res = bench.bench_decode(decoders, cfg, cpu, "none", 0)
+    assert res["samba_asr_graphed"]["best_score"] == res["samba_asr"]["best_score"]
+    assert graphed.step.graphs == {}  # nothing captured off CUDA
+
+
+def test_graphed_step_falls_back_off_cuda():
+    """Off CUDA (and with speech memory) the eager step runs; the capture is checked on the
+    GPU (tests/gpu/test_models_cuda.py)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import cuda_graph_step
+
+    calls = []
+
+    class Dec:
+        def step(self, tokens, recurrent, memory):
+            calls.append(memory)
+            return tokens.float(), recurrent
+
+    dec = Dec()
+    dec.step = cuda_graph_step.GraphedStep(dec)
+    out, state = dec.step(torch.tensor([1, 2]), (torch.zeros(2, 3),), None)
+    assert torch.equal(out, torch.tensor([1.0, 2.0])) and calls == [None]

@@ -49,3 +49,38 @@ def test_packed_encoder_cuda(name, bidirectional, native, monkeypatch):
     err = packed_vs_padded_error(name, "mamba2", device="cuda", dtype=torch.float32,
                                  backend="cuda", bidirectional=bidirectional)
     assert err < 1e-4
+
+
+@pytest.mark.parametrize("amp", [False, True])
+@pytest.mark.parametrize("mixer", sorted(MIXER_CONF))
+def test_graphed_decoder_step_cuda(mixer, amp):
+    """benchmarks/cuda_graph_step.py: samba_asr's decoding step captured as a CUDA graph and
+    replayed equals the eager step over several steps, with the beam's rows changing (one graph
+    per row count), in fp32 and under bf16 autocast."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from cuda_graph_step import GraphedStep
+
+    torch.manual_seed(0)
+    dec = tiny_decoder("samba_asr", mixer, device="cuda", dtype=torch.float32)
+    eager = dec.step
+    graphed = GraphedStep(dec)
+    memory = torch.randn(1, 30, dec.embed.embedding_dim, device="cuda")
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp)
+    with torch.no_grad(), ctx:
+        recurrent, _ = dec.start_state(memory, torch.tensor([30], device="cuda"))
+        state_e = state_g = recurrent
+        for rows in (1, 4, 4, 4, 2):
+            tokens = torch.randint(0, dec.output_layer.out_features, (rows,), device="cuda")
+            state_e = tuple(tuple(t[:1].expand(rows, *t.shape[1:]).contiguous() for t in s)
+                            for s in state_e)
+            state_g = tuple(tuple(t[:1].expand(rows, *t.shape[1:]).contiguous() for t in s)
+                            for s in state_g)
+            out_e, state_e = eager(tokens, state_e, None)
+            out_g, state_g = graphed(tokens, state_g, None)
+            assert ((out_g.float() - out_e.float()).abs().max()
+                    <= 1e-3 * out_e.float().abs().max())
+    assert sorted(graphed.graphs) and all(max(c[1:]) <= 1e-3 for c in graphed.checks)
+    assert len(graphed.graphs) == 3  # 1, 4 and 2 rows

@@ -9,7 +9,7 @@
 #            machine of the same GPU architecture (tools/gpu/export_kernels.sh)
 #   tests    pytest -m gpu tests/gpu except the packed ones, alone on the GPU (beside six
 #            training runs it took 17 min instead of a few: 2026-11-22), 300 s per test at most
-#   decode   benchmarks/decode_gpu.py (about 1.5 min)
+#   decode   benchmarks/decode_gpu.py with the samba_asr_graphed experiment (about 2 min)
 #   encoder  benchmarks/encoder_gpu.py; ENCODER_MODELS picks the models (default: all); the
 #            packed-vs-padded batch too (PACKED_BATCH=0: not); ENCODER_ARGS adds options (e.g. --lengths 15 30
 #            --profile-dir "$OUT/profiles")
@@ -45,6 +45,7 @@ fi
 if want decode; then
     step "decoding benchmark"
     python3 benchmarks/decode_gpu.py --device cuda --out "$OUT/decode_h100.json" \
+        --decoders transformer,samba_asr,speech_mamba,samba_asr_graphed \
         --plot "$OUT/decode_h100.png" --profile "$OUT/decode_profile.txt" 2>&1 |
         tee "$OUT/decode_bench.log" | tail -n 40
 fi
