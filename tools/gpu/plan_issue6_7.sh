@@ -9,23 +9,25 @@
 #            machine of the same GPU architecture (tools/gpu/export_kernels.sh)
 #   tests    pytest -m gpu tests/gpu except the packed ones, alone on the GPU (beside six
 #            training runs it took 17 min instead of a few: 2026-11-22), 300 s per test at most
+#   amp      tools/gpu/amp_check.py (six trainings at once, ~7 min); AMP_ARGS adds options,
+#            e.g. "--models samba_asr --dtypes fp16" for the fp16 overflow of samba_asr
 #   decode   benchmarks/decode_gpu.py with the samba_asr_graphed experiment (about 2 min)
 #   encoder  benchmarks/encoder_gpu.py; ENCODER_MODELS picks the models (default: all); the
 #            packed-vs-padded batch too (PACKED_BATCH=0: not); ENCODER_ARGS adds options (e.g. --lengths 15 30
 #            --profile-dir "$OUT/profiles")
 #   recipe   tools/gpu/recipe_gpu.sh: the mini recipe's asr_train --ngpu 1, seconds per epoch of
 #            the Conformer and the two Mamba configs (about 5 min)
-#   amp      tools/gpu/amp_check.py (six trainings at once, ~7 min); AMP_ARGS adds options,
-#            e.g. "--models samba_asr --dtypes fp16" for the fp16 overflow of samba_asr
 #   packed   last: the packed GPU tests (each up to 15 min: triton autotuning of the seq_idx kernels)
 #            and tools/gpu/packed_diag.py: where Mamba2's seq_idx path leaves the padded result
+# A machine goes back after 30 minutes held: with the kernel build (~3.5 min with causal_conv1d
+# prebuilt) tests+amp+decode+encoder about fill one; recipe and packed need a second.
 # Each step's output is in $OUT (returned as one job.tgz by detached.sh); a failing step does not
 # stop the next one.  Session 1 of 2026-11-22 ran tests+amp together, then decode, then encoder
 # (cut at speech_mamba inference when the device time ran out).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-STEPS=",${STEPS:-tests,decode,encoder,recipe,amp,packed},"
+STEPS=",${STEPS:-tests,amp,decode,encoder,recipe,packed},"
 step() { echo; echo "=== [$(date -u +%H:%M:%S)] $*"; }
 want() { [[ $STEPS == *",$1,"* ]]; }
 
@@ -40,6 +42,15 @@ if want tests; then
     python3 -m pytest -m gpu tests/gpu -k "not packed" -v -rA --tb=short -p no:cacheprovider \
         --timeout "${TEST_TIMEOUT:-300}" -o faulthandler_timeout=240 > "$OUT/pytest_gpu.log" 2>&1
     echo "pytest exit $?"; tail -n 40 "$OUT/pytest_gpu.log"
+fi
+
+if want amp; then
+    step "amp_check"
+    # shellcheck disable=SC2086
+    python3 tools/gpu/amp_check.py /tmp/amp_check --ngpu 1 --deadline 480 ${AMP_ARGS:-} \
+        > "$OUT/amp_check.log" 2>&1
+    echo "amp_check exit $?"; tail -n 30 "$OUT/amp_check.log"
+    cp /tmp/amp_check/amp_check.json "$OUT/" 2>/dev/null
 fi
 
 if want decode; then
@@ -63,15 +74,6 @@ fi
 if want recipe; then
     step "mini recipe on the GPU"
     bash tools/gpu/recipe_gpu.sh 2>&1 | tail -n 20
-fi
-
-if want amp; then
-    step "amp_check"
-    # shellcheck disable=SC2086
-    python3 tools/gpu/amp_check.py /tmp/amp_check --ngpu 1 --deadline 480 ${AMP_ARGS:-} \
-        > "$OUT/amp_check.log" 2>&1
-    echo "amp_check exit $?"; tail -n 30 "$OUT/amp_check.log"
-    cp /tmp/amp_check/amp_check.json "$OUT/" 2>/dev/null
 fi
 
 if want packed; then
