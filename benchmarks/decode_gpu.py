@@ -747,25 +747,19 @@ def main(argv=None) -> dict:
               f"d_model {c['encoder_output_size']}", flush=True)
     save()
 
-    if "step" in parts:
-        result["step"] = {}
+    for part, bench, ratios in (
+            ("step", bench_step, lambda r: step_ratios(r, cfg["prefix_lengths"])),
+            ("decode", bench_decode, decode_ratios)):
+        if part not in parts:
+            continue
+        result[part] = {}
 
-        def on_step(res):
-            result["step"] = res
+        def on_section(res, part=part):  # partial results are saved as each decoder finishes
+            result[part] = res
             save()
 
-        bench_step(decoders, cfg, device, amp, args.seed, on_step)
-        result["step_ratios"] = step_ratios(result["step"], cfg["prefix_lengths"])
-        save()
-    if "decode" in parts:
-        result["decode"] = {}
-
-        def on_decode(res):
-            result["decode"] = res
-            save()
-
-        bench_decode(decoders, cfg, device, amp, args.seed, on_decode)
-        result["decode_ratios"] = decode_ratios(result["decode"])
+        bench(decoders, cfg, device, amp, args.seed, on_section)
+        result[f"{part}_ratios"] = ratios(result[part])
         save()
     if args.profile:
         result["profile"] = profile_step(decoders, cfg, device, amp, args.seed, args.profile)

@@ -28,6 +28,19 @@ def assert_close(pairs, tol=1e-4):
     assert max(errs.values()) < tol, errs
 
 
+def assert_same_training_step(cuda, ref, x, lengths=None):
+    """Two modules with the same weights (CUDA kernels, PyTorch path): forward and backward of
+    the same input, outputs, input gradients and every parameter gradient within assert_close."""
+    outs = []
+    for m in (cuda, ref):
+        xi = x.clone().requires_grad_()
+        y = m(xi, lengths)
+        y.square().mean().backward()
+        outs.append((y, xi.grad, {k: p.grad for k, p in m.named_parameters()}))
+    assert_close({"y": (outs[0][0], outs[1][0]), "dx": (outs[0][1], outs[1][1]),
+                  **{f"d{k}": (outs[0][2][k], outs[1][2][k]) for k in outs[0][2]}})
+
+
 def both(fn, inputs):
     """Run fn on backend cuda and torch with the same leaf inputs; return outputs and grads."""
     results = []
@@ -74,8 +87,7 @@ def test_conv_and_norm_cuda_vs_torch():
     sc = conv_ops.causal_conv1d_step(x[..., 0], state, w, bias, "silu", backend="cuda")
     st = conv_ops.causal_conv1d_step(x[..., 0], state, w, bias, "silu", backend="torch")
     assert rel(sc[0], st[0]) < 1e-4 and rel(sc[1], st[1]) < 1e-6
-    h, r, nw = (torch.randn(2, 50, 128, device=DEV), torch.randn(2, 50, 128, device=DEV),
-                torch.randn(128, device=DEV))
+    h, nw = torch.randn(2, 50, 128, device=DEV), torch.randn(128, device=DEV)
     assert rel(norm_ops.rms_norm(h, nw, backend="cuda"),
                norm_ops.rms_norm(h, nw, backend="torch")) < 1e-4
     z = torch.randn_like(h)
@@ -94,14 +106,7 @@ def test_mixer_cuda_vs_torch(cls, kw, masked):
     ref.load_state_dict(cuda.state_dict(), strict=True)
     x = torch.randn(3, 200, 128, device=DEV)
     lengths = torch.tensor([200, 150, 31], device=DEV) if masked else None
-    outs = []
-    for m in (cuda, ref):
-        xi = x.clone().requires_grad_()
-        y = m(xi, lengths=lengths)
-        y.square().mean().backward()
-        outs.append((y, xi.grad, {k: p.grad for k, p in m.named_parameters()}))
-    assert_close({"y": (outs[0][0], outs[1][0]), "dx": (outs[0][1], outs[1][1]),
-                  **{f"d{k}": (outs[0][2][k], outs[1][2][k]) for k in outs[0][2]}})
+    assert_same_training_step(cuda, ref, x, lengths)
 
 
 @pytest.mark.parametrize("lengths", [None, [200, 150, 31]])
@@ -117,14 +122,7 @@ def test_mamba_composed_path_cuda_vs_torch(lengths, monkeypatch):
     ref.load_state_dict(cuda.state_dict(), strict=True)
     x = torch.randn(3, 200, 128, device=DEV)
     lengths = None if lengths is None else torch.tensor(lengths, device=DEV)
-    outs = []
-    for m in (cuda, ref):
-        xi = x.clone().requires_grad_()
-        y = m(xi, lengths=lengths)
-        y.square().mean().backward()
-        outs.append((y, xi.grad, {k: p.grad for k, p in m.named_parameters()}))
-    assert_close({"y": (outs[0][0], outs[1][0]), "dx": (outs[0][1], outs[1][1]),
-                  **{f"d{k}": (outs[0][2][k], outs[1][2][k]) for k in outs[0][2]}})
+    assert_same_training_step(cuda, ref, x, lengths)
 
 
 @pytest.mark.parametrize("lengths", [None, [200, 150, 31]])
@@ -141,14 +139,7 @@ def test_bidirectional_merged_scan_cuda_vs_torch(lengths, monkeypatch):
     ref.load_state_dict(cuda.state_dict(), strict=True)
     x = torch.randn(3, 200, 128, device=DEV)
     lengths = None if lengths is None else torch.tensor(lengths, device=DEV)
-    outs = []
-    for m in (cuda, ref):
-        xi = x.clone().requires_grad_()
-        y = m(xi, lengths)
-        y.square().mean().backward()
-        outs.append((y, xi.grad, {k: p.grad for k, p in m.named_parameters()}))
-    assert_close({"y": (outs[0][0], outs[1][0]), "dx": (outs[0][1], outs[1][1]),
-                  **{f"d{k}": (outs[0][2][k], outs[1][2][k]) for k in outs[0][2]}})
+    assert_same_training_step(cuda, ref, x, lengths)
 
 
 @pytest.mark.parametrize("cls,kw", [(Mamba, {}), (Mamba2, dict(d_state=64, headdim=32))])
