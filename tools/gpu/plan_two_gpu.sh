@@ -12,11 +12,17 @@
 #           (amp_check.py --probe-nonfinite): the first module whose output is inf/NaN.
 # 2. tools/gpu/ddp_check.py on both GPUs: ESPnet's --ngpu 2 DDP training of each model, and one
 #    step's DDP gradients vs a single-process step on the same global batch.
+# STEPS (comma list, default "probe,ddp") picks what runs; DDP_PARTS (default "b a") which parts
+# of ddp_check.py.  Session 4 ran STEPS=ddp DDP_PARTS=a: part A alone, to its exit status (session
+# 3's device time ran out during its epoch 2).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1
+STEPS=",${STEPS:-probe,ddp},"
 step() { echo; echo "=== [$(date -u +%H:%M:%S)] $*"; }
+want() { [[ $STEPS == *",$1,"* ]]; }
 
+if want probe; then
 step "GPU 0: packed test + diagnostic | GPU 1: fp16 probe"
 (
     export CUDA_VISIBLE_DEVICES=0
@@ -39,10 +45,19 @@ packed=$!
 probe=$!
 wait $packed; tail -n 25 "$OUT/pytest_packed.log"; tail -n 30 "$OUT/packed_diag.log"
 wait $probe; tail -n 12 "$OUT/amp_probe.log"; head -n 30 "$OUT/probe_lines.log"
+fi
 
+if want ddp; then
 step "DDP check on both GPUs"
 nvidia-smi --query-gpu=index,name,memory.used --format=csv
-python3 tools/gpu/ddp_check.py /tmp/ddp_check --epochs 2 --iters 20 --timeout 200 > "$OUT/ddp_check.log" 2>&1
+# shellcheck disable=SC2086  # DDP_PARTS is a word list
+python3 tools/gpu/ddp_check.py /tmp/ddp_check --parts ${DDP_PARTS:-b a} --epochs 2 --iters 20 \
+    --timeout 300 > "$OUT/ddp_check.log" 2>&1
 echo "ddp_check exit $?"; tail -n 40 "$OUT/ddp_check.log"
 cp /tmp/ddp_check/ddp_check.json "$OUT/" 2>/dev/null
+# each run's asr_train log (rank 0's lines), not its checkpoints
+for log in /tmp/ddp_check/*-ddp/train.log; do
+    [[ -f $log ]] && cp "$log" "$OUT/ddp_partA_$(basename "$(dirname "$log")" -ddp).train.log"
+done
+fi
 step "plan done"
