@@ -16,6 +16,9 @@ Models (random weights, seeded, eval mode, fp32 weights; ``--amp bf16`` autocast
                 8 heads, 2048 linear units (the baseline);
   samba_asr     espnet_mamba's samba_asr decoder, d_model 512;
   speech_mamba  espnet_mamba's speech_mamba decoder, d_model 512, 8 heads;
+  (ours step as CUDA graphs on a GPU, as shipped: espnet_mamba/modules/cuda_graph.py)
+  samba_asr_eager, speech_mamba_eager  (only if named in ``--decoders``) the same decoders and
+                weights with ``cuda_graphs = False``: the step launched op by op;
   the number of blocks of ours is chosen so that the parameter count is closest to the
   Transformer's (``--samba-blocks`` / ``--speech-mamba-blocks`` override).  Vocabulary 5000,
   encoder output 512; a 60 s utterance is 1500 encoder frames (100 frames/s, 4x subsampling);
@@ -87,9 +90,8 @@ from espnet_mamba.decoders.speech_mamba import SpeechMambaDecoder
 from espnet_mamba.ops import backend as ops_backend
 
 DECODERS = ("transformer", "samba_asr", "speech_mamba")
-# not run unless named in --decoders: samba_asr with its step as a CUDA graph (an experiment,
-# benchmarks/cuda_graph_step.py; on the CPU it is samba_asr)
-VARIANTS = ("samba_asr_graphed",)
+# not run unless named in --decoders: ours without CUDA graphs (what the graphs save)
+VARIANTS = ("samba_asr_eager", "speech_mamba_eager")
 OURS = ("samba_asr", "speech_mamba")
 FRAMES_PER_SECOND = 100 / 4  # 10 ms frame shift, 4x subsampling
 EOS_BIAS = -1.0e4
@@ -122,8 +124,8 @@ def _build(name: str, cfg: dict, num_blocks: int, backend: str | None):
 
 
 def base_name(name: str) -> str:
-    """samba_asr_graphed -> samba_asr: the decoder a variant is built from."""
-    return name.removesuffix("_graphed")
+    """samba_asr_eager -> samba_asr: the decoder a variant is built from."""
+    return name.removesuffix("_eager")
 
 
 def decoder_config(name: str, cfg: dict, num_blocks: int) -> dict:
@@ -166,10 +168,8 @@ def build_decoders(cfg: dict, names, device, backend: str | None, seed: int,
         with torch.no_grad():  # keep the beam full: see the module docstring
             dec.output_layer.bias[cfg["eos"]] = EOS_BIAS
         dec = dec.to(device).eval()
-        if name.endswith("_graphed"):  # the step as a CUDA graph (benchmarks/cuda_graph_step.py)
-            from cuda_graph_step import GraphedStep
-
-            dec.step = GraphedStep(dec)
+        if name.endswith("_eager"):
+            dec.cuda_graphs = False
         out[name] = (dec, {"class": f"{type(dec).__module__}.{type(dec).__qualname__}",
                            "params": n_params(dec),
                            "config": decoder_config(name, cfg, blocks[name])})
@@ -737,8 +737,8 @@ def main(argv=None) -> dict:
             tmp.write_text(json.dumps(result, indent=1))
             tmp.replace(args.out)
 
-    blocks = {"samba_asr": args.samba_blocks, "speech_mamba": args.speech_mamba_blocks,
-              "samba_asr_graphed": args.samba_blocks}
+    blocks = {"samba_asr": args.samba_blocks, "speech_mamba": args.speech_mamba_blocks}
+    blocks.update({f"{n}_eager": blocks[n] for n in OURS})
     decoders = build_decoders(cfg, names, device, args.backend, args.seed, blocks)
     result["decoders"] = {n: info for n, (_, info) in decoders.items()}
     for n, info in result["decoders"].items():
@@ -764,10 +764,11 @@ def main(argv=None) -> dict:
     if args.profile:
         result["profile"] = profile_step(decoders, cfg, device, amp, args.seed, args.profile)
         result["profile_file"] = args.profile
-    graphed = {n: dec.step.checks for n, (dec, _) in decoders.items()
-               if hasattr(getattr(dec, "step", None), "checks")}
-    if graphed:  # each captured graph's first replay vs the eager step: (rows, logits, states)
-        result["graph_checks"] = graphed
+    graphs = {n: {"checks": dec.step_graphs.checks, "disabled": dec.step_graphs.disabled}
+              for n, (dec, _) in decoders.items() if hasattr(dec, "step_graphs")}
+    if any(g["checks"] or g["disabled"] for g in graphs.values()):
+        # each captured graph's first replay vs the eager step: (rows, logits, states)
+        result["graph_checks"] = graphs
     result["errors"] = sorted(f"{part}/{n}" for part in ("step", "decode")
                               for n, r in (result.get(part) or {}).items() if "error" in r)
     result["finished"] = True

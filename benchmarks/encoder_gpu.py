@@ -62,6 +62,10 @@ EBRANCHFORMER = dict(output_size=512, attention_heads=8, attention_layer_type="r
 SAMBA = dict(output_size=512, num_blocks=22, input_layer="conv2d", d_state=16, expand=2)
 SPEECH_MAMBA = dict(output_size=512, attention_heads=8, num_blocks=10, input_layer="conv2d",
                     d_state=16, expand=2)
+# The same parameter budget in fewer, wider blocks (84.4M): at 15-30 s a Mamba encoder is bound
+# by the host's launch work per layer (docs/benchmarks.md), so 9 blocks of width 768 launch
+# 18 bidirectional mixers where 22 of width 512 launch 44.
+SAMBA_WIDE = dict(output_size=768, num_blocks=9, input_layer="conv2d", d_state=16, expand=2)
 SAMBA_M2 = dict(output_size=512, num_blocks=23, input_layer="conv2d", mixer="mamba2",
                 d_state=64, expand=2, mixer_conf={"headdim": 64})
 SPEECH_MAMBA_M2 = dict(output_size=512, attention_heads=8, num_blocks=10, input_layer="conv2d",
@@ -71,7 +75,7 @@ TINY = dict(output_size=64, num_blocks=2)  # --tiny: every model at this size (C
 
 DEFAULT_MODELS = ["conformer", "conformer_sdpa", "e_branchformer", "e_branchformer_sdpa",
                   "samba_asr", "speech_mamba", "samba_asr_mamba2", "samba_asr_torchnorm",
-                  "samba_asr_composed", "samba_asr_merged"]
+                  "samba_asr_composed", "samba_asr_merged", "samba_asr_wide"]
 
 
 def model_table():
@@ -94,6 +98,7 @@ def model_table():
         "samba_asr_torchnorm": (SambaASREncoder, SAMBA),
         "samba_asr_composed": (SambaASREncoder, SAMBA),
         "samba_asr_merged": (SambaASREncoder, SAMBA),
+        "samba_asr_wide": (SambaASREncoder, SAMBA_WIDE),
     }
 
 

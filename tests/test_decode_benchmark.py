@@ -152,37 +152,20 @@ def test_failing_decoder_is_recorded(one_thread):
     assert bench.decode_ratios(dec) == {}
 
 
-def test_graphed_variant_is_samba_asr_off_cuda(one_thread):
-    """samba_asr_graphed (benchmarks/cuda_graph_step.py) is built like samba_asr, with the same
-    weights; off CUDA its step is the eager one, so the decode is the same to the token."""
+def test_eager_variants_are_ours_without_graphs(one_thread):
+    """samba_asr_eager / speech_mamba_eager are built like ours, with the same weights and
+    ``cuda_graphs = False``; off CUDA both run the eager step, so the decode is the same."""
     args = bench.parse_args(["--device", "cpu", "--tiny", "--decode-steps", "3"])
     cfg = bench.settings_from_args(args)
     cpu = torch.device("cpu")
-    decoders = bench.build_decoders(cfg, ["samba_asr", "samba_asr_graphed"], cpu, None, 0)
-    plain, graphed = decoders["samba_asr"][0], decoders["samba_asr_graphed"][0]
-    assert type(graphed.step).__name__ == "GraphedStep" and graphed.step.graphs == {}
-    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(),
-                                                 graphed.state_dict().values()))
-    assert decoders["samba_asr_graphed"][1]["config"] == decoders["samba_asr"][1]["config"]
+    names = ["samba_asr", "samba_asr_eager", "speech_mamba", "speech_mamba_eager"]
+    decoders = bench.build_decoders(cfg, names, cpu, None, 0)
     res = bench.bench_decode(decoders, cfg, cpu, "none", 0)
-    assert res["samba_asr_graphed"]["best_score"] == res["samba_asr"]["best_score"]
-    assert graphed.step.graphs == {}  # nothing captured off CUDA
-
-
-def test_graphed_step_falls_back_off_cuda():
-    """Off CUDA (and with speech memory) the eager step runs; the capture is checked on the
-    GPU (tests/gpu/test_models_cuda.py)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import cuda_graph_step
-
-    calls = []
-
-    class Dec:
-        def step(self, tokens, recurrent, memory):
-            calls.append(memory)
-            return tokens.float(), recurrent
-
-    dec = Dec()
-    dec.step = cuda_graph_step.GraphedStep(dec)
-    out, state = dec.step(torch.tensor([1, 2]), (torch.zeros(2, 3),), None)
-    assert torch.equal(out, torch.tensor([1.0, 2.0])) and calls == [None]
+    for name in ("samba_asr", "speech_mamba"):
+        ours, eager = decoders[name][0], decoders[f"{name}_eager"][0]
+        assert ours.cuda_graphs and not eager.cuda_graphs
+        assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(),
+                                                     eager.state_dict().values()))
+        assert decoders[f"{name}_eager"][1]["config"] == decoders[name][1]["config"]
+        assert res[f"{name}_eager"]["best_score"] == res[name]["best_score"]
+        assert ours.step_graphs.graphs == {}  # nothing captured off CUDA

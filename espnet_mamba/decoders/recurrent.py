@@ -10,6 +10,8 @@ A subclass implements three things:
 Per hypothesis the state is (recurrent rows of batch 1, reference to its utterance's memory).
 The recurrent part has the same size after 2 tokens and after 400, so a decoding step costs the
 same at any prefix length.  The memory is shared, never copied, by the hypotheses of one utterance.
+On CUDA, beam search runs the step as a captured CUDA graph (modules/cuda_graph.py): set a
+decoder's ``cuda_graphs = False``, or ``ESPNET_MAMBA_CUDA_GRAPHS=0``, to run it eagerly.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 
 from espnet2.asr.decoder.abs_decoder import AbsDecoder
 from espnet2.legacy.nets.scorer_interface import BatchScorerInterface
+from espnet_mamba.modules.cuda_graph import StepGraphs
 from espnet_mamba.modules.state import map_state, select_row, stack_rows
 from espnet_mamba.modules.strict_load import StrictLoadMixin
 
@@ -113,11 +116,34 @@ def _gather(states: list):
 
 
 class RecurrentDecoder(StrictLoadMixin, AbsDecoder, BatchScorerInterface):
+    cuda_graphs = True  # beam search on CUDA replays the step as a CUDA graph (see above)
+
     def start_state(self, memory: torch.Tensor, lengths: torch.Tensor):
         raise NotImplementedError
 
     def step(self, tokens: torch.Tensor, recurrent, memory):
         raise NotImplementedError
+
+    @property
+    def step_graphs(self) -> StepGraphs:
+        """This decoder's captured step graphs (created on first use)."""
+        graphs = self.__dict__.get("_step_graphs")
+        if graphs is None:
+            graphs = self.__dict__["_step_graphs"] = StepGraphs()
+        return graphs
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to()/.half()/.cuda() may give the parameters new storage the graphs do not read
+        self.step_graphs.clear()
+        return super()._apply(fn, *args, **kwargs)
+
+    def _beam_step(self, tokens, recurrent, memory, shared_memory: bool):
+        """``step`` for beam search: a CUDA graph where one can be used, else eager.
+        ``shared_memory``: the memory (if any) is one object kept for the whole utterance."""
+        graphs = self.step_graphs
+        if self.cuda_graphs and shared_memory and graphs.usable(tokens, self.training):
+            return graphs(self.step, tokens, recurrent, memory)
+        return self.step(tokens, recurrent, memory)
 
     # --- ESPnet scorer interface -------------------------------------------------------------
     def init_state(self, x: torch.Tensor) -> Any:
@@ -150,7 +176,8 @@ class RecurrentDecoder(StrictLoadMixin, AbsDecoder, BatchScorerInterface):
             states = [s.row(r, n) if isinstance(s, _Batch) else s for r, s in enumerate(states)]
             recurrent, memories = _gather(states)
         memory = None if memories[0] is None else type(memories[0]).stack(memories)
-        logits, recurrent = self.step(ys[:, -1], recurrent, memory)
+        logits, recurrent = self._beam_step(ys[:, -1], recurrent, memory,
+                                            memory is None or memory is memories[0])
         # half-precision logits are normalised in fp32; fp32/fp64 keep their precision
         logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)),
                                  dim=-1)

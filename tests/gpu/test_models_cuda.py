@@ -52,35 +52,49 @@ def test_packed_encoder_cuda(name, bidirectional, native, monkeypatch):
 
 
 @pytest.mark.parametrize("amp", [False, True])
-@pytest.mark.parametrize("mixer", sorted(MIXER_CONF))
-def test_graphed_decoder_step_cuda(mixer, amp):
-    """benchmarks/cuda_graph_step.py: samba_asr's decoding step captured as a CUDA graph and
-    replayed equals the eager step over several steps, with the beam's rows changing (one graph
-    per row count), in fp32 and under bf16 autocast."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    from cuda_graph_step import GraphedStep
-
+@pytest.mark.parametrize("name,mixer", PAIRS)
+def test_cuda_graph_batch_score_equals_eager_cuda(name, mixer, amp):
+    """espnet_mamba/modules/cuda_graph.py: batch_score with the step replayed from CUDA graphs
+    == the eager step, over steps whose row count changes (one graph per count: 1, 4, 2),
+    in fp32 and under bf16 autocast, and for two utterances in turn (speech_mamba's graphs read
+    the utterance's memory: they are dropped and captured again for the next one)."""
     torch.manual_seed(0)
-    dec = tiny_decoder("samba_asr", mixer, device="cuda", dtype=torch.float32)
-    eager = dec.step
-    graphed = GraphedStep(dec)
-    memory = torch.randn(1, 30, dec.embed.embedding_dim, device="cuda")
+    dec = tiny_decoder(name, mixer, device="cuda", dtype=torch.float32, backend="cuda")
     ctx = torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp)
-    with torch.no_grad(), ctx:
-        recurrent, _ = dec.start_state(memory, torch.tensor([30], device="cuda"))
-        state_e = state_g = recurrent
-        for rows in (1, 4, 4, 4, 2):
-            tokens = torch.randint(0, dec.output_layer.out_features, (rows,), device="cuda")
-            state_e = tuple(tuple(t[:1].expand(rows, *t.shape[1:]).contiguous() for t in s)
-                            for s in state_e)
-            state_g = tuple(tuple(t[:1].expand(rows, *t.shape[1:]).contiguous() for t in s)
-                            for s in state_g)
-            out_e, state_e = eager(tokens, state_e, None)
-            out_g, state_g = graphed(tokens, state_g, None)
-            assert ((out_g.float() - out_e.float()).abs().max()
-                    <= 1e-3 * out_e.float().abs().max())
-    assert sorted(graphed.graphs) and all(max(c[1:]) <= 1e-3 for c in graphed.checks)
-    assert len(graphed.graphs) == 3  # 1, 4 and 2 rows
+    for utt in range(2):
+        x = torch.randn(30 + 7 * utt, dec.output_layer.in_features, device="cuda")
+        with torch.no_grad(), ctx:
+            states_g = states_e = [dec.batch_init_state(x)]
+            for rows in (1, 4, 4, 4, 2):
+                ys = torch.randint(0, dec.output_layer.out_features, (rows, 3), device="cuda")
+                pick = torch.randint(0, len(states_g), (rows,)).tolist()
+                dec.cuda_graphs = True
+                logp_g, out_g = dec.batch_score(ys, [states_g[i] for i in pick], x)
+                dec.cuda_graphs = False
+                logp_e, out_e = dec.batch_score(ys, [states_e[i] for i in pick], x)
+                assert (logp_g - logp_e).abs().max() <= 1e-3 * logp_e.abs().max()
+                states_g = [dec.select_state(out_g, i) for i in range(rows)]
+                states_e = [dec.select_state(out_e, i) for i in range(rows)]
+    graphs = dec.step_graphs
+    assert graphs.disabled is None, graphs.disabled
+    assert len(graphs.checks) == (3 if name == "samba_asr" else 6)  # rows 1, 4, 2 (per utt.)
+    assert all(max(c[1:]) <= 1e-3 for c in graphs.checks)
+    assert len(graphs.graphs) == 3
+
+
+def test_cuda_graph_follows_dtype_change_cuda():
+    """Casting the decoder after graphs were captured drops them (they read the old weights)."""
+    dec = tiny_decoder("samba_asr", "mamba", device="cuda", dtype=torch.float32, backend="cuda")
+    x = torch.randn(20, dec.output_layer.in_features, device="cuda")
+    ys = torch.ones(1, 1, dtype=torch.long, device="cuda")
+    with torch.no_grad():
+        dec.batch_score(ys, [dec.batch_init_state(x)], x)
+        assert len(dec.step_graphs.graphs) == 1
+        dec.to(torch.bfloat16)
+        assert not dec.step_graphs.graphs
+        x = x.bfloat16()
+        logp, _ = dec.batch_score(ys, [dec.batch_init_state(x)], x)
+        dec.cuda_graphs = False
+        ref, _ = dec.batch_score(ys, [dec.batch_init_state(x)], x)
+    assert (logp - ref).abs().max() <= 1e-3 * ref.abs().max()
+    assert dec.step_graphs.disabled is None and len(dec.step_graphs.graphs) == 1

@@ -8,10 +8,12 @@
 #   export   first: the built kernels into $OUT (xz parts, one archive per package) for a later
 #            machine of the same GPU architecture (tools/gpu/export_kernels.sh)
 #   tests    pytest -m gpu tests/gpu except the packed ones, alone on the GPU (beside six
-#            training runs it took 17 min instead of a few: 2026-11-22), 300 s per test at most
+#            training runs it took 17 min instead of a few: 2026-11-22), 300 s per test at most;
+#            TESTS_K="cuda_graph or beam" narrows them (pytest -k)
 #   amp      tools/gpu/amp_check.py (six trainings at once, ~7 min); AMP_ARGS adds options,
-#            e.g. "--models samba_asr --dtypes fp16" for the fp16 overflow of samba_asr
-#   decode   benchmarks/decode_gpu.py with the samba_asr_graphed experiment (about 2 min)
+#            e.g. "--models samba_asr --dtypes fp16" for the fp16 overflow of samba_asr;
+#            AMP_DEADLINE (default 480 s); AMP_BESIDE_TESTS=1 runs it beside the tests
+#   decode   benchmarks/decode_gpu.py, ours with and without CUDA graphs (about 3 min)
 #   encoder  benchmarks/encoder_gpu.py; ENCODER_MODELS picks the models (default: all); the
 #            packed-vs-padded batch too (PACKED_BATCH=0: not); ENCODER_ARGS adds options (e.g. --lengths 15 30
 #            --profile-dir "$OUT/profiles")
@@ -35,28 +37,46 @@ if want export; then
     step "kernels for later machines"
     bash tools/gpu/export_kernels.sh "$OUT" || echo "export failed"
 fi
+run_amp() {
+    # shellcheck disable=SC2086
+    python3 tools/gpu/amp_check.py /tmp/amp_check --ngpu 1 --deadline "${AMP_DEADLINE:-480}" \
+        ${AMP_ARGS:-} > "$OUT/amp_check.log" 2>&1
+    echo "amp_check exit $?"; tail -n 30 "$OUT/amp_check.log"
+    cp /tmp/amp_check/amp_check.json "$OUT/" 2>/dev/null
+}
+# AMP_BESIDE_TESTS=1: amp trains beside the GPU tests (correctness only, nothing timed; session 4
+# did so to fit one 30-minute machine)
+amp_pid=
+if want amp && ((${AMP_BESIDE_TESTS:-0})); then
+    step "amp_check (in the background, beside the tests)"
+    run_amp > "$OUT/amp_step.log" 2>&1 &
+    amp_pid=$!
+fi
+
 if want tests; then
     step "GPU tests"
     # per-test limit: session 3 lost a call to one test stalled in triton's autotuning
-    # (the packed tests run in step `packed`: their triton autotuning can take many minutes)
-    python3 -m pytest -m gpu tests/gpu -k "not packed" -v -rA --tb=short -p no:cacheprovider \
-        --timeout "${TEST_TIMEOUT:-300}" -o faulthandler_timeout=240 > "$OUT/pytest_gpu.log" 2>&1
+    # (the packed tests run in step `packed`: their triton autotuning can take many minutes);
+    # TESTS_K narrows the selection (pytest -k)
+    python3 -m pytest -m gpu tests/gpu -k "not packed${TESTS_K:+ and ($TESTS_K)}" -v -rA \
+        --tb=short -p no:cacheprovider --timeout "${TEST_TIMEOUT:-300}" \
+        -o faulthandler_timeout=240 > "$OUT/pytest_gpu.log" 2>&1
     echo "pytest exit $?"; tail -n 40 "$OUT/pytest_gpu.log"
 fi
 
 if want amp; then
-    step "amp_check"
-    # shellcheck disable=SC2086
-    python3 tools/gpu/amp_check.py /tmp/amp_check --ngpu 1 --deadline 480 ${AMP_ARGS:-} \
-        > "$OUT/amp_check.log" 2>&1
-    echo "amp_check exit $?"; tail -n 30 "$OUT/amp_check.log"
-    cp /tmp/amp_check/amp_check.json "$OUT/" 2>/dev/null
+    if [[ -n $amp_pid ]]; then
+        wait "$amp_pid"; cat "$OUT/amp_step.log"
+    else
+        step "amp_check"
+        run_amp
+    fi
 fi
 
 if want decode; then
     step "decoding benchmark"
     python3 benchmarks/decode_gpu.py --device cuda --out "$OUT/decode_h100.json" \
-        --decoders transformer,samba_asr,speech_mamba,samba_asr_graphed \
+        --decoders transformer,samba_asr,speech_mamba,samba_asr_eager,speech_mamba_eager \
         --plot "$OUT/decode_h100.png" --profile "$OUT/decode_profile.txt" 2>&1 |
         tee "$OUT/decode_bench.log" | tail -n 40
 fi

@@ -1,0 +1,144 @@
+"""CUDA graphs of a recurrent decoder's one-token ``step`` during beam search.
+
+Why: one decoding step of a 13-layer samba_asr decoder (beam 10, d 512) is ~0.6 ms of GPU work
+and ~9 ms of host work on an H100 (docs/benchmarks.md): every small kernel costs its launch.  A
+step has fixed shapes for a given number of hypotheses, because the recurrent state does not
+grow with the prefix, so it can be captured once per shape and replayed as one launch (plus
+copying the tokens and states into the graph's input buffers and cloning its outputs).
+mamba-ssm's own generation captures its decoding step the same way.
+
+When a graph is used (everything else runs the eager step, unchanged):
+  * CUDA tensors, gradients off (``torch.no_grad``/``inference_mode``, as in ESPnet's
+    ``Speech2Text``), the decoder in eval mode, not already inside a capture or a trace;
+  * the speech memory, if the decoder has one (speech_mamba's cross-attention keys/values), is
+    one object shared by every hypothesis (one utterance): the graph reads it in place, and the
+    graphs of an utterance are dropped when the next utterance's memory arrives;
+  * ``ESPNET_MAMBA_CUDA_GRAPHS`` is not ``0`` and the decoder's ``cuda_graphs`` is true.
+The first replay of every graph is compared with the eager step on the same inputs; if they
+differ (or capturing fails) a warning names it, the eager result is returned and graphs stay off
+for that decoder: never a silently different result.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+import torch
+
+from espnet_mamba.modules.state import map_state
+
+ENV = "ESPNET_MAMBA_CUDA_GRAPHS"
+
+
+def enabled_by_env() -> bool:
+    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _leaves(state):
+    if isinstance(state, torch.Tensor):
+        return [state]
+    return [t for s in state for t in _leaves(s)]
+
+
+def _max_rel(a, b) -> float:
+    a, b = a.float(), b.float()
+    return ((a - b).abs().max() / b.abs().max().clamp(min=1e-30)).item()
+
+
+class StepGraphs:
+    """The captured graphs of one decoder, keyed by (rows, state layout, autocast, memory)."""
+
+    def __init__(self, warmup: int = 3, check_rtol: float = 1e-3):
+        self.warmup, self.check_rtol = warmup, check_rtol
+        self.graphs = {}
+        self.memory = None  # the speech memory the memory-reading graphs were captured for
+        self.checks = []  # (rows, max rel. error of the logits, of the states) per first replay
+        self.disabled = None  # why graphs were switched off for this decoder, if they were
+
+    # a copy of a decoder (copy.deepcopy, pickling) starts without graphs: they hold pointers
+    # into the original's memory
+    def __deepcopy__(self, memo):
+        return StepGraphs(self.warmup, self.check_rtol)
+
+    def __getstate__(self):
+        return {"warmup": self.warmup, "check_rtol": self.check_rtol}
+
+    def __setstate__(self, state):
+        self.__init__(**state)
+
+    def clear(self):
+        self.graphs.clear()
+        self.memory = None
+
+    def usable(self, tokens: torch.Tensor, training: bool) -> bool:
+        return (self.disabled is None and tokens.is_cuda and not training
+                and not torch.is_grad_enabled() and enabled_by_env()
+                and not torch.cuda.is_current_stream_capturing()
+                and not torch.jit.is_tracing() and not torch.jit.is_scripting())
+
+    def __call__(self, step, tokens, recurrent, memory):
+        """``step(tokens, recurrent, memory)`` through a graph: (logits, new recurrent)."""
+        if memory is not None and memory is not self.memory:  # a new utterance
+            self.graphs = {k: v for k, v in self.graphs.items() if not k[-1]}
+            self.memory = memory
+        autocast = torch.is_autocast_enabled("cuda")
+        key = (tokens.shape[0], tokens.device,
+               tuple((tuple(t.shape), t.dtype) for t in _leaves(recurrent)),
+               torch.get_autocast_dtype("cuda") if autocast else None, memory is not None)
+        entry = self.graphs.get(key)
+        first = entry is None
+        if first:
+            try:
+                entry = self._capture(step, tokens, recurrent, memory)
+            except RuntimeError as err:  # an op that cannot be captured: stay eager
+                return self._give_up(step, tokens, recurrent, memory,
+                                     f"capturing the decoding step failed: {err}")
+            self.graphs[key] = entry
+        graph, in_tokens, in_state, out_logits, out_state = entry
+        in_tokens.copy_(tokens)
+        for dst, src in zip(_leaves(in_state), _leaves(recurrent)):
+            dst.copy_(src)
+        graph.replay()
+        logits = out_logits.clone()
+        state = map_state(torch.Tensor.clone, out_state)
+        if first:
+            ref_logits, ref_state = step(tokens, recurrent, memory)
+            err = (_max_rel(logits, ref_logits),
+                   max((_max_rel(a, b) for a, b in zip(_leaves(state), _leaves(ref_state))),
+                       default=0.0))
+            self.checks.append((key[0], *err))
+            if max(err) > self.check_rtol:
+                self.clear()
+                return self._give_up(
+                    step, tokens, recurrent, memory,
+                    f"the CUDA-graph step differs from the eager step for {key[0]} rows (max "
+                    f"rel. error: logits {err[0]:.2e}, states {err[1]:.2e}, rtol "
+                    f"{self.check_rtol})", (ref_logits, ref_state))
+        return logits, state
+
+    def _capture(self, step, tokens, recurrent, memory):
+        in_tokens = tokens.clone()
+        in_state = map_state(torch.Tensor.clone, recurrent)
+        # autocast's weight cache must not outlive the capture (torch's CUDA-graph notes)
+        ctx = (torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"),
+                              cache_enabled=False)
+               if torch.is_autocast_enabled("cuda") else torch.autocast("cuda", enabled=False))
+        side = torch.cuda.Stream(tokens.device)
+        side.wait_stream(torch.cuda.current_stream(tokens.device))
+        with ctx, torch.cuda.stream(side):
+            for _ in range(self.warmup):  # lazy initialisation and triton autotuning happen here
+                step(in_tokens, in_state, memory)
+        torch.cuda.current_stream(tokens.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with ctx, torch.cuda.graph(graph):
+            out_logits, out_state = step(in_tokens, in_state, memory)
+        return graph, in_tokens, in_state, out_logits, out_state
+
+    def _give_up(self, step, tokens, recurrent, memory, why, result=None):
+        self.disabled = why
+        warnings.warn(f"espnet_mamba: {why}; decoding goes on without CUDA graphs "
+                      f"({ENV}=0 skips them)", RuntimeWarning, stacklevel=3)
+        logging.warning("espnet_mamba: %s; CUDA graphs off for this decoder", why)
+        return result if result is not None else step(tokens, recurrent, memory)
