@@ -1,0 +1,36 @@
+"""benchmarks/encoder_report.py on a hand-made result file: the issue-6 target rows."""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import encoder_report  # noqa: E402
+
+
+def result(model, mode, batch, seconds, ms=None, gib=None, error=None):
+    r = {"model": model, "mode": mode, "batch": batch, "seconds": seconds}
+    if error:
+        r["error"] = error
+    else:
+        r.update(median_ms=ms, peak_gib=gib)
+    return r
+
+
+def test_linear_target_pass_fail_and_not_run():
+    results = [result("conformer_sdpa", "infer", 1, s, 10.0 * s, 1.0) for s in (60, 300)]
+    # linear to 1200 s; one that stops at 300 s (a variant run short); one out of memory at 1200
+    results += [result("samba_asr", "infer", 1, s, 2.0 * s, 0.5) for s in (60, 300, 1200)]
+    results += [result("short", "infer", 1, s, 2.0 * s, 0.5) for s in (60, 300)]
+    results += [result("oom", "infer", 1, s, 2.0 * s, 0.5) for s in (60, 300)]
+    results.append(result("oom", "infer", 1, 1200, error="OOM"))
+    report = {"models": {m: {} for m in ("conformer_sdpa", "samba_asr", "short", "oom")},
+              "results": results}
+    lines = encoder_report.targets(report, encoder_report.index(report))
+    row = next(line for line in lines if line.startswith("| infer B1 up to 1200 s"))
+    cells = [c.strip() for c in row.strip("|").split("|")][1:]
+    assert cells[0].startswith("PASS exponent 1.000 over 60-1200 s")
+    assert cells[1].startswith("not run to 1200 s (exponent 1.000 over 60-300 s")
+    assert cells[2].startswith("FAIL at 1200 s (OOM)")
+    train = next(line for line in lines if line.startswith("| train B8 15 s"))
+    assert train.count("not measured") == 3
