@@ -102,6 +102,22 @@ def model_table():
     }
 
 
+def apply_variant(name) -> float:
+    """Set the module switches a model variant runs with (the shipped ones for any other
+    name); returns the longest length (s) the variant is run to.
+
+    *_torchnorm: every RMSNorm on torch's op instead of mamba-ssm's triton kernel (which costs
+    more host time per call), up to 60 s; *_composed: v1 mixers without mamba_inner_fn
+    (modules/mamba.py FUSED_INNER: less host time, more memory), and *_merged: both directions
+    of a bidirectional layer in one grouped scan (modules/bidirectional.py), up to 300 s."""
+    torchnorm = name.endswith("_torchnorm")
+    composed, merged = name.endswith("_composed"), name.endswith("_merged")
+    norm_ops.TRITON_MIN_NUMEL = math.inf if torchnorm else TRITON_DEFAULT
+    mamba_mixer.FUSED_INNER = not composed
+    bidirectional.MERGE_DIRECTIONS = True if merged else False if composed else "auto"
+    return 60 if torchnorm else 300 if composed or merged else math.inf
+
+
 def build(name, tiny, **extra):
     cls, conf = model_table()[name]
     conf = {**conf, **extra}
@@ -130,21 +146,20 @@ class Timer:
         for _ in range(warmup):
             fn()
         self.sync()
-        times = []
-        for _ in range(repeats):
-            if self.cuda:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(
-                    enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end))
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t0) * 1e3)
-        return times
+        return [self.once(fn) for _ in range(repeats)]
+
+    def once(self, fn) -> float:
+        """ms of one fn() (after what was queued before it has finished)."""
+        if not self.cuda:
+            t0 = time.perf_counter()
+            fn()
+            return (time.perf_counter() - t0) * 1e3
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
 
 
 def autocast(device, amp):
@@ -362,17 +377,7 @@ def main(argv=None):
                                       "conf": conf}
             print(f"== {name}: {params / 1e6:.2f}M parameters", flush=True)
             t_model = time.time()
-            # a *_torchnorm variant: the same model with every RMSNorm on torch's op instead of
-            # mamba-ssm's triton kernel (which costs more host time per call), up to 60 s;
-            # a *_composed variant: v1 mixers without mamba_inner_fn (modules/mamba.py
-            # FUSED_INNER: less host time, more memory), and *_merged: both directions of a
-            # bidirectional layer in one grouped scan (modules/bidirectional.py), up to 300 s
-            torchnorm = name.endswith("_torchnorm")
-            composed, merged = name.endswith("_composed"), name.endswith("_merged")
-            norm_ops.TRITON_MIN_NUMEL = math.inf if torchnorm else TRITON_DEFAULT
-            mamba_mixer.FUSED_INNER = not composed
-            bidirectional.MERGE_DIRECTIONS = True if merged else False if composed else "auto"
-            max_s = 60 if torchnorm else 300 if composed or merged else math.inf
+            max_s = apply_variant(name)
             for mode in args.modes:
                 for batch in args.batches:
                     failed_at = None
@@ -412,9 +417,7 @@ def main(argv=None):
                         free(device)
             del enc
             free(device)
-    # the shipped settings again (a variant above changed them)
-    norm_ops.TRITON_MIN_NUMEL, mamba_mixer.FUSED_INNER = TRITON_DEFAULT, True
-    bidirectional.MERGE_DIRECTIONS = "auto"
+    apply_variant("")  # the shipped settings again (a variant above changed them)
     if args.packed or args.packed_only:
         packed_vs_padded(args, device, timer, report)
         save()

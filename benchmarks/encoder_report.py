@@ -207,6 +207,9 @@ def main(argv=None):
              f"mamba-ssm {env.get('mamba-ssm')}; kernels {env.get('kernels_available')}",
              f"Command: `{env['command']}`", "",
              "| model | parameters |", "|---|---|"]
+    if report.get("settings", {}).get("interleaved"):
+        lines[2:2] = ["Timing: the models in turn within each setting (benchmarks/"
+                      "encoder_interleaved.py); peak memory less the other models' weights.", ""]
     lines += [f"| {m} | {v['params'] / 1e6:.2f}M |" for m, v in report["models"].items()]
     lines += targets(report, idx) + ratios(report, idx) + tables(report, idx) + packed(report)
     lines += ["", "(n/a): a peak above that of a longer length of the same model and setting, "

@@ -34,3 +34,36 @@ def test_linear_target_pass_fail_and_not_run():
     assert cells[2].startswith("FAIL at 1200 s (OOM)")
     train = next(line for line in lines if line.startswith("| train B8 15 s"))
     assert train.count("not measured") == 3
+
+
+def test_interleaved_benchmark_on_cpu(tmp_path, monkeypatch, capsys):
+    """benchmarks/encoder_interleaved.py at toy sizes: every model gets its timed runs in
+    each setting; one that runs out of memory is recorded so and not tried at longer lengths,
+    the others go on; the report says how the timing was done."""
+    import encoder_gpu
+    import encoder_interleaved
+
+    real_step = encoder_gpu.step_fn
+
+    def step_fn(enc, x, ilens, mode, device, amp):
+        if type(enc).__name__ == "SambaASREncoder" and x.shape[1] > 150:
+            def oom():
+                raise RuntimeError("CUDA out of memory. Tried to allocate 1 GiB")
+            return oom
+        return real_step(enc, x, ilens, mode, device, amp)
+
+    monkeypatch.setattr(encoder_gpu, "step_fn", step_fn)
+    out = tmp_path / "il.json"
+    report = encoder_interleaved.main(
+        ["--device", "cpu", "--tiny", "--out", str(out), "--models", "conformer_sdpa",
+         "samba_asr", "--lengths", "1", "2", "3", "--batches", "1", "--modes", "train",
+         "--repeats", "2", "--warmup", "1"])
+    got = {(r["model"], r["seconds"]): r for r in report["results"]}
+    assert len(got["conformer_sdpa", 3]["times_ms"]) == 2
+    assert got["samba_asr", 1]["median_ms"] > 0
+    assert got["samba_asr", 2]["error"] == "OOM" and ("samba_asr", 3) not in got
+    assert report["settings"]["interleaved"] is True
+    assert out.exists()
+    capsys.readouterr()
+    encoder_report.main([str(out)])
+    assert "the models in turn within each setting" in capsys.readouterr().out

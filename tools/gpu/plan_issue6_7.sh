@@ -17,6 +17,9 @@
 #   encoder  benchmarks/encoder_gpu.py; ENCODER_MODELS picks the models (default: all); the
 #            packed-vs-padded batch too (PACKED_BATCH=0: not); ENCODER_ARGS adds options (e.g. --lengths 15 30
 #            --profile-dir "$OUT/profiles")
+#   interleaved  benchmarks/encoder_interleaved.py: 15/30/60 s with the models timed in turn
+#            (host noise hits all alike); INTERLEAVED_MODELS picks them (default: conformer_sdpa
+#            samba_asr speech_mamba samba_asr_wide), INTERLEAVED_ARGS adds options (~3 min)
 #   recipe   tools/gpu/recipe_gpu.sh: the mini recipe's asr_train --ngpu 1, seconds per epoch of
 #            the Conformer and the two Mamba configs (about 5 min)
 #   packed   last: the packed GPU tests (each up to 15 min: triton autotuning of the seq_idx kernels)
@@ -29,7 +32,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-STEPS=",${STEPS:-tests,amp,decode,encoder,recipe,packed},"
+STEPS=",${STEPS:-tests,amp,decode,encoder,interleaved,recipe,packed},"
 step() { echo; echo "=== [$(date -u +%H:%M:%S)] $*"; }
 want() { [[ $STEPS == *",$1,"* ]]; }
 
@@ -89,6 +92,14 @@ if want encoder; then
         ${ENCODER_MODELS:+--models $ENCODER_MODELS} \
         --packed-models samba_asr_mamba2 speech_mamba_mamba2 ${ENCODER_ARGS:-} 2>&1 |
         tee "$OUT/encoder_bench.log" | tail -n 80
+fi
+
+if want interleaved; then
+    step "encoder benchmark, the models in turn (short lengths)"
+    # shellcheck disable=SC2086  # word lists
+    python3 benchmarks/encoder_interleaved.py --out "$OUT/encoder_interleaved_h100.json" \
+        ${INTERLEAVED_MODELS:+--models $INTERLEAVED_MODELS} ${INTERLEAVED_ARGS:-} 2>&1 |
+        tee "$OUT/encoder_interleaved.log" | tail -n 60
 fi
 
 if want recipe; then
