@@ -67,10 +67,17 @@ def measure_setting(encs: dict, mode, batch, seconds, device, args, timer) -> di
             enc.zero_grad(set_to_none=True)  # not counted in the next model's peak
     times = {name: [] for name in runs}
     for _ in range(args.repeats):
-        for name, fn in runs.items():
+        for name, fn in list(runs.items()):
             eg.apply_variant(name)
-            times[name].append(timer.once(fn))
-            encs[name].zero_grad(set_to_none=True)
+            try:
+                times[name].append(timer.once(fn))
+            except Exception as err:  # noqa: BLE001 - as in the warm-up
+                if not eg.is_oom(err):
+                    raise
+                results[name]["error"] = "OOM"
+                del runs[name], times[name]
+            finally:
+                encs[name].zero_grad(set_to_none=True)
     for name, t in times.items():
         results[name].update(times_ms=[round(v, 3) for v in t], median_ms=statistics.median(t))
     eg.apply_variant("")

@@ -5,6 +5,7 @@ the step on the graph's input buffers.  Real captures: tests/gpu/test_models_cud
 
 import copy
 import pickle
+import weakref
 
 import pytest
 import torch
@@ -19,14 +20,16 @@ class FakeGraph:
     """Replays like a captured graph: reads the input buffers, writes the output buffers."""
 
     def __init__(self, step, in_tokens, in_state, memory, out_logits, out_state, offset):
-        self.args = step, in_tokens, in_state, memory
+        # a real graph holds no Python reference to the memory it reads
+        self.memory = None if memory is None else weakref.ref(memory)
+        self.args = step, in_tokens, in_state
         self.outs = out_logits, out_state
         self.offset = offset
         self.replays = 0
 
     def replay(self):
-        step, tokens, state, memory = self.args
-        logits, new = step(tokens, state, memory)
+        step, tokens, state = self.args
+        logits, new = step(tokens, state, None if self.memory is None else self.memory())
         self.outs[0].copy_(logits + self.offset)
         for dst, src in zip(cuda_graph._leaves(self.outs[1]), cuda_graph._leaves(new)):
             dst.copy_(src)
@@ -69,25 +72,33 @@ class Memory:
 
 
 def test_replay_equals_eager_one_graph_per_row_count(fake_capture):
+    """A shape is captured the second time it is seen, replayed from then on, and each
+    graph's first replay is checked against the eager step."""
     made, _ = fake_capture
     graphs = StepGraphs()
-    for rows in (1, 4, 4, 2, 4):
+    for rows in (1, 4, 4, 2, 4, 4, 1, 1):
         tokens, state = torch.randint(0, 9, (rows,)), toy_state(rows)
         logits, new = graphs(toy_step, tokens, state, None)
         ref_logits, ref_new = toy_step(tokens, state, None)
         assert torch.equal(logits, ref_logits)
         assert all(torch.equal(x, y) for x, y in zip(cuda_graph._leaves(new),
                                                      cuda_graph._leaves(ref_new)))
-    assert len(made) == 3 and len(graphs.graphs) == 3  # rows 1, 4, 2
-    assert [c[0] for c in graphs.checks] == [1, 4, 2]  # the first replay of each is checked
-    assert [g.replays for g in made] == [1, 3, 1]
+    assert len(made) == 2 and len(graphs.graphs) == 2  # rows 4 and 1; 2 was seen once
+    assert [c[0] for c in graphs.checks] == [4, 1]
+    assert [g.replays for g in made] == [3, 2]
     assert graphs.disabled is None
+
+
+def twice(graphs, *args):
+    """The second call of a shape: the first one that runs a graph."""
+    graphs(*args)
+    return graphs(*args)
 
 
 def test_outputs_are_not_the_graphs_buffers(fake_capture):
     graphs = StepGraphs()
     tokens = torch.tensor([1, 2])
-    first, state1 = graphs(toy_step, tokens, toy_state(2), None)
+    first, state1 = twice(graphs, toy_step, tokens, toy_state(2), None)
     kept = first.clone()
     second, _ = graphs(toy_step, tokens + 1, state1, None)  # replays into the same buffers
     assert torch.equal(first, kept) and not torch.equal(first, second)
@@ -98,25 +109,46 @@ def test_a_new_memory_drops_the_graphs_that_read_the_old_one(fake_capture):
     graphs = StepGraphs()
     tokens, state = torch.tensor([3]), toy_state(1)
     m1, m2 = Memory(torch.tensor(1.0)), Memory(torch.tensor(-5.0))
-    graphs(toy_step, tokens, state, None)  # a memory-free graph: kept throughout
-    out1, _ = graphs(toy_step, tokens, state, m1)
+    twice(graphs, toy_step, tokens, state, None)  # a memory-free graph: kept throughout
+    out1, _ = twice(graphs, toy_step, tokens, state, m1)
     again, _ = graphs(toy_step, tokens, state, m1)
     assert len(made) == 2 and torch.equal(out1, again)
-    out2, _ = graphs(toy_step, tokens, state, m2)
-    assert len(made) == 3 and graphs.memory is m2 and len(graphs.graphs) == 2
+    out2, _ = twice(graphs, toy_step, tokens, state, m2)
+    assert len(made) == 3 and graphs.memory_ref() is m2 and len(graphs.graphs) == 2
     assert torch.equal(out2, toy_step(tokens, state, m2)[0])
 
 
-def test_a_graph_that_differs_falls_back_to_the_eager_result(fake_capture):
+def test_a_finished_utterance_memory_is_not_kept_alive(fake_capture):
+    graphs = StepGraphs()
+    memory = Memory(torch.tensor(1.0))
+    twice(graphs, toy_step, torch.tensor([3]), toy_state(1), memory)
+    ref = graphs.memory_ref
+    del memory
+    assert ref() is None  # only a weak reference: the utterance's keys/values can go
+
+
+@pytest.mark.parametrize("offset", [0.5, float("nan"), float("inf")])
+def test_a_graph_that_differs_falls_back_to_the_eager_result(fake_capture, offset):
     _, opts = fake_capture
-    opts["offset"] = 0.5
+    opts["offset"] = offset
     graphs = StepGraphs()
     tokens, state = torch.tensor([1, 2]), toy_state(2)
+    graphs(toy_step, tokens, state, None)
     with pytest.warns(RuntimeWarning, match="differs from the eager step for 2 rows"):
         logits, _ = graphs(toy_step, tokens, state, None)
     assert torch.equal(logits, toy_step(tokens, state, None)[0])
     assert "differs" in graphs.disabled and not graphs.graphs
     assert not graphs.usable(tokens, training=False)
+
+
+def test_max_rel_sees_nan_and_inf():
+    a = torch.tensor([1.0, 2.0, float("inf")])
+    assert cuda_graph._max_rel(a, a.clone()) == 0.0
+    assert cuda_graph._max_rel(torch.tensor([1.0, float("nan")]), torch.tensor([1.0, 2.0])) \
+        == float("inf")
+    assert cuda_graph._max_rel(torch.tensor([1.0, 2.0]), torch.tensor([1.0, float("inf")])) \
+        == float("inf")
+    assert cuda_graph._max_rel(a, torch.tensor([1.0, 2.0, -float("inf")])) == float("inf")
 
 
 def test_a_failed_capture_falls_back_to_the_eager_step(monkeypatch):
@@ -126,10 +158,24 @@ def test_a_failed_capture_falls_back_to_the_eager_step(monkeypatch):
     monkeypatch.setattr(StepGraphs, "_capture", refuse)
     graphs = StepGraphs()
     tokens, state = torch.tensor([4]), toy_state(1)
+    graphs(toy_step, tokens, state, None)
     with pytest.warns(RuntimeWarning, match="capturing the decoding step failed: operation"):
         logits, _ = graphs(toy_step, tokens, state, None)
     assert torch.equal(logits, toy_step(tokens, state, None)[0])
     assert graphs.disabled
+
+
+def test_graphs_are_per_inference_mode(fake_capture):
+    """A graph captured under inference_mode has inference-tensor buffers, which no_grad code
+    may not write to: the two modes get their own graphs."""
+    made, _ = fake_capture
+    graphs = StepGraphs()
+    tokens, state = torch.tensor([1]), toy_state(1)
+    with torch.inference_mode():
+        twice(graphs, toy_step, tokens, state, None)
+    with torch.no_grad():
+        out, _ = twice(graphs, toy_step, tokens, state, None)
+    assert len(made) == 2 and torch.equal(out, toy_step(tokens, state, None)[0])
 
 
 @pytest.mark.parametrize("value,enabled", [(None, True), ("1", True), ("0", False),
@@ -142,16 +188,40 @@ def test_environment_switch(monkeypatch, value, enabled):
     assert cuda_graph.enabled_by_env() is enabled
 
 
-def test_never_used_off_cuda_or_with_gradients():
+def test_never_used_off_cuda_or_with_gradients(monkeypatch):
     graphs = StepGraphs()
-    tokens = torch.tensor([1])
     with torch.no_grad():
-        assert not graphs.usable(tokens, training=False)  # CPU tensors
+        assert not graphs.usable(torch.tensor([1]), training=False)  # CPU tensors
+    # the other conditions, with a tensor that claims to be on CUDA
+    cuda_like = type("T", (), {"is_cuda": True})()
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    with torch.no_grad():
+        assert graphs.usable(cuda_like, training=False)
+        assert not graphs.usable(cuda_like, training=True)
+        monkeypatch.setenv(cuda_graph.ENV, "0")
+        assert not graphs.usable(cuda_like, training=False)
+    monkeypatch.delenv(cuda_graph.ENV)
+    with torch.enable_grad():
+        assert not graphs.usable(cuda_like, training=False)
     dec = tiny_decoder("samba_asr", "mamba")
     x = torch.randn(12, 32, dtype=torch.float64)
     with torch.no_grad():
         dec.batch_score(torch.ones(2, 1, dtype=torch.long), [dec.batch_init_state(x)] * 2, x)
-    assert dec.step_graphs.graphs == {} and dec.step_graphs.checks == []
+    assert dec.step_graphs.graphs == {} and not dec.step_graphs.seen
+
+
+def test_replaced_parameters_drop_the_graphs():
+    """Parameters replaced without .to() (e.g. load_state_dict(assign=True)) are noticed at
+    the next utterance: the graphs read the old storage."""
+    dec = tiny_decoder("samba_asr", "mamba")
+    x = torch.randn(12, 32, dtype=torch.float64)
+    dec.init_state(x)
+    dec.step_graphs.graphs["key"] = "a captured graph"
+    dec.init_state(x)
+    assert dec.step_graphs.graphs  # nothing changed
+    dec.load_state_dict({k: v.clone() for k, v in dec.state_dict().items()}, assign=True)
+    dec.init_state(x)
+    assert dec.step_graphs.graphs == {}
 
 
 def test_copies_and_casts_of_a_decoder_start_without_graphs():
@@ -179,3 +249,23 @@ def test_beam_search_through_graphs_equals_eager(name, fake_capture, monkeypatch
     for e, g in zip(eager, graphed):
         assert [h.yseq.tolist() for h in e] == [h.yseq.tolist() for h in g]
         assert [float(h.score) for h in e] == pytest.approx([float(h.score) for h in g])
+
+
+def test_several_utterances_in_one_step_run_eagerly(fake_capture, monkeypatch):
+    """Hypotheses of two utterances in one batch_score (BatchBeamSearch over a batch): their
+    speech memories are stacked anew every step, so the step stays eager (a graph would read
+    a memory that is gone at the next step)."""
+    made, _ = fake_capture
+    monkeypatch.setattr(StepGraphs, "usable", lambda self, tokens, training: not training)
+    dec = tiny_decoder("speech_mamba", "mamba")
+    xs = [torch.randn(12, 32, dtype=torch.float64) for _ in range(2)]
+    ys = torch.ones(2, 1, dtype=torch.long)
+    with torch.no_grad():
+        states = [dec.batch_init_state(x) for x in xs]
+        for _ in range(3):
+            logp, out = dec.batch_score(ys, states, xs[0])
+            states = [dec.select_state(out, i) for i in range(2)]
+        assert not made and not dec.step_graphs.seen
+        alone = [dec.batch_score(ys[:1], [dec.batch_init_state(x)], x)[0] for x in xs]
+    first = [dec.batch_score(ys, [dec.batch_init_state(x) for x in xs], xs[0])[0]]
+    assert torch.allclose(first[0], torch.cat(alone))

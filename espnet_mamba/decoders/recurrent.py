@@ -148,12 +148,14 @@ class RecurrentDecoder(StrictLoadMixin, AbsDecoder, BatchScorerInterface):
     # --- ESPnet scorer interface -------------------------------------------------------------
     def init_state(self, x: torch.Tensor) -> Any:
         """x: encoder output of one utterance (T, D)."""
+        self.step_graphs.follow(self)  # once per utterance: were the parameters replaced?
         lengths = torch.tensor([x.shape[0]], device=x.device)
         return self.start_state(x[None], lengths)
 
     def batch_init_state(self, x: torch.Tensor, xs_lengths: torch.Tensor = None) -> Any:
         if x.dim() == 2:
             return self.init_state(x)
+        self.step_graphs.follow(self)
         if xs_lengths is None:
             xs_lengths = torch.full((x.shape[0],), x.shape[1], device=x.device)
         return _Batch(*self.start_state(x, xs_lengths), n_utt=x.shape[0])

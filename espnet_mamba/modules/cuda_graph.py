@@ -12,18 +12,28 @@ When a graph is used (everything else runs the eager step, unchanged):
     ``Speech2Text``), the decoder in eval mode, not already inside a capture or a trace;
   * the speech memory, if the decoder has one (speech_mamba's cross-attention keys/values), is
     one object shared by every hypothesis (one utterance): the graph reads it in place, and the
-    graphs of an utterance are dropped when the next utterance's memory arrives;
+    graphs of an utterance are dropped when the next utterance's memory arrives (only a weak
+    reference to it is kept, so decoding does not hold a finished utterance's memory);
   * ``ESPNET_MAMBA_CUDA_GRAPHS`` is not ``0`` and the decoder's ``cuda_graphs`` is true.
+A shape (rows, ...) is captured the second time it is seen: ESPnet's beam search keeps the
+number of hypotheses fixed for most steps, and a count seen once is not worth a capture.
 The first replay of every graph is compared with the eager step on the same inputs; if they
-differ (or capturing fails) a warning names it, the eager result is returned and graphs stay off
-for that decoder: never a silently different result.
+differ, NaN/inf included (or capturing fails), a warning names it, the eager result is returned
+and graphs stay off for that decoder: never a silently different result.  Graphs are per CUDA
+stream and a lock keeps one thread's copy-in/replay/copy-out from interleaving with another's;
+``RecurrentDecoder`` drops them when its parameters move (``.to()``, ``.half()``) or are
+replaced (checked once per utterance).
 """
 
 from __future__ import annotations
 
+import collections
 import logging
+import math
 import os
+import threading
 import warnings
+import weakref
 
 import torch
 
@@ -43,8 +53,21 @@ def _leaves(state):
 
 
 def _max_rel(a, b) -> float:
+    """Max relative error of a vs b; inf where their NaN/inf positions differ."""
     a, b = a.float(), b.float()
+    finite = b.isfinite()
+    if not torch.equal(a.isfinite(), finite) or not torch.equal(a[~finite].nan_to_num(),
+                                                                  b[~finite].nan_to_num()):
+        return math.inf
+    a, b = a[finite], b[finite]
+    if b.numel() == 0:
+        return 0.0
     return ((a - b).abs().max() / b.abs().max().clamp(min=1e-30)).item()
+
+
+def parameter_signature(module: torch.nn.Module) -> tuple:
+    """Where and how the parameters live: a graph reads them from these addresses."""
+    return tuple((p.data_ptr(), p.dtype, p.device) for p in module.parameters())
 
 
 class StepGraphs:
@@ -53,16 +76,20 @@ class StepGraphs:
     def __init__(self, warmup: int = 3, check_rtol: float = 1e-3):
         self.warmup, self.check_rtol = warmup, check_rtol
         self.graphs = {}
-        self.memory = None  # the speech memory the memory-reading graphs were captured for
-        self.checks = []  # (rows, max rel. error of the logits, of the states) per first replay
+        self.seen = set()  # keys seen once, not yet captured
+        self.memory_ref = None  # weak reference to the memory the memory graphs read
+        # (rows, max rel. error of the logits, of the states) of the latest first replays
+        self.checks = collections.deque(maxlen=256)
         self.disabled = None  # why graphs were switched off for this decoder, if they were
+        self.signature = None  # parameter_signature of the module the graphs were captured for
+        self.lock = threading.Lock()
 
     # a copy of a decoder (copy.deepcopy, pickling) starts without graphs: they hold pointers
     # into the original's memory
     def __deepcopy__(self, memo):
         return StepGraphs(self.warmup, self.check_rtol)
 
-    def __getstate__(self):
+    def __getstate__(self):  # no graphs, no lock
         return {"warmup": self.warmup, "check_rtol": self.check_rtol}
 
     def __setstate__(self, state):
@@ -70,7 +97,16 @@ class StepGraphs:
 
     def clear(self):
         self.graphs.clear()
-        self.memory = None
+        self.seen.clear()
+        self.memory_ref = None
+
+    def follow(self, module: torch.nn.Module):
+        """Drop the graphs if ``module``'s parameters were replaced since they were captured
+        (e.g. ``load_state_dict(assign=True)``).  Called once per utterance."""
+        signature = parameter_signature(module)
+        if signature != self.signature:
+            self.clear()
+            self.signature = signature
 
     def usable(self, tokens: torch.Tensor, training: bool) -> bool:
         return (self.disabled is None and tokens.is_cuda and not training
@@ -80,16 +116,26 @@ class StepGraphs:
 
     def __call__(self, step, tokens, recurrent, memory):
         """``step(tokens, recurrent, memory)`` through a graph: (logits, new recurrent)."""
-        if memory is not None and memory is not self.memory:  # a new utterance
+        with self.lock:
+            return self._call(step, tokens, recurrent, memory)
+
+    def _call(self, step, tokens, recurrent, memory):
+        if memory is not None and (self.memory_ref is None or self.memory_ref() is not memory):
+            # a new utterance: the graphs that read the old memory go
             self.graphs = {k: v for k, v in self.graphs.items() if not k[-1]}
-            self.memory = memory
+            self.seen = {k for k in self.seen if not k[-1]}
+            self.memory_ref = weakref.ref(memory)
         autocast = torch.is_autocast_enabled("cuda")
-        key = (tokens.shape[0], tokens.device,
+        stream = torch.cuda.current_stream(tokens.device).cuda_stream if tokens.is_cuda else None
+        key = (tokens.shape[0], tokens.device, stream, torch.is_inference_mode_enabled(),
                tuple((tuple(t.shape), t.dtype) for t in _leaves(recurrent)),
                torch.get_autocast_dtype("cuda") if autocast else None, memory is not None)
         entry = self.graphs.get(key)
         first = entry is None
         if first:
+            if key not in self.seen:  # first sighting: eager (see the module docstring)
+                self.seen.add(key)
+                return step(tokens, recurrent, memory)
             try:
                 entry = self._capture(step, tokens, recurrent, memory)
             except RuntimeError as err:  # an op that cannot be captured: stay eager
@@ -109,8 +155,7 @@ class StepGraphs:
                    max((_max_rel(a, b) for a, b in zip(_leaves(state), _leaves(ref_state))),
                        default=0.0))
             self.checks.append((key[0], *err))
-            if max(err) > self.check_rtol:
-                self.clear()
+            if not max(err) <= self.check_rtol:
                 return self._give_up(
                     step, tokens, recurrent, memory,
                     f"the CUDA-graph step differs from the eager step for {key[0]} rows (max "
@@ -127,16 +172,21 @@ class StepGraphs:
                if torch.is_autocast_enabled("cuda") else torch.autocast("cuda", enabled=False))
         side = torch.cuda.Stream(tokens.device)
         side.wait_stream(torch.cuda.current_stream(tokens.device))
+        # lazy initialisation and triton autotuning happen in the first warm-up steps; later
+        # captures need one (the eager steps before them ran the same kernels)
+        warmup = 1 if self.checks else self.warmup
         with ctx, torch.cuda.stream(side):
-            for _ in range(self.warmup):  # lazy initialisation and triton autotuning happen here
+            for _ in range(warmup):
                 step(in_tokens, in_state, memory)
         torch.cuda.current_stream(tokens.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with ctx, torch.cuda.graph(graph):
+        # thread_local: CUDA calls of other threads do not break this capture
+        with ctx, torch.cuda.graph(graph, capture_error_mode="thread_local"):
             out_logits, out_state = step(in_tokens, in_state, memory)
         return graph, in_tokens, in_state, out_logits, out_state
 
     def _give_up(self, step, tokens, recurrent, memory, why, result=None):
+        self.clear()  # frees the graphs' memory pools
         self.disabled = why
         warnings.warn(f"espnet_mamba: {why}; decoding goes on without CUDA graphs "
                       f"({ENV}=0 skips them)", RuntimeWarning, stacklevel=3)
