@@ -75,7 +75,8 @@ TINY = dict(output_size=64, num_blocks=2)  # --tiny: every model at this size (C
 
 DEFAULT_MODELS = ["conformer", "conformer_sdpa", "e_branchformer", "e_branchformer_sdpa",
                   "samba_asr", "speech_mamba", "samba_asr_mamba2", "samba_asr_torchnorm",
-                  "samba_asr_composed", "samba_asr_merged", "samba_asr_wide"]
+                  "samba_asr_composed", "samba_asr_merged", "samba_asr_wide",
+                  "samba_asr_graphed", "speech_mamba_graphed"]
 
 
 def model_table():
@@ -99,6 +100,8 @@ def model_table():
         "samba_asr_composed": (SambaASREncoder, SAMBA),
         "samba_asr_merged": (SambaASREncoder, SAMBA),
         "samba_asr_wide": (SambaASREncoder, SAMBA_WIDE),
+        "samba_asr_graphed": (SambaASREncoder, SAMBA),
+        "speech_mamba_graphed": (SpeechMambaEncoder, SPEECH_MAMBA),
     }
 
 
@@ -108,14 +111,16 @@ def apply_variant(name) -> float:
 
     *_torchnorm: every RMSNorm on torch's op instead of mamba-ssm's triton kernel (which costs
     more host time per call), up to 60 s; *_composed: v1 mixers without mamba_inner_fn
-    (modules/mamba.py FUSED_INNER: less host time, more memory), and *_merged: both directions
-    of a bidirectional layer in one grouped scan (modules/bidirectional.py), up to 300 s."""
+    (modules/mamba.py FUSED_INNER: less host time, more memory), *_merged: both directions
+    of a bidirectional layer in one grouped scan (modules/bidirectional.py), and *_graphed:
+    training steps as CUDA graphs (benchmarks/cuda_graph_encoder.py), up to 300 s."""
     torchnorm = name.endswith("_torchnorm")
     composed, merged = name.endswith("_composed"), name.endswith("_merged")
     norm_ops.TRITON_MIN_NUMEL = math.inf if torchnorm else TRITON_DEFAULT
     mamba_mixer.FUSED_INNER = not composed
     bidirectional.MERGE_DIRECTIONS = True if merged else False if composed else "auto"
-    return 60 if torchnorm else 300 if composed or merged else math.inf
+    return (60 if torchnorm else 300 if composed or merged or name.endswith("_graphed")
+            else math.inf)
 
 
 def build(name, tiny, **extra):
@@ -129,7 +134,12 @@ def build(name, tiny, **extra):
             conf["cgmlp_linear_units"] = 128
         if conf.get("mixer") == "mamba2":
             conf.update(d_state=16, mixer_conf={"headdim": 16})
-    return cls(FEATS, **conf), conf
+    enc = cls(FEATS, **conf)
+    if name.endswith("_graphed"):  # training steps as CUDA graphs (cuda_graph_encoder.py)
+        from cuda_graph_encoder import GraphedEncoder
+
+        enc = GraphedEncoder(enc)
+    return enc, conf
 
 
 class Timer:
@@ -162,10 +172,11 @@ class Timer:
         return start.elapsed_time(end)
 
 
-def autocast(device, amp):
+def autocast(device, amp, cache_enabled=True):
     if amp == "none":
         return torch.autocast(device.type, enabled=False)
-    return torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[amp])
+    return torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[amp],
+                          cache_enabled=cache_enabled)
 
 
 def step_fn(enc, x, ilens, mode, device, amp):
@@ -176,9 +187,11 @@ def step_fn(enc, x, ilens, mode, device, amp):
                 enc(x, ilens)
         return run
 
+    cache = getattr(enc, "autocast_cache", True)  # False: the graphed variants
+
     def run():
         enc.zero_grad(set_to_none=True)
-        with autocast(device, amp):
+        with autocast(device, amp, cache):
             y, _, _ = enc(x, ilens)
         y.float().square().mean().backward()
     return run
@@ -219,6 +232,8 @@ def measure(enc, mode, batch, seconds, device, args, timer):
         res["error"] = "OOM"
     finally:
         enc.zero_grad(set_to_none=True)
+        if hasattr(enc, "clear"):  # a graphed variant: its graphs hold this setting's memory
+            enc.clear()
         x = ilens = None
         free(device)
     return res

@@ -80,6 +80,9 @@ def measure_setting(encs: dict, mode, batch, seconds, device, args, timer) -> di
                 encs[name].zero_grad(set_to_none=True)
     for name, t in times.items():
         results[name].update(times_ms=[round(v, 3) for v in t], median_ms=statistics.median(t))
+    for enc in encs.values():
+        if hasattr(enc, "clear"):  # a graphed variant: its graphs hold this setting's memory
+            enc.clear()
     eg.apply_variant("")
     eg.free(device)
     return results

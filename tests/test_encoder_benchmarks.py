@@ -1,4 +1,5 @@
-"""benchmarks/encoder_report.py on a hand-made result file: the issue-6 target rows."""
+"""The encoder benchmarks on the CPU: encoder_report.py's target rows on a hand-made result
+file, encoder_interleaved.py and the graphed variant at toy sizes.  Nothing is timed."""
 
 import sys
 from pathlib import Path
@@ -83,3 +84,31 @@ def test_interleaved_benchmark_on_cpu(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     encoder_report.main([str(out)])
     assert "the models in turn within each setting" in capsys.readouterr().out
+
+
+def test_graphed_variant_is_the_plain_encoder_off_cuda():
+    """encoder_gpu.py's *_graphed variants (cuda_graph_encoder.GraphedEncoder) run the plain
+    encoder off CUDA, in eval mode, and under autocast with its weight cache: same outputs and
+    gradients, nothing captured (the captures: tests/gpu/test_graphed_encoder_cuda.py)."""
+    import torch
+
+    import encoder_gpu
+
+    torch.manual_seed(0)
+    plain, _ = encoder_gpu.build("samba_asr", tiny=True, dropout_rate=0.0)
+    torch.manual_seed(0)
+    graphed, conf = encoder_gpu.build("samba_asr_graphed", tiny=True, dropout_rate=0.0)
+    assert type(graphed).__name__ == "GraphedEncoder" and graphed.autocast_cache is False
+    assert graphed.output_size() == plain.output_size() == conf["output_size"]
+    x, ilens = torch.randn(2, 50, encoder_gpu.FEATS), torch.tensor([50, 31])
+    outs = []
+    for enc in (plain, graphed):
+        enc.train()
+        y, olens, _ = enc(x, ilens)
+        y.square().mean().backward()
+        outs.append((y.detach(), olens, [p.grad.clone() for p in enc.parameters()]))
+    (y1, l1, g1), (y2, l2, g2) = outs
+    assert torch.equal(y1, y2) and torch.equal(l1, l2)
+    assert all(torch.equal(a, b) for a, b in zip(g1, g2))
+    assert graphed.graphed == {}
+    graphed.clear()
