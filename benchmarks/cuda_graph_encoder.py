@@ -6,9 +6,17 @@ Why: at 15-30 s of audio a training step of our encoders is bound by host work, 
 (session 3's profile: ~45 ms of GPU work in a ~150-230 ms step; mamba-ssm's Python-level
 ``mamba_inner_fn`` forward and backward alone cost ~3.6 ms of host time per mixer).  For a
 fixed input shape, ``torch.cuda.make_graphed_callables`` captures the layers' forward and
-backward once and replays each as one launch.  The input layer (conv subsampling, with its
-too-short check) runs eagerly; the layers and the final norm are graphed, one capture per
-(batch, frames, dtype, autocast, train/eval) shape, sharing the encoder's parameters.
+backward once and replays each as one launch.  The input checks and the input layer (conv
+subsampling, with its too-short check) run eagerly; the layers and the final norm are graphed,
+one capture per (batch, frames, dtype, autocast) shape, sharing the encoder's parameters.
+Training steps only (eval mode or no_grad: the plain encoder).  If a capture fails, the error is
+kept in ``capture_error`` and that shape runs eagerly (a benchmark records it: no eager number
+under a graphed name).
+
+Caveats of make_graphed_callables: the parameters' ``.grad`` are the graph's static buffers, so
+clear them with ``zero_grad(set_to_none=True)`` (as encoder_gpu.py does) and do not accumulate
+gradients over steps; a second forward of one shape before the first one's backward overwrites
+the first one's activations.
 
 What it does not do yet: ESPnet's batches vary in length, so a trainer would need a few
 length buckets (pad up to the bucket) and a memory pool shared between the buckets' graphs;
@@ -21,6 +29,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from espnet_mamba.encoders.input_layer import check_features, check_input
 from espnet_mamba.modules.block import Stream
 from espnet_mamba.modules.padding import lengths_to_mask
 
@@ -44,6 +53,8 @@ class GraphedEncoder(nn.Module):
         super().__init__()
         self.enc, self.warmup = enc, warmup
         self.graphed = {}
+        self.captures = 0  # graphs captured so far (a benchmark checks the graphs ran)
+        self.capture_error = None  # the first failed capture, if one failed
 
     # encoder_gpu.py's step_fn: autocast without its weight cache, as make_graphed_callables needs
     autocast_cache = False
@@ -52,8 +63,10 @@ class GraphedEncoder(nn.Module):
         return self.enc.output_size()
 
     def clear(self):
-        """Drop the captured graphs (and their memory pools), e.g. between settings."""
+        """Drop the captured graphs (and their memory pools) and their count, e.g. between
+        benchmark settings."""
         self.graphed.clear()
+        self.captures, self.capture_error = 0, None
 
     def forward(self, xs_pad, ilens, prev_states=None):
         enc = self.enc
@@ -64,6 +77,8 @@ class GraphedEncoder(nn.Module):
             # it refuses autocast's weight cache: run under
             # torch.autocast(..., cache_enabled=False) to be graphed
             return enc(xs_pad, ilens, prev_states)
+        check_input(xs_pad, ilens, enc.embed.input_size)  # as StackEncoder.forward
+        check_features(xs_pad)
         masks = lengths_to_mask(ilens.to(xs_pad.device), xs_pad.shape[1])[:, None, :]
         xs, masks = enc.embed(xs_pad, masks)
         valid = masks.squeeze(1)
@@ -79,6 +94,13 @@ class GraphedEncoder(nn.Module):
             layers = _Layers(self.enc)  # make_graphed_callables replaces its forward
             sample = (xs.detach().clone().requires_grad_(xs.requires_grad), lengths.clone(),
                       valid.clone())
-            self.graphed[key] = torch.cuda.make_graphed_callables(
-                layers, sample, num_warmup_iters=self.warmup)
+            try:
+                self.graphed[key] = torch.cuda.make_graphed_callables(
+                    layers, sample, num_warmup_iters=self.warmup)
+                self.captures += 1
+            except Exception as err:  # noqa: BLE001 - recorded; this shape runs eagerly
+                if "out of memory" in str(err):
+                    raise
+                self.capture_error = self.capture_error or f"{type(err).__name__}: {err}"
+                self.graphed[key] = _Layers(self.enc)
         return self.graphed[key]

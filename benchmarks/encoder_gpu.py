@@ -222,10 +222,14 @@ def measure(enc, mode, batch, seconds, device, args, timer):
             res["resident_gib"] = torch.cuda.memory_allocated() / 2**30
         x = torch.randn(batch, frames, FEATS, device=device)
         ilens = torch.full((batch,), frames, dtype=torch.long, device=device)
-        times = timer(step_fn(enc, x, ilens, mode, device, args.amp), args.warmup, args.repeats)
+        graphed = hasattr(enc, "graphed")  # the capture happens in the first (warm-up) run
+        times = timer(step_fn(enc, x, ilens, mode, device, args.amp),
+                      max(args.warmup, 1) if graphed else args.warmup, args.repeats)
         res.update(times_ms=[round(t, 3) for t in times], median_ms=statistics.median(times))
         if device.type == "cuda":
             res["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        if graphed:
+            record_graphs(enc, res, device.type == "cuda")
     except Exception as err:  # noqa: BLE001 - OOM is a result; anything else is reported too
         if not is_oom(err):
             raise
@@ -237,6 +241,16 @@ def measure(enc, mode, batch, seconds, device, args, timer):
         x = ilens = None
         free(device)
     return res
+
+
+def record_graphs(enc, res, reserved_peak: bool):
+    """What a graphed variant ran: graphs captured (0: every run was eager), a capture error,
+    and the reserved peak (a graph's memory pool is reserved, not allocated, during replays)."""
+    res["graph_captures"] = enc.captures
+    if enc.capture_error:
+        res["graph_capture_error"] = enc.capture_error
+    if reserved_peak:
+        res["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
 
 
 def profile_setting(enc, name, mode, batch, seconds, device, args, directory: Path):
@@ -394,6 +408,8 @@ def main(argv=None):
             t_model = time.time()
             max_s = apply_variant(name)
             for mode in args.modes:
+                if mode == "infer" and name.endswith("_graphed"):
+                    continue  # graphs for training steps only: infer would be the plain encoder
                 for batch in args.batches:
                     failed_at = None
                     lengths = [s for s in sorted(args.lengths)

@@ -4,6 +4,8 @@ file, encoder_interleaved.py and the graphed variant at toy sizes.  Nothing is t
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import encoder_report  # noqa: E402
@@ -110,5 +112,9 @@ def test_graphed_variant_is_the_plain_encoder_off_cuda():
     (y1, l1, g1), (y2, l2, g2) = outs
     assert torch.equal(y1, y2) and torch.equal(l1, l2)
     assert all(torch.equal(a, b) for a, b in zip(g1, g2))
-    assert graphed.graphed == {}
-    graphed.clear()
+    assert graphed.graphed == {} and graphed.captures == 0
+    res = {}
+    encoder_gpu.record_graphs(graphed, res, reserved_peak=False)
+    assert res == {"graph_captures": 0}  # a benchmark row says the graphs did not run
+    with pytest.raises(ValueError, match="NaN or inf"):  # the input checks run first
+        graphed(torch.full((1, 50, encoder_gpu.FEATS), float("nan")), torch.tensor([50]))
