@@ -222,9 +222,9 @@ def measure(enc, mode, batch, seconds, device, args, timer):
             res["resident_gib"] = torch.cuda.memory_allocated() / 2**30
         x = torch.randn(batch, frames, FEATS, device=device)
         ilens = torch.full((batch,), frames, dtype=torch.long, device=device)
-        graphed = hasattr(enc, "graphed")  # the capture happens in the first (warm-up) run
-        times = timer(step_fn(enc, x, ilens, mode, device, args.amp),
-                      max(args.warmup, 1) if graphed else args.warmup, args.repeats)
+        graphed = hasattr(enc, "graphed")
+        times = timer(step_fn(enc, x, ilens, mode, device, args.amp), warmup_runs(enc, args),
+                      args.repeats)
         res.update(times_ms=[round(t, 3) for t in times], median_ms=statistics.median(times))
         if device.type == "cuda":
             res["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -360,34 +360,60 @@ def environment(device):
     return env
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__,
+def setting_parser(doc: str, models, lengths) -> argparse.ArgumentParser:
+    """The options both encoder benchmarks take (this one and encoder_interleaved.py)."""
+    ap = argparse.ArgumentParser(description=doc,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
-    ap.add_argument("--lengths", nargs="+", type=float, default=LENGTHS_S, help="seconds")
+    ap.add_argument("--models", nargs="+", default=models)
+    ap.add_argument("--lengths", nargs="+", type=float, default=lengths, help="seconds")
     ap.add_argument("--batches", nargs="+", type=int, default=[8, 1])
-    ap.add_argument("--max-batched-seconds", type=float, default=300,
-                    help="batches > 1 only up to this length (longer: batch 1 only)")
     ap.add_argument("--modes", nargs="+", default=["train", "infer"],
                     choices=["train", "infer"])
     ap.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "none"])
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--tiny", action="store_true", help="tiny models: a smoke run on CPU")
+    return ap
+
+
+def parse_settings(ap, argv):
+    args = ap.parse_args(argv)
+    unknown = sorted(set(args.models) - set(model_table()))
+    if unknown:
+        ap.error(f"unknown model(s) {', '.join(unknown)}; valid: {', '.join(model_table())}")
+    return args
+
+
+def warmup_runs(enc, args) -> int:
+    """A graphed variant captures in its first run: never time that one."""
+    return max(args.warmup, 1) if hasattr(enc, "graphed") else args.warmup
+
+
+def result_line(res) -> str:
+    shown = f"{res['median_ms']:9.1f} ms" if "median_ms" in res else res["error"]
+    mem = f"  {res['peak_gib']:6.2f} GiB" if "peak_gib" in res else ""
+    return (f"{res['model']:20s} {res['mode']:5s} B{res['batch']} {res['seconds']:6.0f} s  "
+            f"{shown}{mem}")
+
+
+def main(argv=None):
+    ap = setting_parser(__doc__, DEFAULT_MODELS, LENGTHS_S)
+    ap.add_argument("--max-batched-seconds", type=float, default=300,
+                    help="batches > 1 only up to this length (longer: batch 1 only)")
     ap.add_argument("--packed", action="store_true", help="also run the packed-vs-padded batch")
     ap.add_argument("--packed-only", action="store_true")
     ap.add_argument("--packed-models", nargs="+",
                     default=["samba_asr_mamba2"], help="models with Mamba2 mixers to pack")
     ap.add_argument("--max-seconds-per-model", type=float, default=math.inf,
                     help="stop a model's remaining settings after this much wall time")
-    ap.add_argument("--tiny", action="store_true", help="tiny models: a smoke run on CPU")
     ap.add_argument("--profile-dir", type=Path, default=None,
                     help="also profile (torch.profiler) each model's train and infer steps at "
                          "--profile-setting into this folder")
     ap.add_argument("--profile-setting", nargs=2, type=float, default=[8, 15],
                     metavar=("BATCH", "SECONDS"))
-    args = ap.parse_args(argv)
+    args = parse_settings(ap, argv)
     device = torch.device(args.device)
     timer = Timer(device)
     report = {"environment": environment(device), "settings": vars(args) | {"out": str(args.out)},
@@ -429,11 +455,7 @@ def main(argv=None):
                         res["model"] = name
                         report["results"].append(res)
                         save()
-                        shown = (f"{res['median_ms']:9.1f} ms" if "median_ms" in res
-                                 else res["error"])
-                        mem = f"  {res['peak_gib']:6.2f} GiB" if "peak_gib" in res else ""
-                        print(f"{name:20s} {mode:5s} B{batch} {seconds:6.0f} s  {shown}{mem}",
-                              flush=True)
+                        print(result_line(res), flush=True)
             if args.profile_dir:
                 b, sec = args.profile_setting
                 for mode in args.modes:

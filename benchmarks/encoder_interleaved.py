@@ -20,10 +20,8 @@ reads it), with ``"interleaved": true`` in its settings.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
-from pathlib import Path
 
 import torch
 
@@ -55,8 +53,8 @@ def measure_setting(encs: dict, mode, batch, seconds, device, args, timer) -> di
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
                 others = torch.cuda.memory_allocated() - resident_bytes(enc)
-            for _ in range(max(args.warmup, 1) if hasattr(enc, "graphed") else args.warmup):
-                fn()  # a graphed variant captures in its first run
+            for _ in range(eg.warmup_runs(enc, args)):
+                fn()
             timer.sync()
             if cuda:
                 res["peak_gib"] = (torch.cuda.max_memory_allocated() - others) / 2**30
@@ -93,24 +91,10 @@ def measure_setting(encs: dict, mode, batch, seconds, device, args, timer) -> di
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--device", default="cuda")
-    ap.add_argument("--models", nargs="+", default=["conformer_sdpa", "samba_asr",
-                                                    "speech_mamba", "samba_asr_wide"])
-    ap.add_argument("--lengths", nargs="+", type=float, default=[15, 30, 60])
-    ap.add_argument("--batches", nargs="+", type=int, default=[8, 1])
-    ap.add_argument("--modes", nargs="+", default=["train", "infer"], choices=["train", "infer"])
-    ap.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "none"])
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--tiny", action="store_true", help="tiny models: a smoke run on CPU")
-    args = ap.parse_args(argv)
+    ap = eg.setting_parser(__doc__, ["conformer_sdpa", "samba_asr", "speech_mamba",
+                                     "samba_asr_wide"], [15, 30, 60])
+    args = eg.parse_settings(ap, argv)
     device = torch.device(args.device)
-    unknown = sorted(set(args.models) - set(eg.model_table()))
-    if unknown:
-        ap.error(f"unknown model(s) {', '.join(unknown)}; valid: {', '.join(eg.model_table())}")
     timer = eg.Timer(device)
     report = {"environment": eg.environment(device),
               "settings": vars(args) | {"out": str(args.out), "interleaved": True},
@@ -130,10 +114,7 @@ def main(argv=None):
                     report["results"].append(r)
                     if r.get("error") == "OOM":
                         del alive[name]
-                    shown = f"{r['median_ms']:9.1f} ms" if "median_ms" in r else r["error"]
-                    mem = f"  {r['peak_gib']:6.2f} GiB" if "peak_gib" in r else ""
-                    print(f"{name:20s} {mode:5s} B{batch} {seconds:6.0f} s  {shown}{mem}",
-                          flush=True)
+                    print(eg.result_line(r), flush=True)
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 args.out.write_text(json.dumps(report, indent=1, default=str))
     print(f"wrote {args.out}")

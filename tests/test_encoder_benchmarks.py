@@ -118,3 +118,14 @@ def test_graphed_variant_is_the_plain_encoder_off_cuda():
     assert res == {"graph_captures": 0}  # a benchmark row says the graphs did not run
     with pytest.raises(ValueError, match="NaN or inf"):  # the input checks run first
         graphed(torch.full((1, 50, encoder_gpu.FEATS), float("nan")), torch.tensor([50]))
+
+
+@pytest.mark.parametrize("script", ["encoder_gpu", "encoder_interleaved"])
+def test_unknown_model_is_named(script, tmp_path, capsys):
+    module = __import__(script)
+    with pytest.raises(SystemExit):
+        module.main(["--device", "cpu", "--tiny", "--out", str(tmp_path / "x.json"),
+                     "--models", "samba_asr", "samba_asr_wdie"])
+    err = capsys.readouterr().err
+    assert "unknown model(s) samba_asr_wdie; valid:" in err and "samba_asr_wide" in err
+    assert not (tmp_path / "x.json").exists()
