@@ -675,6 +675,16 @@ def settings_from_args(args) -> dict:
     return cfg
 
 
+def graph_checks(decoders: dict) -> dict:
+    """Each captured graph's first replay vs the eager step, (rows, logits, states) max rel.
+    errors, and why graphs were switched off, per decoder that has any: JSON-ready (the checks
+    are kept in a deque, which json cannot write: session 5's H100 run lost its summary to it)."""
+    graphs = {n: {"checks": [list(c) for c in dec.step_graphs.checks],
+                  "disabled": dec.step_graphs.disabled}
+              for n, (dec, _) in decoders.items() if hasattr(dec, "step_graphs")}
+    return {n: g for n, g in graphs.items() if g["checks"] or g["disabled"]}
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     # the forced length makes BeamSearch warn "best hypo length == max output length" per decode
@@ -764,10 +774,8 @@ def main(argv=None) -> dict:
     if args.profile:
         result["profile"] = profile_step(decoders, cfg, device, amp, args.seed, args.profile)
         result["profile_file"] = args.profile
-    graphs = {n: {"checks": dec.step_graphs.checks, "disabled": dec.step_graphs.disabled}
-              for n, (dec, _) in decoders.items() if hasattr(dec, "step_graphs")}
-    if any(g["checks"] or g["disabled"] for g in graphs.values()):
-        # each captured graph's first replay vs the eager step: (rows, logits, states)
+    graphs = graph_checks(decoders)
+    if graphs:
         result["graph_checks"] = graphs
     result["errors"] = sorted(f"{part}/{n}" for part in ("step", "decode")
                               for n, r in (result.get(part) or {}).items() if "error" in r)

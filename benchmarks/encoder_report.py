@@ -55,11 +55,17 @@ def fit_exponent(points):
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
 
 
+def modes_run(report):
+    """train and/or infer, in that order: a run with --modes train gets no empty infer part."""
+    run = {r["mode"] for r in report["results"]}
+    return [m for m in ("train", "infer") if m in run]
+
+
 def tables(report, idx):
     models = list(report["models"])
     lengths = sorted({r["seconds"] for r in report["results"]})
     lines = []
-    for mode in ("train", "infer"):
+    for mode in modes_run(report):
         for batch in sorted({r["batch"] for r in report["results"]}, reverse=True):
             lines += [f"\n**{mode}, batch {batch}** (median ms / peak GiB)\n",
                       "| length (s) | " + " | ".join(models) + " |",
@@ -176,8 +182,10 @@ def plots(report, idx, prefix):
     batches = sorted({r["batch"] for r in report["results"]}, reverse=True)
     for key, label, fname in (("median_ms", "median time per step (ms)", "time"),
                               ("peak_gib", "peak GPU memory (GiB)", "memory")):
-        fig, axes = plt.subplots(2, len(batches), figsize=(6 * len(batches), 9), squeeze=False)
-        for i, mode in enumerate(("train", "infer")):
+        modes = modes_run(report)
+        fig, axes = plt.subplots(len(modes), len(batches), figsize=(6 * len(batches), 4.5 * len(modes)),
+                                 squeeze=False)
+        for i, mode in enumerate(modes):
             for j, batch in enumerate(batches):
                 ax = axes[i][j]
                 for m in report["models"]:

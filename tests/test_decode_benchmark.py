@@ -169,3 +169,21 @@ def test_eager_variants_are_ours_without_graphs(one_thread):
         assert decoders[f"{name}_eager"][1]["config"] == decoders[name][1]["config"]
         assert res[f"{name}_eager"]["best_score"] == res[name]["best_score"]
         assert ours.step_graphs.graphs == {}  # nothing captured off CUDA
+
+
+def test_graph_checks_are_json_ready():
+    """On CUDA the decoders' graph checks fill a deque; the JSON must still be written (session
+    5's H100 run lost its summary and plot to a deque)."""
+    from espnet_mamba.modules.cuda_graph import StepGraphs
+
+    class Dec:
+        def __init__(self):
+            self.step_graphs = StepGraphs()
+
+    used, unused, off = Dec(), Dec(), Dec()
+    used.step_graphs.checks.extend([(10, 1e-6, 2e-6), (4, 0.0, 0.0)])
+    off.step_graphs.disabled = "first replay differs"
+    got = bench.graph_checks({"used": (used, {}), "unused": (unused, {}), "off": (off, {})})
+    assert json.loads(json.dumps(got)) == {
+        "used": {"checks": [[10, 1e-6, 2e-6], [4, 0.0, 0.0]], "disabled": None},
+        "off": {"checks": [], "disabled": "first replay differs"}}

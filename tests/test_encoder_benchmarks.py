@@ -129,3 +129,18 @@ def test_unknown_model_is_named(script, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unknown model(s) samba_asr_wdie; valid:" in err and "samba_asr_wide" in err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_report_of_a_training_only_run_has_no_inference_part(tmp_path):
+    """--modes train: no empty inference tables, no empty inference plots."""
+    pytest.importorskip("matplotlib")
+    results = [result(m, "train", b, s, 10.0 * s, 1.0)
+               for m in ("conformer_sdpa", "samba_asr") for b in (8, 1) for s in (15, 30)]
+    report = {"models": {"conformer_sdpa": {}, "samba_asr": {}}, "results": results,
+              "environment": {"device": "cpu", "date": "2026-11-22"}}
+    idx = encoder_report.index(report)
+    text = "\n".join(encoder_report.tables(report, idx))
+    assert "**train, batch 8**" in text and "**train, batch 1**" in text
+    assert "infer" not in text
+    encoder_report.plots(report, idx, str(tmp_path / "p"))
+    assert (tmp_path / "p_time.png").stat().st_size > 0

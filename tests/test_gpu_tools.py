@@ -54,3 +54,54 @@ def test_nonfinite_probe_names_the_first_module(capsys):
     assert len(first) == 2 and all("first non-finite output: 1 (_Blowup)" in ln for ln in first)
     assert "input finite True" in first[0]
     assert "largest outputs so far: 1 inf" in err or "largest outputs so far: 2 inf" in err
+
+
+def test_recipe_audio_survives_the_trip_to_the_gpu_machine(tmp_path):
+    """tools/gpu/pack_recipe_audio.py: the lengths (what a seconds-per-epoch run depends on), the
+    transcripts and the set files come back exactly; the audio through Opus, close."""
+    import numpy as np
+    import soundfile as sf
+
+    import pack_recipe_audio as pra
+
+    here, there = tmp_path / "here", tmp_path / "there"
+    rng = np.random.default_rng(0)
+    for dset, n in (("train", 3), ("dev", 1)):
+        d = here / "dump" / "raw" / dset
+        d.mkdir(parents=True)
+        scp = []
+        for i in range(n):
+            t = np.arange(16000 + 777 * i) / 16000
+            x = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.01 * rng.standard_normal(t.size)
+            wav = here / f"{dset}{i}.wav"
+            sf.write(wav, x, 16000, subtype="PCM_16")
+            scp.append(f"{dset}-u{i} {wav}\n")
+        (d / "wav.scp").write_text("".join(scp))
+        for name in pra.META:
+            (d / name).write_text(f"{name} of {dset}\n")
+    archive = tmp_path / "a.tar"
+    assert pra.pack(archive, here) == {"train": 3, "dev": 1}
+    assert pra.unpack(archive, there) == {"train": 3, "dev": 1}
+    for dset in ("train", "dev"):
+        for name in pra.META:
+            assert (there / "dump/raw" / dset / name).read_text() == f"{name} of {dset}\n"
+        src = dict(pra.read_scp(here / "dump/raw" / dset / "wav.scp"))
+        got = dict(pra.read_scp(there / "dump/raw" / dset / "wav.scp"))
+        assert got.keys() == src.keys()
+        for utt, path in got.items():
+            assert Path(path).is_absolute() and Path(path).is_relative_to(there / "corpus/wav")
+            a, sr_a = sf.read(src[utt])
+            b, sr_b = sf.read(path)
+            assert (len(a), sr_a) == (len(b), sr_b)
+            assert np.corrcoef(a, b)[0, 1] > 0.9  # the same signal, lossy
+    # the originals are never overwritten by their lossy copies
+    before = (here / "dump/raw/train/wav.scp").read_text()
+    assert pra.unpack(archive, here) == {"train": 3, "dev": 1}
+    assert (here / "dump/raw/train/wav.scp").read_text() == before
+
+
+def test_recipe_audio_unpack_names_a_missing_archive(tmp_path):
+    import pack_recipe_audio as pra
+
+    with pytest.raises(SystemExit, match="make it with 'pack'"):
+        pra.main(["unpack", str(tmp_path / "none.tar")])

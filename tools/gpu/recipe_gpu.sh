@@ -3,14 +3,25 @@
 # `asr_train --ngpu 1` (issue 6): seconds per epoch of the Conformer baseline and of the two Mamba
 # configs, same data, batches and epochs.  Run on the device after tools/gpu/session.sh set it up
 # (step `recipe` of tools/gpu/plan_issue6_7.sh).  Writes $OUT/recipe_gpu.json, the runs' logs and
-# train.logs.  Stages 1-3 (corpus, tokens, stats) run once on the CPU cores.
+# train.logs.  Stages 1-3 (corpus, tokens, stats) run once on the CPU cores; stage 1 is replaced by
+# the carried sets where no TTS engine is installed (the lent GPU machine).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$REPO/egs2/mini_synth/asr1"
 nj=$(nproc)
-if ! ./run.sh --python python3 --nj "$nj" --stage 1 --stop_stage 3 > "$OUT/recipe_prep.log" 2>&1; then
-    echo "recipe stages 1-3 failed:"; tail -n 30 "$OUT/recipe_prep.log"; exit 1
+# The GPU machine has no TTS engines for stage 1: the train and dev sets come carried in
+# .gpu/recipe/mini_synth.tar (tools/gpu/pack_recipe_audio.py; carry ".gpu/recipe").
+first=1
+if ! command -v espeak-ng > /dev/null; then
+    archive=$REPO/.gpu/recipe/mini_synth.tar
+    python3 "$REPO/tools/gpu/pack_recipe_audio.py" unpack "$archive" || {
+        echo "no TTS engines here and no usable $archive: make it where the corpus is" \
+             "(tools/gpu/pack_recipe_audio.py pack) and carry .gpu/recipe"; exit 1; }
+    first=2
+fi
+if ! ./run.sh --python python3 --nj "$nj" --stage "$first" --stop_stage 3 > "$OUT/recipe_prep.log" 2>&1; then
+    echo "recipe stages $first-3 failed:"; tail -n 30 "$OUT/recipe_prep.log"; exit 1
 fi
 runs=()
 for cfg in train_asr_conformer train_asr_samba_asr train_asr_speech_mamba; do
