@@ -113,7 +113,7 @@ def apply_variant(name) -> float:
     more host time per call), up to 60 s; *_composed: v1 mixers without mamba_inner_fn
     (modules/mamba.py FUSED_INNER: less host time, more memory), *_merged: both directions
     of a bidirectional layer in one grouped scan (modules/bidirectional.py), and *_graphed:
-    training steps as CUDA graphs (benchmarks/cuda_graph_encoder.py), up to 300 s."""
+    training steps as CUDA graphs (the encoders' ``cuda_graphs`` option), up to 300 s."""
     torchnorm = name.endswith("_torchnorm")
     composed, merged = name.endswith("_composed"), name.endswith("_merged")
     norm_ops.TRITON_MIN_NUMEL = math.inf if torchnorm else TRITON_DEFAULT
@@ -134,12 +134,9 @@ def build(name, tiny, **extra):
             conf["cgmlp_linear_units"] = 128
         if conf.get("mixer") == "mamba2":
             conf.update(d_state=16, mixer_conf={"headdim": 16})
-    enc = cls(FEATS, **conf)
-    if name.endswith("_graphed"):  # training steps as CUDA graphs (cuda_graph_encoder.py)
-        from cuda_graph_encoder import GraphedEncoder
-
-        enc = GraphedEncoder(enc)
-    return enc, conf
+    if name.endswith("_graphed"):  # training steps as CUDA graphs (modules/training_graphs.py)
+        conf["cuda_graphs"] = True
+    return cls(FEATS, **conf), conf
 
 
 class Timer:
@@ -187,11 +184,9 @@ def step_fn(enc, x, ilens, mode, device, amp):
                 enc(x, ilens)
         return run
 
-    cache = getattr(enc, "autocast_cache", True)  # False: the graphed variants
-
     def run():
-        enc.zero_grad(set_to_none=True)
-        with autocast(device, amp, cache):
+        enc.zero_grad(set_to_none=True)  # as ESPnet's trainer (and the graphed variants need)
+        with autocast(device, amp):  # with its weight cache, as in ESPnet's trainer
             y, _, _ = enc(x, ilens)
         y.float().square().mean().backward()
     return run
@@ -222,7 +217,7 @@ def measure(enc, mode, batch, seconds, device, args, timer):
             res["resident_gib"] = torch.cuda.memory_allocated() / 2**30
         x = torch.randn(batch, frames, FEATS, device=device)
         ilens = torch.full((batch,), frames, dtype=torch.long, device=device)
-        graphed = hasattr(enc, "graphed")
+        graphed = is_graphed(enc)
         times = timer(step_fn(enc, x, ilens, mode, device, args.amp), warmup_runs(enc, args),
                       args.repeats)
         res.update(times_ms=[round(t, 3) for t in times], median_ms=statistics.median(times))
@@ -236,8 +231,8 @@ def measure(enc, mode, batch, seconds, device, args, timer):
         res["error"] = "OOM"
     finally:
         enc.zero_grad(set_to_none=True)
-        if hasattr(enc, "clear"):  # a graphed variant: its graphs hold this setting's memory
-            enc.clear()
+        if is_graphed(enc):  # its graphs hold this setting's memory
+            enc.training_graphs.clear()
         x = ilens = None
         free(device)
     return res
@@ -246,9 +241,10 @@ def measure(enc, mode, batch, seconds, device, args, timer):
 def record_graphs(enc, res, reserved_peak: bool):
     """What a graphed variant ran: graphs captured (0: every run was eager), a capture error,
     and the reserved peak (a graph's memory pool is reserved, not allocated, during replays)."""
-    res["graph_captures"] = enc.captures
-    if enc.capture_error:
-        res["graph_capture_error"] = enc.capture_error
+    graphs = enc.training_graphs
+    res["graph_captures"] = graphs.captures
+    if graphs.capture_error:
+        res["graph_capture_error"] = graphs.capture_error
     if reserved_peak:
         res["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
 
@@ -387,8 +383,12 @@ def parse_settings(ap, argv):
 
 
 def warmup_runs(enc, args) -> int:
-    """A graphed variant captures in its first run: never time that one."""
-    return max(args.warmup, 1) if hasattr(enc, "graphed") else args.warmup
+    """A graphed variant captures a shape the second time it sees it: never time those."""
+    return max(args.warmup, 2) if is_graphed(enc) else args.warmup
+
+
+def is_graphed(enc) -> bool:
+    return getattr(enc, "training_graphs", None) is not None
 
 
 def result_line(res) -> str:

@@ -81,10 +81,10 @@ def measure_setting(encs: dict, mode, batch, seconds, device, args, timer) -> di
     for name, t in times.items():
         results[name].update(times_ms=[round(v, 3) for v in t], median_ms=statistics.median(t))
     for name, enc in encs.items():
-        if hasattr(enc, "clear"):  # a graphed variant: its graphs hold this setting's memory
+        if eg.is_graphed(enc):  # its graphs hold this setting's memory
             if name in results:
                 eg.record_graphs(enc, results[name], reserved_peak=False)
-            enc.clear()
+            enc.training_graphs.clear()
     eg.apply_variant("")
     eg.free(device)
     return results

@@ -40,6 +40,8 @@ class SambaASREncoder(StackEncoder):
         interctc_use_conditioning: bool = False,
         pack_sequences: bool = False,
         backend: Optional[str] = None,
+        cuda_graphs: bool = False,
+        cuda_graph_conf: Optional[dict] = None,
     ):
         conf = resolve_mixer_conf(mixer, d_state, d_conv, expand, mixer_conf)
         layers = [
@@ -49,4 +51,4 @@ class SambaASREncoder(StackEncoder):
         ]
         super().__init__(input_size, output_size, input_layer, dropout_rate, layers,
                          interctc_layer_idx, interctc_use_conditioning, pack_sequences,
-                         backend)
+                         backend, cuda_graphs, cuda_graph_conf)

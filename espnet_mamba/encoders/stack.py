@@ -7,6 +7,10 @@ ESPnet's intermediate-CTC options.  Subclasses only say how to build one layer.
 end (1, total, d) instead of a padded batch (see modules/packing.py); outputs are unpacked again.
 Exact either way.  Meant to be faster with Mamba2 mixers on CUDA, whose kernels take the
 utterance boundaries (``seq_idx``); that path is off for now (see modules/mamba2.py).
+
+``cuda_graphs``: training steps replay the layers' forward and backward from CUDA graphs, one
+per (batch, bucketed length) shape (modules/training_graphs.py; ``cuda_graph_conf``:
+frame_step, max_shapes, warmup).  Off by default.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from espnet_mamba.modules.norm import RMSNorm
 from espnet_mamba.modules.packing import Packing
 from espnet_mamba.modules.padding import lengths_to_mask
 from espnet_mamba.modules.strict_load import StrictLoadMixin
+from espnet_mamba.modules.training_graphs import OPTIONS as GRAPH_OPTIONS, TrainingGraphs
 
 
 def resolve_mixer_conf(mixer: str, d_state: int, d_conv: int, expand: float,
@@ -37,10 +42,25 @@ def resolve_mixer_conf(mixer: str, d_state: int, d_conv: int, expand: float,
     return {"d_state": d_state, "d_conv": d_conv, "expand": expand, **extra}
 
 
+class _Layers(nn.Module):
+    """The layer loop and final norm as one callable of tensors, for a CUDA-graph capture."""
+
+    def __init__(self, encoders: nn.ModuleList, after_norm: nn.Module):
+        super().__init__()
+        self.encoders, self.after_norm = encoders, after_norm
+
+    def forward(self, xs, lengths, valid):
+        stream = Stream(None, xs)
+        for layer in self.encoders:
+            stream = layer(stream, lengths, valid, None)
+        return stream.normed(self.after_norm)[0]
+
+
 class StackEncoder(StrictLoadMixin, AbsEncoder):
     def __init__(self, input_size: int, output_size: int, input_layer: Optional[str],
                  dropout_rate: float, layers: List[nn.Module], interctc_layer_idx: List[int],
-                 interctc_use_conditioning: bool, pack_sequences: bool, backend: Optional[str]):
+                 interctc_use_conditioning: bool, pack_sequences: bool, backend: Optional[str],
+                 cuda_graphs: bool = False, cuda_graph_conf: Optional[dict] = None):
         super().__init__()
         self._output_size = output_size
         self.embed = InputLayer(input_layer, input_size, output_size, dropout_rate)
@@ -53,6 +73,14 @@ class StackEncoder(StrictLoadMixin, AbsEncoder):
         self.interctc_use_conditioning = interctc_use_conditioning
         self.conditioning_layer = None  # set by ESPnet's model when conditioning is on
         self.pack_sequences = pack_sequences
+        check_options("cuda_graph_conf", cuda_graph_conf or {}, GRAPH_OPTIONS)
+        if cuda_graphs and (interctc_layer_idx or pack_sequences):
+            raise ValueError("cuda_graphs: true does not combine with "
+                             + ("interctc_layer_idx" if interctc_layer_idx else "pack_sequences")
+                             + " (their layers run eagerly): set one of them off")
+        # training steps' layers as CUDA graphs (modules/training_graphs.py); not a module, so
+        # nothing of it is in the state dict
+        self.training_graphs = TrainingGraphs(**(cuda_graph_conf or {})) if cuda_graphs else None
 
     def output_size(self) -> int:
         return self._output_size
@@ -67,6 +95,11 @@ class StackEncoder(StrictLoadMixin, AbsEncoder):
         xs, masks = self.embed(xs_pad, masks)
         valid = masks.squeeze(1)
         lengths = valid.sum(-1)
+        if self.training_graphs is not None:
+            out = self.training_graphs(self, lambda: _Layers(self.encoders, self.after_norm),
+                                       xs, lengths, valid)
+            if out is not None:
+                return out, lengths, None
         packing = Packing(lengths, xs.shape[1]) if self.pack_sequences and len(xs) > 1 else None
         unpack = packing.unpack if packing else (lambda t: t)
         if packing:

@@ -24,11 +24,20 @@ if ! ./run.sh --python python3 --nj "$nj" --stage "$first" --stop_stage 3 > "$OU
     echo "recipe stages $first-3 failed:"; tail -n 30 "$OUT/recipe_prep.log"; exit 1
 fi
 runs=()
-for cfg in train_asr_conformer train_asr_samba_asr train_asr_speech_mamba; do
+# name, config, extra asr_train options: the Mamba configs also with the encoders' CUDA graphs
+# (encoder_conf cuda_graphs: true, one line; ESPnet merges it into the config's encoder_conf)
+while read -r name cfg extra; do
     ./run.sh --python python3 --nj "$nj" --ngpu 1 --stage 4 --stop_stage 4 \
-        --asr_config "conf/tuning/$cfg.yaml" --asr_tag "gpu_$cfg" > "$OUT/recipe_$cfg.log" 2>&1
-    echo "$cfg: exit $?"
-    cp "exp/asr_gpu_$cfg/train.log" "$OUT/recipe_${cfg}.train.log" 2>/dev/null
-    runs+=("$cfg=exp/asr_gpu_$cfg/train.log")
-done
+        --asr_config "conf/tuning/$cfg.yaml" --asr_tag "gpu_$name" --asr_args "$extra" \
+        > "$OUT/recipe_$name.log" 2>&1 < /dev/null
+    echo "$name: exit $?"
+    cp "exp/asr_gpu_$name/train.log" "$OUT/recipe_${name}.train.log" 2>/dev/null
+    runs+=("$name=exp/asr_gpu_$name/train.log")
+done <<'RUNS'
+conformer train_asr_conformer
+samba_asr train_asr_samba_asr
+samba_asr_graphed train_asr_samba_asr --encoder_conf cuda_graphs=true
+speech_mamba train_asr_speech_mamba
+speech_mamba_graphed train_asr_speech_mamba --encoder_conf cuda_graphs=true
+RUNS
 python3 "$REPO/tools/gpu/recipe_epoch_times.py" "$OUT/recipe_gpu.json" "${runs[@]}"

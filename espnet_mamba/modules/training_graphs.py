@@ -1,0 +1,193 @@
+"""CUDA graphs of an encoder's layer stack for training steps (forward and backward).
+
+Why: below ~60 s of audio a training step of our encoders is bound by host work, not by the
+GPU: 22 bidirectional blocks launch a few thousand small kernels, and mamba-ssm's Python-level
+``mamba_inner_fn`` costs ~3.6 ms of host time per mixer (docs/benchmarks.md, session 3).
+``torch.cuda.make_graphed_callables`` captures the layers' forward and backward for one input
+shape and replays each as one launch: on the H100 this took a B8 15 s step from 133 to 47 ms
+(the Conformer with SDPA: 85 ms), session 5.
+
+How ESPnet's varying batches get fixed shapes: the subsampled frames are padded up to a
+multiple of ``frame_step`` (padding never changes a valid frame's result: invariant 2 of
+ARCHITECTURE.md, tested) and the output is cut back, so one graph serves every batch of that
+size whose length falls in the bucket.  ``batch_step`` > 1 also pads the batch up to a multiple
+of it with one-frame rows, for ``batch_type: numel``/``length``, whose batch sizes vary
+(``folded``/``sorted`` batches have a fixed size already).  A shape is captured the second time it is seen, up to
+``max_shapes`` graphs; all of them share one memory pool, which is safe because a training step
+runs one graph's forward and then its backward before the next graph runs.
+
+When a graph is used (anything else runs the layers eagerly, unchanged):
+  * CUDA tensors, the module in training mode, gradients on, not inside another capture;
+  * no parameter holds a gradient yet.  The gradients a graph returns live in its static
+    buffers, and autograd stores them as ``.grad`` without a copy, so a second backward would
+    add the new gradient to itself.  ESPnet's trainer clears ``.grad`` to None after each
+    optimizer step: with ``accum_grad`` > 1 the first micro-batch of each step replays a graph
+    and the others run eagerly (adding into ``.grad`` correctly);
+  * not in distributed training (DDP's gradient hooks are not yet checked with graphs);
+  * ``ESPNET_MAMBA_CUDA_GRAPHS`` is not ``0``.
+Under autocast, the graphed call runs inside ``torch.autocast(..., cache_enabled=False)``, as
+``make_graphed_callables`` requires (ESPnet's trainer enables the cache); the cast weights are
+the same, only not cached.  The graphs are dropped when the parameters move or are replaced
+(``.to()``, ``load_state_dict(assign=True)``) or change ``requires_grad``.  A failed capture is
+logged and that shape runs eagerly from then on; out of memory is raised, as it would be eagerly.
+
+``cuda_graph_conf`` (encoder_conf) sets ``frame_step`` (64 subsampled frames, 2.56 s at 40 ms),
+``batch_step`` (1), ``max_shapes`` (16) and ``warmup``, the eager runs before a capture (3).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from espnet_mamba.modules.cuda_graph import ENV, enabled_by_env, parameter_signature
+
+OPTIONS = {"frame_step": 64, "batch_step": 1, "max_shapes": 16, "warmup": 3}
+
+
+class TrainingGraphs:
+    """The captured training-step graphs of one layer stack, keyed by bucketed input shape."""
+
+    # CPU tests put a stand-in capture here (and add "cpu" to ``devices``)
+    make_graphed = staticmethod(torch.cuda.make_graphed_callables)
+    devices = ("cuda",)
+
+    def __init__(self, frame_step: int = OPTIONS["frame_step"],
+                 batch_step: int = OPTIONS["batch_step"],
+                 max_shapes: int = OPTIONS["max_shapes"], warmup: int = OPTIONS["warmup"]):
+        for name, value, least in (("frame_step", frame_step, 1), ("batch_step", batch_step, 1),
+                                   ("max_shapes", max_shapes, 1), ("warmup", warmup, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(f"cuda_graph_conf: {name} must be an integer >= {least}, "
+                                 f"got {value!r}")
+        self.frame_step, self.batch_step = frame_step, batch_step
+        self.max_shapes, self.warmup = max_shapes, warmup
+        self._reset()
+
+    def _reset(self):
+        self.graphs = {}  # key -> graphed callable, or None: that shape runs eagerly
+        self.seen = set()  # keys seen once, not captured yet
+        self.pool = None  # one memory pool for every graph of this stack
+        self.signature = None  # the parameters the graphs were captured for
+        self.captures = 0
+        self.capture_error = None  # the first failed capture, if one failed
+        self.full_warned = False
+
+    # a copy of the model (copy.deepcopy, pickling) starts without graphs: they hold pointers
+    # into the original's memory
+    def __deepcopy__(self, memo):
+        return TrainingGraphs(**self.__getstate__())
+
+    def __getstate__(self):
+        return {"frame_step": self.frame_step, "batch_step": self.batch_step,
+                "max_shapes": self.max_shapes, "warmup": self.warmup}
+
+    def __setstate__(self, state):
+        self.__init__(**state)
+
+    def clear(self):
+        """Drop every graph and its memory (e.g. before a different workload)."""
+        self._reset()
+
+    def why_eager(self, module: torch.nn.Module, xs: torch.Tensor) -> Optional[str]:
+        """Why this call cannot replay a graph (None: it can)."""
+        if xs.device.type not in self.devices:
+            return "not on CUDA"
+        if not (module.training and torch.is_grad_enabled()):
+            return "not a training step"
+        if not enabled_by_env():
+            return f"{ENV}=0"
+        if xs.is_cuda and torch.cuda.is_current_stream_capturing():
+            return "inside another capture"
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return "distributed training"
+        if any(p.grad is not None for p in module.parameters()):
+            return "gradients are being accumulated"
+        return None
+
+    def bucket(self, frames: int, batch: int) -> tuple:
+        """(frames, rows) of the graph that serves a (batch, frames) input."""
+        return (math.ceil(frames / self.frame_step) * self.frame_step,
+                math.ceil(batch / self.batch_step) * self.batch_step)
+
+    def __call__(self, module: torch.nn.Module, make_layers: Callable[[], torch.nn.Module],
+                 xs: torch.Tensor, lengths: torch.Tensor, valid: torch.Tensor
+                 ) -> Optional[torch.Tensor]:
+        """The layers' output for (xs, lengths, valid) replayed from a graph, or None: the
+        caller runs the layers eagerly.
+
+        ``make_layers()`` returns a fresh module running the layers on (xs, lengths, valid)
+        (``make_graphed_callables`` replaces its forward); ``module`` owns their parameters."""
+        if self.why_eager(module, xs) is not None:
+            return None
+        signature = (parameter_signature(module),
+                     tuple(p.requires_grad for p in module.parameters()))
+        if signature != self.signature:
+            self._reset()
+            self.signature = signature
+        batch, frames = xs.shape[:2]
+        autocast = torch.is_autocast_enabled(xs.device.type)
+        key = (*self.bucket(frames, batch), xs.dtype, xs.requires_grad, xs.device,
+               torch.get_autocast_dtype(xs.device.type) if autocast else None)
+        graphed = self._graphed(key, make_layers, xs, lengths, valid)
+        if graphed is None:
+            return None
+        if autocast:
+            with torch.autocast(xs.device.type, dtype=key[-1], cache_enabled=False):
+                out = graphed(*self._padded(key, xs, lengths, valid))
+        else:
+            out = graphed(*self._padded(key, xs, lengths, valid))
+        return out[:batch, :frames]
+
+    @staticmethod
+    def _padded(key, xs, lengths, valid):
+        """The input padded to the graph's shape: frames beyond the batch's length are padding,
+        as in any padded batch; added rows are one-frame utterances of zeros, whose outputs are
+        cut off (so they get no gradient) and which no layer mixes with the real rows."""
+        frames, rows = key[:2]
+        extra = rows - xs.shape[0]
+        xs = F.pad(xs, (0, 0, 0, frames - xs.shape[1], 0, extra))
+        valid = F.pad(valid, (0, frames - valid.shape[1], 0, extra))
+        if extra:
+            valid[-extra:, 0] = True
+            lengths = torch.cat([lengths, lengths.new_ones(extra)])
+        return xs, lengths, valid
+
+    def _graphed(self, key, make_layers, xs, lengths, valid):
+        if key in self.graphs:
+            return self.graphs[key]
+        if key not in self.seen:  # a shape seen once is not worth a capture
+            self.seen.add(key)
+            return None
+        if len(self.graphs) >= self.max_shapes:
+            if not self.full_warned:
+                logging.warning("encoder CUDA graphs: %d shapes captured (cuda_graph_conf "
+                                "max_shapes); new shapes run eagerly", self.max_shapes)
+                self.full_warned = True
+            return None
+        self.seen.discard(key)
+        xs_p, lengths_p, valid_p = self._padded(key, xs.detach(), lengths, valid)
+        sample = (xs_p.clone().requires_grad_(xs.requires_grad), lengths_p.clone(),
+                  valid_p.clone())
+        if self.pool is None and xs.is_cuda:
+            self.pool = torch.cuda.graph_pool_handle()
+        autocast = key[-1] is not None
+        try:
+            with torch.autocast(xs.device.type, dtype=key[-1] or torch.float32,
+                                enabled=autocast, cache_enabled=False):
+                graphed = self.make_graphed(make_layers(), sample, num_warmup_iters=self.warmup,
+                                            pool=self.pool)
+            self.captures += 1
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as err:  # noqa: BLE001 - logged; this shape runs eagerly
+            self.capture_error = self.capture_error or f"{type(err).__name__}: {err}"
+            logging.warning("encoder CUDA graphs: capturing shape %s failed, it runs eagerly: "
+                            "%s: %s", key[:2], type(err).__name__, err)
+            graphed = None
+        self.graphs[key] = graphed
+        return graphed

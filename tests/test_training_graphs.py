@@ -1,0 +1,251 @@
+"""The encoders' ``cuda_graphs`` option (modules/training_graphs.py) on the CPU, with a stand-in
+capture that records what it was given and runs the layers: which calls replay a graph, the
+length buckets (exact on the valid frames, gradients included), capture at the second sighting,
+the shape limit, failed captures, accumulation, parameter changes and option errors.  The real
+captures (outputs and gradients == eager) are in tests/gpu/test_graphed_encoder_cuda.py."""
+
+import copy
+import logging
+
+import pytest
+import torch
+
+from espnet_mamba.modules import training_graphs
+from espnet_mamba.modules.training_graphs import TrainingGraphs
+from model_checks import ENCODERS
+
+FEATS = 20
+
+
+class StandIn:
+    """Replaces torch.cuda.make_graphed_callables: records each capture and the autocast
+    state it ran under; the 'graph' runs the layers (on the padded input it is given)."""
+
+    def __init__(self, fail=False):
+        self.fail, self.captures, self.replays = fail, [], []
+
+    def __call__(self, layers, sample, num_warmup_iters, pool):
+        self.captures.append({"shape": tuple(sample[0].shape), "warmup": num_warmup_iters,
+                              "cache": torch.is_autocast_cache_enabled()})
+        if self.fail:
+            raise RuntimeError("capture refused")
+
+        def graphed(xs, lengths, valid):
+            self.replays.append({"shape": tuple(xs.shape),
+                                 "cache": torch.is_autocast_cache_enabled()})
+            return layers(xs, lengths, valid)
+        return graphed
+
+
+@pytest.fixture
+def stand_in(monkeypatch):
+    capture = StandIn()
+    monkeypatch.setattr(TrainingGraphs, "make_graphed", staticmethod(capture))
+    monkeypatch.setattr(TrainingGraphs, "devices", ("cpu", "cuda"))
+    return capture
+
+
+def encoder(name="samba_asr", **kw):
+    torch.manual_seed(0)
+    enc = ENCODERS[name](FEATS, output_size=32, num_blocks=2, d_state=8, dropout_rate=0.0, **kw)
+    return enc.double().train()
+
+
+def step(enc, x, ilens):
+    """One training step's encoder output (valid frames) and parameter gradients."""
+    enc.zero_grad(set_to_none=True)
+    y, olens, _ = enc(x, ilens)
+    mask = torch.arange(y.shape[1])[None, :] < olens[:, None]
+    (y.square().sum(-1) * mask).sum().backward()
+    return y.detach() * mask[..., None], olens, {n: p.grad.clone() for n, p in
+                                                 enc.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("batch_step, rows", [(1, 3), (4, 4)])
+@pytest.mark.parametrize("name", ["samba_asr", "speech_mamba"])
+def test_buckets_are_exact_and_a_shape_is_captured_at_its_second_sighting(
+        name, batch_step, rows, stand_in):
+    eager = encoder(name)
+    graphed = encoder(name, cuda_graphs=True,
+                      cuda_graph_conf={"frame_step": 8, "batch_step": batch_step})
+    assert graphed.state_dict().keys() == eager.state_dict().keys()
+    # 3 utterances; 61 and 69 frames -> 14 and 16 subsampled: one bucket of 16
+    for t, lengths in ((61, [61, 40, 25]), (69, [69, 50, 33]), (61, [61, 61, 13])):
+        x = torch.randn(3, t, FEATS, dtype=torch.float64)
+        ilens = torch.tensor(lengths)
+        y_e, len_e, g_e = step(eager, x, ilens)
+        y_g, len_g, g_g = step(graphed, x, ilens)
+        assert torch.equal(len_e, len_g) and y_g.shape == y_e.shape
+        assert (y_g - y_e).abs().max() <= 1e-9 * y_e.abs().max()
+        assert g_g.keys() == g_e.keys()
+        for n, g in g_e.items():  # + 1e-15: the key biases' gradients are 0 up to rounding
+            assert (g_g[n] - g).abs().max() <= 1e-9 * g.abs().max() + 1e-15, n
+    graphs = graphed.training_graphs
+    # the second call captures; calls 2 and 3 replay (batch_step 4: one added one-frame row)
+    assert [c["shape"] for c in stand_in.captures] == [(rows, 16, 32)]
+    assert [r["shape"] for r in stand_in.replays] == [(rows, 16, 32)] * 2
+    assert graphs.captures == 1 and graphs.capture_error is None
+
+
+def test_eager_outside_training_steps_and_when_switched_off(stand_in, monkeypatch):
+    enc = encoder(cuda_graphs=True)
+    x, ilens = torch.randn(2, 50, FEATS, dtype=torch.float64), torch.tensor([50, 30])
+    graphs = enc.training_graphs
+    enc.eval()
+    assert graphs.why_eager(enc, x) == "not a training step"
+    enc.train()
+    with torch.no_grad():
+        assert graphs.why_eager(enc, x) == "not a training step"
+    monkeypatch.setenv("ESPNET_MAMBA_CUDA_GRAPHS", "0")
+    assert graphs.why_eager(enc, x) == "ESPNET_MAMBA_CUDA_GRAPHS=0"
+    for _ in range(3):
+        step(enc, x, ilens)
+    assert stand_in.captures == [] and stand_in.replays == []
+    monkeypatch.delenv("ESPNET_MAMBA_CUDA_GRAPHS")
+    enc.zero_grad(set_to_none=True)
+    assert graphs.why_eager(enc, x) is None
+    monkeypatch.setattr(TrainingGraphs, "devices", ("cuda",))
+    assert graphs.why_eager(enc, x) == "not on CUDA"
+
+
+def test_accumulated_gradients_run_eagerly(stand_in):
+    """A graph's gradients are its static buffers: only a step that starts from no gradients
+    replays one; a second micro-batch adds to the gradients eagerly, as it should."""
+    enc, ref = encoder(cuda_graphs=True), encoder()
+    x, ilens = torch.randn(2, 50, FEATS, dtype=torch.float64), torch.tensor([50, 30])
+    step(enc, x, ilens)
+    step(enc, x, ilens)  # second sighting: captured and replayed
+    assert len(stand_in.replays) == 1
+    for model in (enc, ref):
+        model.zero_grad(set_to_none=True)
+        for _ in range(2):  # accum_grad 2
+            model(x, ilens)[0].square().mean().backward()
+    assert len(stand_in.replays) == 2  # the first micro-batch only
+    assert enc.training_graphs.why_eager(enc, x) == "gradients are being accumulated"
+    for (n, p), q in zip(enc.named_parameters(), ref.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-9, atol=1e-12), n
+
+
+def test_autocast_runs_without_its_weight_cache(stand_in):
+    enc = encoder(cuda_graphs=True).float()
+    x, ilens = torch.randn(2, 50, FEATS), torch.tensor([50, 30])
+    for _ in range(2):
+        enc.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # cache on, as in ESPnet's trainer
+            y = enc(x, ilens)[0]
+        y.float().square().mean().backward()
+    assert stand_in.captures[0]["cache"] is False and stand_in.replays[0]["cache"] is False
+    assert y.dtype == torch.bfloat16 and torch.is_autocast_cache_enabled()
+
+
+def test_shape_limit_and_new_batch_sizes(stand_in, caplog):
+    enc = encoder(cuda_graphs=True, cuda_graph_conf={"frame_step": 4, "max_shapes": 2})
+    for batch, frames in ((2, 40), (2, 40), (3, 40), (3, 40), (2, 80), (2, 80), (2, 80)):
+        x = torch.randn(batch, frames, FEATS, dtype=torch.float64)
+        with caplog.at_level(logging.WARNING):
+            step(enc, x, torch.full((batch,), frames))
+    assert [c["shape"][:2] for c in stand_in.captures] == [(2, 12), (3, 12)]
+    assert "max_shapes" in caplog.text and caplog.text.count("max_shapes") == 1
+
+
+def test_a_failed_capture_runs_that_shape_eagerly(monkeypatch, caplog):
+    capture = StandIn(fail=True)
+    monkeypatch.setattr(TrainingGraphs, "make_graphed", staticmethod(capture))
+    monkeypatch.setattr(TrainingGraphs, "devices", ("cpu",))
+    enc, ref = encoder(cuda_graphs=True), encoder()
+    x, ilens = torch.randn(2, 50, FEATS, dtype=torch.float64), torch.tensor([50, 30])
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            y, _, grads = step(enc, x, ilens)
+    assert len(capture.captures) == 1  # tried once
+    assert "capture refused" in enc.training_graphs.capture_error
+    assert "runs eagerly" in caplog.text
+    y_ref, _, g_ref = step(ref, x, ilens)
+    assert torch.allclose(y, y_ref) and all(torch.allclose(grads[n], g) for n, g in g_ref.items())
+
+
+def test_graphs_follow_the_parameters(stand_in):
+    enc = encoder(cuda_graphs=True)
+    x, ilens = torch.randn(2, 50, FEATS, dtype=torch.float64), torch.tensor([50, 30])
+    step(enc, x, ilens)
+    step(enc, x, ilens)
+    assert enc.training_graphs.captures == 1
+    # replaced parameters (as load_state_dict(assign=True) does): the old graphs go
+    enc.load_state_dict({k: v.clone() for k, v in enc.state_dict().items()}, assign=True)
+    step(enc, x, ilens)
+    assert enc.training_graphs.graphs == {} and len(stand_in.captures) == 1
+    step(enc, x, ilens)
+    assert len(stand_in.captures) == 2
+    enc.embed.requires_grad_(False)  # frozen input layer: a new capture
+    step(enc, x, ilens)
+    assert enc.training_graphs.graphs == {}
+    # a copy of the model starts without graphs and keeps the options
+    enc.training_graphs.graphs["x"] = object()
+    copied = copy.deepcopy(enc)
+    assert copied.training_graphs.graphs == {} and copied.training_graphs.frame_step == 64
+
+
+@pytest.mark.parametrize("conf, message", [
+    ({"frame_steps": 8}, "unknown option"),
+    ({"frame_step": 0}, "frame_step must be an integer >= 1"),
+    ({"max_shapes": 2.5}, "max_shapes must be an integer"),
+    ({"warmup": True}, "warmup must be an integer"),
+    ({"batch_step": -2}, "batch_step must be an integer >= 1"),
+])
+def test_bad_options_are_named(conf, message):
+    with pytest.raises(ValueError, match=message):
+        encoder(cuda_graphs=True, cuda_graph_conf=conf)
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"interctc_layer_idx": [1]}, "interctc_layer_idx"),
+    ({"pack_sequences": True}, "pack_sequences"),
+])
+def test_options_it_does_not_combine_with(kw, message):
+    with pytest.raises(ValueError, match=f"does not combine with {message}"):
+        encoder(cuda_graphs=True, **kw)
+
+
+def test_default_options_are_documented():
+    assert training_graphs.OPTIONS == {"frame_step": 64, "batch_step": 1, "max_shapes": 16,
+                                       "warmup": 3}
+    for name in training_graphs.OPTIONS:
+        assert f"``{name}``" in training_graphs.__doc__
+
+
+def test_one_line_of_espnet_config_turns_it_on(stand_in, tmp_path):
+    """encoder_conf {cuda_graphs: true, cuda_graph_conf: {...}} through ESPnet's ASRTask: the
+    model's loss and gradients are those of the same model without graphs."""
+    import yaml
+    from espnet2.tasks.asr import ASRTask
+
+    (tmp_path / "tokens.txt").write_text("".join(t + "\n" for t in (
+        "<blank>", "<unk>", "a", "b", "c", "<space>", "<sos/eos>")))
+    models = []
+    for graphs in (False, True):
+        conf = {"encoder": "samba_asr", "decoder": "samba_asr", "frontend_conf": {"n_mels": 20},
+                "encoder_conf": {"output_size": 16, "num_blocks": 2, "d_state": 4,
+                                 "dropout_rate": 0.0, "cuda_graphs": graphs,
+                                 "cuda_graph_conf": {"frame_step": 8, "max_shapes": 4}},
+                "decoder_conf": {"num_blocks": 1, "d_state": 4, "dropout_rate": 0.0}}
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(conf))
+        args = ASRTask.get_parser().parse_args(
+            ["--config", str(tmp_path / "c.yaml"), "--token_list", str(tmp_path / "tokens.txt"),
+             "--token_type", "char"])
+        torch.manual_seed(0)
+        models.append(ASRTask.build_model(args).train())
+    assert models[1].encoder.training_graphs.frame_step == 8
+    speech = torch.randn(2, 8000)
+    batch = dict(speech=speech, speech_lengths=torch.tensor([8000, 6000]),
+                 text=torch.tensor([[2, 3, 4], [3, 4, -1]]), text_lengths=torch.tensor([3, 2]))
+    losses = []
+    for model in models:
+        for _ in range(2):  # the second step replays
+            model.zero_grad(set_to_none=True)
+            loss = model(**batch)[0]
+            loss.backward()
+        losses.append((loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    assert len(stand_in.replays) == 1
+    assert torch.allclose(losses[0][0], losses[1][0], rtol=1e-5)
+    for n, g in losses[0][1].items():
+        assert (losses[1][1][n] - g).abs().max() <= 1e-4 * g.abs().max() + 1e-8, n
