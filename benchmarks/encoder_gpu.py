@@ -76,7 +76,8 @@ TINY = dict(output_size=64, num_blocks=2)  # --tiny: every model at this size (C
 DEFAULT_MODELS = ["conformer", "conformer_sdpa", "e_branchformer", "e_branchformer_sdpa",
                   "samba_asr", "speech_mamba", "samba_asr_mamba2", "samba_asr_torchnorm",
                   "samba_asr_composed", "samba_asr_merged", "samba_asr_wide",
-                  "samba_asr_graphed", "speech_mamba_graphed"]
+                  "samba_asr_graphed", "speech_mamba_graphed", "samba_asr_wide_graphed",
+                  "samba_asr_mamba2_graphed"]
 
 
 def model_table():
@@ -102,6 +103,10 @@ def model_table():
         "samba_asr_wide": (SambaASREncoder, SAMBA_WIDE),
         "samba_asr_graphed": (SambaASREncoder, SAMBA),
         "speech_mamba_graphed": (SpeechMambaEncoder, SPEECH_MAMBA),
+        # fewer, wider blocks (B8 60 s 1.47x eagerly, session 5) and graphs for the short ones
+        "samba_asr_wide_graphed": (SambaASREncoder, SAMBA_WIDE),
+        # the mamba2 mixer (SSD: matmul-based chunked scan) graphed
+        "samba_asr_mamba2_graphed": (SambaASREncoder, SAMBA_M2),
     }
 
 

@@ -142,3 +142,24 @@ def test_report_of_a_training_only_run_has_no_inference_part(tmp_path):
     assert "infer" not in text
     encoder_report.plots(report, idx, str(tmp_path / "p"))
     assert (tmp_path / "p_time.png").stat().st_size > 0
+
+
+def test_every_benchmark_model_builds_and_runs_tiny():
+    """Each name encoder_gpu.py accepts builds at toy size and runs one training step on the
+    CPU with finite outputs (a typo in the model table would otherwise surface on the GPU)."""
+    import torch
+
+    import encoder_gpu
+
+    assert set(encoder_gpu.DEFAULT_MODELS) <= set(encoder_gpu.model_table())
+    x, ilens = torch.randn(2, 40, encoder_gpu.FEATS), torch.tensor([40, 25])
+    for name in encoder_gpu.model_table():
+        encoder_gpu.apply_variant(name)
+        try:
+            enc, conf = encoder_gpu.build(name, tiny=True)
+            y = enc.train()(x, ilens)[0]
+            y.square().mean().backward()
+        finally:
+            encoder_gpu.apply_variant("")
+        assert y.isfinite().all(), name
+        assert conf.get("cuda_graphs", False) == name.endswith("_graphed"), name
