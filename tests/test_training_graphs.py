@@ -18,8 +18,11 @@ FEATS = 20
 
 
 class StandIn:
-    """Replaces torch.cuda.make_graphed_callables: records each capture and the autocast
-    state it ran under; the 'graph' runs the layers (on the padded input it is given)."""
+    """Replaces torch.cuda.make_graphed_callables, with its memory semantics: each 'graph' keeps
+    one output buffer, one set of saved activations and one gradient buffer per input, all
+    overwritten by its next replay, and returns them detached (so autograd stores the weight
+    gradients as ``.grad`` without a copy, as with real graphs).  Records each capture and
+    replay and the autocast cache state they ran under."""
 
     def __init__(self, fail=False):
         self.fail, self.captures, self.replays = fail, [], []
@@ -29,12 +32,36 @@ class StandIn:
                               "cache": torch.is_autocast_cache_enabled()})
         if self.fail:
             raise RuntimeError("capture refused")
+        params = tuple(p for p in layers.parameters() if p.requires_grad)
+        static = {}
+        replays = self.replays
 
-        def graphed(xs, lengths, valid):
-            self.replays.append({"shape": tuple(xs.shape),
-                                 "cache": torch.is_autocast_cache_enabled()})
-            return layers(xs, lengths, valid)
-        return graphed
+        class Graphed(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, xs, lengths, valid, *weights):
+                replays.append({"shape": tuple(xs.shape),
+                                "cache": torch.is_autocast_cache_enabled()})
+                with torch.enable_grad():
+                    x = xs.detach().requires_grad_(xs.requires_grad)
+                    y = layers(x, lengths, valid)
+                static["x"], static["y"] = x, y  # this graph's saved activations
+                out = static.setdefault("out", torch.empty_like(y))
+                out.copy_(y.detach())
+                return out.detach()
+
+            @staticmethod
+            @torch.autograd.function.once_differentiable
+            def backward(ctx, grad):
+                inputs = ((static["x"],) if static["x"].requires_grad else ()) + params
+                grads = torch.autograd.grad(static["y"], inputs, grad, allow_unused=True)
+                buffers = static.setdefault("grads", [torch.empty_like(i) for i in inputs])
+                for b, g in zip(buffers, grads):
+                    b.copy_(g) if g is not None else b.zero_()
+                out = [b.detach() for b in buffers]
+                gx = out.pop(0) if static["x"].requires_grad else None
+                return (gx, None, None, *out)
+
+        return lambda xs, lengths, valid: Graphed.apply(xs, lengths, valid, *params)
 
 
 @pytest.fixture
@@ -133,9 +160,10 @@ def test_autocast_runs_without_its_weight_cache(stand_in):
         enc.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16):  # cache on, as in ESPnet's trainer
             y = enc(x, ilens)[0]
+            cache_after = torch.is_autocast_cache_enabled()  # the outer setting is back
         y.float().square().mean().backward()
     assert stand_in.captures[0]["cache"] is False and stand_in.replays[0]["cache"] is False
-    assert y.dtype == torch.bfloat16 and torch.is_autocast_cache_enabled()
+    assert y.dtype == torch.bfloat16 and cache_after is True
 
 
 def test_shape_limit_and_new_batch_sizes(stand_in, caplog):
@@ -249,3 +277,75 @@ def test_one_line_of_espnet_config_turns_it_on(stand_in, tmp_path):
     assert torch.allclose(losses[0][0], losses[1][0], rtol=1e-5)
     for n, g in losses[0][1].items():
         assert (losses[1][1][n] - g).abs().max() <= 1e-4 * g.abs().max() + 1e-8, n
+
+
+def test_two_passes_before_one_backward(stand_in):
+    """Two encoder passes in one loss: the second runs eagerly while the first replay's
+    backward is pending, so the gradients are right (a second replay would have overwritten
+    the first one's activations and doubled its gradient); once the backward ran, replays
+    resume."""
+    enc, ref = encoder(cuda_graphs=True), encoder()
+    x1, x2 = torch.randn(2, 50, FEATS, dtype=torch.float64), torch.randn(2, 50, FEATS,
+                                                                          dtype=torch.float64)
+    ilens = torch.tensor([50, 30])
+    step(enc, x1, ilens)
+    step(enc, x1, ilens)  # captured and replayed
+    assert len(stand_in.replays) == 1
+    for model in (enc, ref):
+        model.zero_grad(set_to_none=True)
+        y1, y2 = model(x1, ilens)[0], model(x2, ilens)[0]
+        if model is enc:
+            pending = enc.training_graphs.why_eager(enc, x1)
+            assert pending == "an earlier replay's backward has not run"
+        (y1.square().mean() + 2 * y2.square().mean()).backward()
+    assert len(stand_in.replays) == 2  # the first pass only
+    for (n, p), q in zip(enc.named_parameters(), ref.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-9, atol=1e-13), n
+    enc.zero_grad(set_to_none=True)
+    assert enc.training_graphs.why_eager(enc, x1) is None  # backward ran: not pending
+    y = enc(x1, ilens)[0]
+    del y  # dropped without a backward: nothing can read its activations any more
+    assert enc.training_graphs.why_eager(enc, x1) is None
+    assert len(stand_in.replays) == 3
+
+
+def test_an_output_kept_across_steps_is_not_overwritten(stand_in):
+    enc = encoder(cuda_graphs=True)
+    ilens = torch.tensor([50, 30])
+    kept = []
+    for _ in range(3):
+        x = torch.randn(2, 50, FEATS, dtype=torch.float64)
+        enc.zero_grad(set_to_none=True)
+        y = enc(x, ilens)[0]
+        y.square().mean().backward()
+        kept.append((y.detach(), y.detach().clone()))
+    assert len(stand_in.replays) == 2
+    assert all(torch.equal(a, b) for a, b in kept)
+
+
+def test_dataparallel_replicas_and_hooks_run_eagerly(stand_in):
+    enc = encoder(cuda_graphs=True)
+    x = torch.randn(2, 50, FEATS, dtype=torch.float64)
+    replica = enc._replicate_for_data_parallel()  # what nn.DataParallel runs on each GPU
+    assert enc.training_graphs.why_eager(replica, x) == "a DataParallel replica"
+    handle = enc.encoders[0].register_forward_hook(lambda *_: None)
+    assert enc.training_graphs.why_eager(enc, x).startswith("module hooks")
+    handle.remove()
+    enc.requires_grad_(False)
+    assert enc.training_graphs.why_eager(enc, x) == "no trainable parameters"
+
+
+def test_sub_module_training_flags_and_dropout_rates_are_part_of_the_graph(stand_in):
+    enc = encoder(cuda_graphs=True)
+    x, ilens = torch.randn(2, 50, FEATS, dtype=torch.float64), torch.tensor([50, 30])
+    for _ in range(2):
+        step(enc, x, ilens)
+    assert enc.training_graphs.captures == 1
+    enc.encoders[0].dropout.p = 0.2  # e.g. a dropout schedule
+    step(enc, x, ilens)
+    assert enc.training_graphs.graphs == {}
+    for _ in range(2):
+        step(enc, x, ilens)
+    enc.encoders[1].eval()  # one block frozen in eval mode
+    step(enc, x, ilens)
+    assert enc.training_graphs.graphs == {} and len(stand_in.captures) == 2

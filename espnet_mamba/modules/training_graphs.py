@@ -10,11 +10,12 @@ shape and replays each as one launch: on the H100 this took a B8 15 s step from 
 How ESPnet's varying batches get fixed shapes: the subsampled frames are padded up to a
 multiple of ``frame_step`` (padding never changes a valid frame's result: invariant 2 of
 ARCHITECTURE.md, tested) and the output is cut back, so one graph serves every batch of that
-size whose length falls in the bucket.  ``batch_step`` > 1 also pads the batch up to a multiple
-of it with one-frame rows, for ``batch_type: numel``/``length``, whose batch sizes vary
-(``folded``/``sorted`` batches have a fixed size already).  A shape is captured the second time it is seen, up to
-``max_shapes`` graphs; all of them share one memory pool, which is safe because a training step
-runs one graph's forward and then its backward before the next graph runs.
+size whose length falls in the bucket.  ``batch_step`` > 1 also pads the batch up to a
+multiple of it with one-frame rows, for ``batch_type: numel``/``length``, whose batch sizes vary
+(``folded``/``sorted`` batches have a fixed size already).  A shape is captured the second time
+it is seen, up to ``max_shapes`` graphs; all of them share one memory pool, which is safe as
+long as one graph's forward is followed by its backward before any graph runs again (enforced
+below).
 
 When a graph is used (anything else runs the layers eagerly, unchanged):
   * CUDA tensors, the module in training mode, gradients on, not inside another capture;
@@ -23,12 +24,19 @@ When a graph is used (anything else runs the layers eagerly, unchanged):
     add the new gradient to itself.  ESPnet's trainer clears ``.grad`` to None after each
     optimizer step: with ``accum_grad`` > 1 the first micro-batch of each step replays a graph
     and the others run eagerly (adding into ``.grad`` correctly);
-  * not in distributed training (DDP's gradient hooks are not yet checked with graphs);
+  * each forward is followed by its backward: while the autograd node of a replay is alive and
+    its backward has not run (two encoder passes in one loss), further calls run eagerly;
+  * not in distributed training (DDP's gradient hooks are not yet checked with graphs), not in
+    an ``nn.DataParallel`` replica (its weights are copies a graph would freeze in), no module
+    hooks (a graph runs them only at capture);
   * ``ESPNET_MAMBA_CUDA_GRAPHS`` is not ``0``.
 Under autocast, the graphed call runs inside ``torch.autocast(..., cache_enabled=False)``, as
 ``make_graphed_callables`` requires (ESPnet's trainer enables the cache); the cast weights are
 the same, only not cached.  The graphs are dropped when the parameters move or are replaced
-(``.to()``, ``load_state_dict(assign=True)``) or change ``requires_grad``.  A failed capture is
+(``.to()``, ``load_state_dict(assign=True)``), change ``requires_grad``, or a sub-module's
+training flag or dropout rate changes.  The output is a copy of the graph's buffer; the
+parameters' ``.grad`` are graph buffers until the next ``zero_grad`` (a replay of any graph of
+the stack may write them afterwards: do not keep ``.grad`` across steps).  A failed capture is
 logged and that shape runs eagerly from then on; out of memory is raised, as it would be eagerly.
 
 ``cuda_graph_conf`` (encoder_conf) sets ``frame_step`` (64 subsampled frames, 2.56 s at 40 ms),
@@ -39,6 +47,7 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from typing import Callable, Optional
 
 import torch
@@ -76,6 +85,9 @@ class TrainingGraphs:
         self.captures = 0
         self.capture_error = None  # the first failed capture, if one failed
         self.full_warned = False
+        # (weak reference to the autograd node of the latest replay, {"done": backward ran}):
+        # while that node lives and its backward has not run, the graphs' memory is in use
+        self.pending = None
 
     # a copy of the model (copy.deepcopy, pickling) starts without graphs: they hold pointers
     # into the original's memory
@@ -105,8 +117,22 @@ class TrainingGraphs:
             return "inside another capture"
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             return "distributed training"
+        if getattr(module, "_is_replica", False):
+            # nn.DataParallel (ESPnet's --ngpu > 1 without DDP): a replica's weights are
+            # broadcast copies, not parameters; a graph would freeze them in
+            return "a DataParallel replica"
+        if not any(p.requires_grad for p in module.parameters()):
+            return "no trainable parameters"
         if any(p.grad is not None for p in module.parameters()):
             return "gradients are being accumulated"
+        if self.pending is not None:
+            node, record = self.pending
+            if node() is not None and not record["done"]:
+                # a second forward before the first one's backward (two encoder passes in one
+                # loss): a replay would overwrite the first one's saved activations
+                return "an earlier replay's backward has not run"
+        if _has_hooks(module):
+            return "module hooks (a graph would run them only at capture)"
         return None
 
     def bucket(self, frames: int, batch: int) -> tuple:
@@ -124,8 +150,7 @@ class TrainingGraphs:
         (``make_graphed_callables`` replaces its forward); ``module`` owns their parameters."""
         if self.why_eager(module, xs) is not None:
             return None
-        signature = (parameter_signature(module),
-                     tuple(p.requires_grad for p in module.parameters()))
+        signature = _signature(module)
         if signature != self.signature:
             self._reset()
             self.signature = signature
@@ -141,7 +166,13 @@ class TrainingGraphs:
                 out = graphed(*self._padded(key, xs, lengths, valid))
         else:
             out = graphed(*self._padded(key, xs, lengths, valid))
-        return out[:batch, :frames]
+        if out.grad_fn is not None:
+            record = {"done": False}
+            out.grad_fn.register_hook(lambda *_: record.__setitem__("done", True))
+            self.pending = (weakref.ref(out.grad_fn), record)
+        # a copy: the graph's output buffer, and memory another graph's replay writes, would
+        # change under a caller that keeps the output beyond this training step
+        return out[:batch, :frames].clone()
 
     @staticmethod
     def _padded(key, xs, lengths, valid):
@@ -191,3 +222,21 @@ class TrainingGraphs:
             graphed = None
         self.graphs[key] = graphed
         return graphed
+
+
+def _has_hooks(module: torch.nn.Module) -> bool:
+    from torch.nn.modules import module as nn_module
+
+    if (nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks
+            or nn_module._global_backward_hooks or nn_module._global_backward_pre_hooks):
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+               or m._backward_pre_hooks for m in module.modules())
+
+
+def _signature(module: torch.nn.Module) -> tuple:
+    """What a graph bakes in besides the input shape: where the parameters live and whether
+    they train, and each sub-module's training flag and dropout rate."""
+    return (parameter_signature(module), tuple(p.requires_grad for p in module.parameters()),
+            tuple((m.training, m.p if isinstance(m, torch.nn.modules.dropout._DropoutNd)
+                   else None) for m in module.modules()))

@@ -1,9 +1,9 @@
 """The encoders' ``cuda_graphs`` option (modules/training_graphs.py) on the GPU: training steps
 with the layers replayed from CUDA graphs == the eager steps (outputs and every parameter's
 gradient) over three steps of one length bucket (capture at the second, replay on new inputs
-and lengths at the third; 3 rows padded to 4), in fp32 and under bf16 autocast with its weight cache on (as in
-ESPnet's trainer), with the triton add+RMSNorm the full sizes use; accumulated gradients; with
-dropout, replays draw new masks."""
+and lengths at the third; 3 rows padded to 4), in fp32 and under bf16 autocast with its weight
+cache on (as in ESPnet's trainer), with the triton add+RMSNorm the full sizes use; accumulated gradients; with
+dropout, replays draw new masks; two graphs in one pool replayed in turn."""
 
 import pytest
 import torch
@@ -65,7 +65,9 @@ def test_accumulated_gradients_cuda():
     for enc in (eager, graphed):
         enc.zero_grad(set_to_none=True)
         for scale in (1.0, 2.0):
-            (enc(x * scale, ilens)[0].square().mean()).backward()
+            y, olens, _ = enc(x * scale, ilens)
+            mask = (torch.arange(y.shape[1], device="cuda")[None] < olens[:, None])[..., None]
+            (y.square() * mask).mean().backward()
     for (n, p), q in zip(graphed.named_parameters(), eager.parameters()):
         assert (p.grad - q.grad).abs().max() <= 1e-4 * q.grad.abs().max() + 1e-7, n
 
@@ -83,3 +85,31 @@ def test_graphed_training_step_with_dropout_cuda():
         outs.append(y)
     assert enc.training_graphs.captures == 1 and enc.training_graphs.capture_error is None
     assert not torch.equal(outs[2], outs[3])
+
+
+def test_shapes_in_turn_share_the_memory_pool_cuda():
+    """Two graphs (two length buckets) in one memory pool, replayed in turn: every step ==
+    eager; an output kept from an earlier step is not overwritten by later replays; two
+    passes before one backward (the second runs eagerly) == eager."""
+    eager, graphed = build("speech_mamba"), build("speech_mamba", graphs=True)
+    kept = []
+    for frames in (120, 240, 120, 240, 120, 240, 110, 230):
+        x = torch.randn(2, frames, 20, device="cuda")
+        ilens = torch.tensor([frames, frames // 2], device="cuda")
+        y_e, _, g_e = train_step(eager, x, ilens, amp=True)
+        y_g, _, g_g = train_step(graphed, x, ilens, amp=True)
+        assert (y_g - y_e).abs().max() <= 2e-2 * y_e.abs().max()
+        for n, g in g_e.items():
+            assert (g_g[n] - g).abs().max() <= 2e-2 * g.abs().max() + 1e-7, n
+        kept.append((y_g, y_g.clone()))
+    assert graphed.training_graphs.captures == 2
+    assert all(torch.equal(a, b) for a, b in kept)
+    x = torch.randn(2, 120, 20, device="cuda")
+    ilens = torch.tensor([120, 77], device="cuda")
+    for enc in (eager, graphed):
+        enc.zero_grad(set_to_none=True)
+        (y1, olens, _), (y2, _, _) = enc(x, ilens), enc(x.flip(1), ilens)
+        mask = (torch.arange(y1.shape[1], device="cuda")[None] < olens[:, None])[..., None]
+        ((y1.square() * mask).mean() + 2 * (y2.square() * mask).mean()).backward()
+    for (n, p), q in zip(graphed.named_parameters(), eager.parameters()):
+        assert (p.grad - q.grad).abs().max() <= 1e-4 * q.grad.abs().max() + 1e-7, n
