@@ -11,7 +11,8 @@ recipe's default attention and with ``use_sdpa=True``, against ``samba_asr`` and
 the median of ``--repeats`` runs timed with CUDA events; peak memory with the allocator's stats
 reset between settings.  Settings: lengths x batch {8, 1} x {train: forward+backward, infer:
 no_grad forward}.  A model that runs out of memory at one length is not tried at longer ones
-(same batch and mode); batches > 1 stop at ``--max-batched-seconds`` (300 s).  Then ``--packed``: one LibriSpeech-like batch (8 utterances of 2-35 s)
+(same batch and mode); batches > 1 stop at ``--max-batched-seconds`` (300 s).  Then
+``--packed``: one LibriSpeech-like batch (8 utterances of 2-35 s)
 trained padded vs packed (``pack_sequences``) with Mamba2 mixers, with the CTC losses compared.
 
 Results go to ``--out`` (JSON, rewritten after every setting, so a run cut short keeps what it
@@ -229,6 +230,7 @@ def measure(enc, mode, batch, seconds, device, args, timer):
             # the peak with the warm-up (a graphed variant's capture is there), then the timed
             # runs' own peak: the steady state of a long training
             warm_peak = torch.cuda.max_memory_allocated()
+            warm_reserved = torch.cuda.max_memory_reserved()
             torch.cuda.reset_peak_memory_stats()
         times = timer(fn, 0, args.repeats)
         res.update(times_ms=[round(t, 3) for t in times], median_ms=statistics.median(times))
@@ -236,8 +238,12 @@ def measure(enc, mode, batch, seconds, device, args, timer):
             steady = torch.cuda.max_memory_allocated()
             res["peak_gib"] = max(warm_peak, steady) / 2**30
             res["steady_peak_gib"] = steady / 2**30
+            # reserved by the caching allocator: a CUDA graph's memory pool is reserved and
+            # written by its replays without being "allocated", so for the graphed variants
+            # only this column holds their whole footprint (every model gets it, to compare)
+            res["peak_reserved_gib"] = max(warm_reserved, torch.cuda.max_memory_reserved()) / 2**30
         if graphed:
-            record_graphs(enc, res, device.type == "cuda")
+            record_graphs(enc, res)
     except Exception as err:  # noqa: BLE001 - OOM is a result; anything else is reported too
         if not is_oom(err):
             raise
@@ -251,15 +257,12 @@ def measure(enc, mode, batch, seconds, device, args, timer):
     return res
 
 
-def record_graphs(enc, res, reserved_peak: bool):
-    """What a graphed variant ran: graphs captured (0: every run was eager), a capture error,
-    and the reserved peak (a graph's memory pool is reserved, not allocated, during replays)."""
+def record_graphs(enc, res):
+    """What a graphed variant ran: graphs captured (0: every run was eager), a capture error."""
     graphs = enc.training_graphs
     res["graph_captures"] = graphs.captures
     if graphs.capture_error:
         res["graph_capture_error"] = graphs.capture_error
-    if reserved_peak:
-        res["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
 
 
 def profile_setting(enc, name, mode, batch, seconds, device, args, directory: Path):

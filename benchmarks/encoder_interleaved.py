@@ -83,7 +83,7 @@ def measure_setting(encs: dict, mode, batch, seconds, device, args, timer) -> di
     for name, enc in encs.items():
         if eg.is_graphed(enc):  # its graphs hold this setting's memory
             if name in results:
-                eg.record_graphs(enc, results[name], reserved_peak=False)
+                eg.record_graphs(enc, results[name])
             enc.training_graphs.clear()
     eg.apply_variant("")
     eg.free(device)

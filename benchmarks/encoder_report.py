@@ -183,8 +183,8 @@ def plots(report, idx, prefix):
     for key, label, fname in (("median_ms", "median time per step (ms)", "time"),
                               ("peak_gib", "peak GPU memory (GiB)", "memory")):
         modes = modes_run(report)
-        fig, axes = plt.subplots(len(modes), len(batches), figsize=(6 * len(batches), 4.5 * len(modes)),
-                                 squeeze=False)
+        fig, axes = plt.subplots(len(modes), len(batches), squeeze=False,
+                                 figsize=(6 * len(batches), 4.5 * len(modes)))
         for i, mode in enumerate(modes):
             for j, batch in enumerate(batches):
                 ax = axes[i][j]

@@ -2,8 +2,8 @@
 with the layers replayed from CUDA graphs == the eager steps (outputs and every parameter's
 gradient) over three steps of one length bucket (capture at the second, replay on new inputs
 and lengths at the third; 3 rows padded to 4), in fp32 and under bf16 autocast with its weight
-cache on (as in ESPnet's trainer), with the triton add+RMSNorm the full sizes use; accumulated gradients; with
-dropout, replays draw new masks; two graphs in one pool replayed in turn."""
+cache on (as in ESPnet's trainer), with the triton add+RMSNorm the full sizes use; accumulated
+gradients; with dropout, replays draw new masks; two graphs in one pool replayed in turn."""
 
 import pytest
 import torch
@@ -18,7 +18,8 @@ def build(name, mixer="mamba", graphs=False, dropout_rate=0.0):
     torch.manual_seed(0)
     return ENCODERS[name](20, output_size=64, num_blocks=2, mixer=mixer, d_state=16,
                           mixer_conf=MIXER_CONF[mixer], dropout_rate=dropout_rate,
-                          cuda_graphs=graphs, cuda_graph_conf={"frame_step": 16, "batch_step": 2}).cuda().train()
+                          cuda_graphs=graphs,
+                          cuda_graph_conf={"frame_step": 16, "batch_step": 2}).cuda().train()
 
 
 def train_step(enc, x, ilens, amp):

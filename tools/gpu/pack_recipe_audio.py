@@ -100,7 +100,8 @@ def unpack(archive: Path, recipe: Path = RECIPE) -> dict:
                 scp.append(f"{utt} {(recipe / rel).resolve()}\n")
             (dump / "wav.scp").write_text("".join(scp))
             for name in META:
-                (dump / name).write_bytes(tar.extractfile(members[f"dump/raw/{dset}/{name}"]).read())
+                member = members[f"dump/raw/{dset}/{name}"]
+                (dump / name).write_bytes(tar.extractfile(member).read())
             counts[dset] = len(scp)
     return counts
 
