@@ -235,7 +235,7 @@ def test_options_it_does_not_combine_with(kw, message):
 
 
 def test_default_options_are_documented():
-    assert training_graphs.OPTIONS == {"frame_step": 64, "batch_step": 1, "max_shapes": 16,
+    assert training_graphs.OPTIONS == {"frame_step": 64, "batch_step": 1, "max_shapes": 8,
                                        "warmup": 3}
     for name in training_graphs.OPTIONS:
         assert f"``{name}``" in training_graphs.__doc__

@@ -10,7 +10,7 @@ utterance boundaries (``seq_idx``); that path is off for now (see modules/mamba2
 
 ``cuda_graphs``: training steps replay the layers' forward and backward from CUDA graphs, one
 per (batch, bucketed length) shape (modules/training_graphs.py; ``cuda_graph_conf``:
-frame_step, max_shapes, warmup).  Off by default.
+frame_step, batch_step, max_shapes, warmup).  Off by default.
 """
 
 from __future__ import annotations

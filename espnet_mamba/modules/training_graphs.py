@@ -4,18 +4,20 @@ Why: below ~60 s of audio a training step of our encoders is bound by host work,
 GPU: 22 bidirectional blocks launch a few thousand small kernels, and mamba-ssm's Python-level
 ``mamba_inner_fn`` costs ~3.6 ms of host time per mixer (docs/benchmarks.md, session 3).
 ``torch.cuda.make_graphed_callables`` captures the layers' forward and backward for one input
-shape and replays each as one launch: on the H100 this took a B8 15 s step from 133 to 47 ms
-(the Conformer with SDPA: 85 ms), session 5.
+shape and replays each as one launch: on the H100 a benchmark-side prototype of this (same
+capture, no length buckets) took a B8 15 s step from 133 to 47 ms (the Conformer with SDPA:
+85 ms), session 5; this module is to be timed there next.
 
 How ESPnet's varying batches get fixed shapes: the subsampled frames are padded up to a
 multiple of ``frame_step`` (padding never changes a valid frame's result: invariant 2 of
 ARCHITECTURE.md, tested) and the output is cut back, so one graph serves every batch of that
 size whose length falls in the bucket.  ``batch_step`` > 1 also pads the batch up to a
-multiple of it with one-frame rows, for ``batch_type: numel``/``length``, whose batch sizes vary
-(``folded``/``sorted`` batches have a fixed size already).  A shape is captured the second time
-it is seen, up to ``max_shapes`` graphs; all of them share one memory pool, which is safe as
-long as one graph's forward is followed by its backward before any graph runs again (enforced
-below).
+multiple of it with one-frame rows: ``batch_type: numel``/``length`` vary the batch size, and so
+do ``folded`` batches (smaller for long utterances, and the last one).  A shape is captured the
+second time it is seen, up to ``max_shapes`` graphs.  All of them share one memory pool for
+their activations, which is safe as long as one graph's forward is followed by its backward
+before any graph runs again (enforced below); each graph also keeps its own gradient buffer for
+every parameter (about 0.33 GB per shape for an 82M-parameter fp32 encoder), hence the limit.
 
 When a graph is used (anything else runs the layers eagerly, unchanged):
   * CUDA tensors, the module in training mode, gradients on, not inside another capture;
@@ -40,7 +42,7 @@ the stack may write them afterwards: do not keep ``.grad`` across steps).  A fai
 logged and that shape runs eagerly from then on; out of memory is raised, as it would be eagerly.
 
 ``cuda_graph_conf`` (encoder_conf) sets ``frame_step`` (64 subsampled frames, 2.56 s at 40 ms),
-``batch_step`` (1), ``max_shapes`` (16) and ``warmup``, the eager runs before a capture (3).
+``batch_step`` (1), ``max_shapes`` (8) and ``warmup``, the eager runs before a capture (3).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ import torch.nn.functional as F
 
 from espnet_mamba.modules.cuda_graph import ENV, enabled_by_env, parameter_signature
 
-OPTIONS = {"frame_step": 64, "batch_step": 1, "max_shapes": 16, "warmup": 3}
+OPTIONS = {"frame_step": 64, "batch_step": 1, "max_shapes": 8, "warmup": 3}
 
 
 class TrainingGraphs:

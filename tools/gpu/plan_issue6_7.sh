@@ -21,7 +21,8 @@
 #            (host noise hits all alike); INTERLEAVED_MODELS picks them (default: conformer_sdpa
 #            samba_asr speech_mamba samba_asr_wide), INTERLEAVED_ARGS adds options (~3 min)
 #   recipe   tools/gpu/recipe_gpu.sh: the mini recipe's asr_train --ngpu 1, seconds per epoch of
-#            the Conformer and the two Mamba configs (about 5 min); needs .gpu/recipe carried too
+#            the Conformer and the two Mamba configs, each also with cuda_graphs (5 trainings,
+#            about 10 min); needs .gpu/recipe carried too
 #            (tools/gpu/pack_recipe_audio.py pack .gpu/recipe/mini_synth.tar: 15 MiB)
 #   packed   last: the packed GPU tests (each up to 15 min: triton autotuning of the seq_idx kernels)
 #            and tools/gpu/packed_diag.py: where Mamba2's seq_idx path leaves the padded result

@@ -13,7 +13,8 @@ nj=$(nproc)
 # The GPU machine has no TTS engines for stage 1: the train and dev sets come carried in
 # .gpu/recipe/mini_synth.tar (tools/gpu/pack_recipe_audio.py; carry ".gpu/recipe").
 first=1
-if ! command -v espeak-ng > /dev/null; then
+if ! { command -v espeak-ng && command -v flite && command -v sox &&
+       python3 -c "import py_nanotts"; } > /dev/null 2>&1; then
     archive=$REPO/.gpu/recipe/mini_synth.tar
     python3 "$REPO/tools/gpu/pack_recipe_audio.py" unpack "$archive" || {
         echo "no TTS engines here and no usable $archive: make it where the corpus is" \
