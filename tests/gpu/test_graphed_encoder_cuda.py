@@ -14,12 +14,19 @@ from model_checks import ENCODERS, MIXER_CONF
 pytestmark = pytest.mark.gpu
 
 
-def build(name, mixer="mamba", graphs=False, dropout_rate=0.0):
+# fp32: lengths padded to buckets of 16 frames and 3 rows to 4 (exact: invariant 2).  Under bf16
+# a padded shape changes the GEMMs' rounding (~0.5 % of the output), and the input layer's small,
+# cancelling gradients then differ by up to 100 % (seen on the CPU with a stand-in capture), so
+# the bf16 cases compare unpadded shapes.
+BUCKETS = {"frame_step": 16, "batch_step": 2}
+UNPADDED = {"frame_step": 1, "batch_step": 1}
+
+
+def build(name, mixer="mamba", graphs=False, dropout_rate=0.0, conf=BUCKETS):
     torch.manual_seed(0)
     return ENCODERS[name](20, output_size=64, num_blocks=2, mixer=mixer, d_state=16,
                           mixer_conf=MIXER_CONF[mixer], dropout_rate=dropout_rate,
-                          cuda_graphs=graphs,
-                          cuda_graph_conf={"frame_step": 16, "batch_step": 2}).cuda().train()
+                          cuda_graphs=graphs, cuda_graph_conf=conf).cuda().train()
 
 
 def train_step(enc, x, ilens, amp):
@@ -37,10 +44,12 @@ def train_step(enc, x, ilens, amp):
 @pytest.mark.parametrize("name", ["samba_asr", "speech_mamba"])
 def test_graphed_training_step_equals_eager_cuda(name, mixer, amp, monkeypatch):
     monkeypatch.setattr(rms_norm, "TRITON_MIN_NUMEL", 0)  # the triton norm, as at full size
-    eager, graphed = build(name, mixer), build(name, mixer, graphs=True)
+    eager = build(name, mixer)
+    graphed = build(name, mixer, graphs=True, conf=UNPADDED if amp else BUCKETS)
     tol = 2e-2 if amp else 1e-4
-    # 120 and 110 frames -> 29 and 26 subsampled: one bucket of 32 frames; batch_step 2 adds
-    # a one-frame row to the 3 utterances
+    # 120 and 110 frames -> 29 and 26 subsampled: in fp32 one bucket of 32 frames, and
+    # batch_step 2 adds a one-frame row to the 3 utterances; in bf16 the third step runs eagerly
+    # (a new shape, seen once)
     for frames, lengths in ((120, [120, 97, 60]), (120, [120, 61, 33]), (110, [110, 80, 41])):
         x = torch.randn(3, frames, 20, device="cuda")
         ilens = torch.tensor(lengths, device="cuda")
@@ -89,22 +98,23 @@ def test_graphed_training_step_with_dropout_cuda():
 
 
 def test_shapes_in_turn_share_the_memory_pool_cuda():
-    """Two graphs (two length buckets) in one memory pool, replayed in turn: every step ==
-    eager; an output kept from an earlier step is not overwritten by later replays; two
+    """Two graphs (two length buckets) in one memory pool, replayed in turn (fp32): every
+    step == eager; an output kept from an earlier step is not overwritten by later replays; two
     passes before one backward (the second runs eagerly) == eager."""
     eager, graphed = build("speech_mamba"), build("speech_mamba", graphs=True)
     kept = []
     for frames in (120, 240, 120, 240, 120, 240, 110, 230):
         x = torch.randn(2, frames, 20, device="cuda")
         ilens = torch.tensor([frames, frames // 2], device="cuda")
-        y_e, _, g_e = train_step(eager, x, ilens, amp=True)
-        y_g, _, g_g = train_step(graphed, x, ilens, amp=True)
-        assert (y_g - y_e).abs().max() <= 2e-2 * y_e.abs().max()
+        y_e, _, g_e = train_step(eager, x, ilens, amp=False)
+        y_g, _, g_g = train_step(graphed, x, ilens, amp=False)
+        assert (y_g - y_e).abs().max() <= 1e-4 * y_e.abs().max()
         for n, g in g_e.items():
-            assert (g_g[n] - g).abs().max() <= 2e-2 * g.abs().max() + 1e-7, n
-        out = graphed(x, ilens)[0].detach()  # the encoder's own output (an eager step: grads)
+            assert (g_g[n] - g).abs().max() <= 1e-4 * g.abs().max() + 1e-7, n
         graphed.zero_grad(set_to_none=True)
-        kept.append((out, out.clone()))
+        out = graphed(x, ilens)[0]  # a replay from its second sighting (then dropped)
+        kept.append((out.detach(), out.detach().clone()))
+        del out
     assert graphed.training_graphs.captures == 2
     assert all(torch.equal(a, b) for a, b in kept)
     x = torch.randn(2, 120, 20, device="cuda")
