@@ -8,17 +8,18 @@ shape and replays each as one launch: on the H100 a benchmark-side prototype of 
 capture, no length buckets) took a B8 15 s step from 133 to 47 ms (the Conformer with SDPA:
 85 ms), session 5; this module is to be timed there next.
 
-How ESPnet's varying batches get fixed shapes: the subsampled frames are padded up to a
-multiple of ``frame_step`` (padding never changes a valid frame's result: invariant 2 of
-ARCHITECTURE.md, tested in fp32; under bf16 autocast the padded shapes round differently, about
-0.5 % of the output, as any other batch shape would) and the output is cut back, so one graph
-serves every batch of that size whose length falls in the bucket.  ``batch_step`` > 1 also
-pads the batch up to a multiple of it with one-frame rows: ``batch_type: numel``/``length`` vary
-the batch size, and so do ``folded`` batches (smaller for long utterances, and the last one).  A shape is captured the
-second time it is seen, up to ``max_shapes`` graphs.  All of them share one memory pool for
-their activations, which is safe as long as one graph's forward is followed by its backward
-before any graph runs again (enforced below); each graph also keeps its own gradient buffer for
-every parameter (about 0.33 GB per shape for an 82M-parameter fp32 encoder), hence the limit.
+How ESPnet's varying batches get fixed shapes: the subsampled frames are padded up to a multiple
+of ``frame_step`` (padding never changes a valid frame's result: invariant 2 of ARCHITECTURE.md,
+tested in fp32; under bf16 autocast the padded shapes round differently, about 0.5 % of the
+output, as any other batch shape would) and the output is cut back, so one graph serves every
+batch of that size whose length falls in the bucket.  ``batch_step`` > 1 also pads the batch up
+to a multiple of it with one-frame rows: ``batch_type: numel``/``length`` vary the batch size,
+and so do ``folded`` batches (smaller for long utterances, and the last one).  A shape is
+captured the second time it is seen, up to ``max_shapes`` graphs.  All of them share one memory
+pool for their activations, which is safe as long as one graph's forward is followed by its
+backward before any graph runs again (enforced below); each graph also keeps its own gradient
+buffer for every parameter (about 0.33 GB per shape for an 82M-parameter fp32 encoder), hence
+the limit.
 
 When a graph is used (anything else runs the layers eagerly, unchanged):
   * CUDA tensors, the module in training mode, gradients on, not inside another capture;
