@@ -114,6 +114,23 @@ def test_buckets_are_exact_and_a_shape_is_captured_at_its_second_sighting(
     assert graphs.captures == 1 and graphs.capture_error is None
 
 
+def test_a_setup_that_never_uses_graphs_says_so_once(stand_in, monkeypatch, caplog):
+    """cuda_graphs asked for where they cannot run (here: off CUDA): one warning naming why,
+    not one per step; routine eager steps (validation, accumulation) are not logged."""
+    monkeypatch.setattr(TrainingGraphs, "devices", ("cuda",))
+    enc = encoder(cuda_graphs=True)
+    x, ilens = torch.randn(2, 50, FEATS, dtype=torch.float64), torch.tensor([50, 30])
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            step(enc, x, ilens)
+        enc.eval()
+        with torch.no_grad():
+            enc(x, ilens)
+    assert caplog.text.count("running eagerly") == 1
+    assert "running eagerly (not on CUDA)" in caplog.text
+    assert "not a training step" not in caplog.text
+
+
 def test_eager_outside_training_steps_and_when_switched_off(stand_in, monkeypatch):
     enc = encoder(cuda_graphs=True)
     x, ilens = torch.randn(2, 50, FEATS, dtype=torch.float64), torch.tensor([50, 30])

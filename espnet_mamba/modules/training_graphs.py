@@ -10,16 +10,16 @@ capture, no length buckets) took a B8 15 s step from 133 to 47 ms (the Conformer
 
 How ESPnet's varying batches get fixed shapes: the subsampled frames are padded up to a multiple
 of ``frame_step`` (padding never changes a valid frame's result: invariant 2 of ARCHITECTURE.md,
-tested in fp32; under bf16 autocast the padded shapes round differently, about 0.5 % of the
-output, as any other batch shape would) and the output is cut back, so one graph serves every
-batch of that size whose length falls in the bucket.  ``batch_step`` > 1 also pads the batch up
-to a multiple of it with one-frame rows: ``batch_type: numel``/``length`` vary the batch size,
-and so do ``folded`` batches (smaller for long utterances, and the last one).  A shape is
-captured the second time it is seen, up to ``max_shapes`` graphs.  All of them share one memory
-pool for their activations, which is safe as long as one graph's forward is followed by its
-backward before any graph runs again (enforced below); each graph also keeps its own gradient
-buffer for every parameter (about 0.33 GB per shape for an 82M-parameter fp32 encoder), hence
-the limit.
+tested in fp32; under bf16 autocast the padded shapes round differently, 0.3-0.7 % of the output
+on the CPU, as any other batch shape would) and the output is cut back, so one graph serves
+every batch of that size whose length falls in the bucket.  ``batch_step`` > 1 also pads the
+batch up to a multiple of it with one-frame rows: ``batch_type: numel``/``length`` vary the
+batch size, and so do ``folded`` batches (smaller for long utterances, and the last one).  A
+shape is captured the second time it is seen, up to ``max_shapes`` graphs.  All of them share
+one memory pool for their activations, which is safe as long as one graph's forward is followed
+by its backward before any graph runs again (enforced below); each graph also keeps its own
+gradient buffer for every parameter (82M fp32 parameters x 4 bytes = 0.33 GB per shape,
+computed, not measured), hence the limit.
 
 When a graph is used (anything else runs the layers eagerly, unchanged):
   * CUDA tensors, the module in training mode, gradients on, not inside another capture;
@@ -34,6 +34,8 @@ When a graph is used (anything else runs the layers eagerly, unchanged):
     an ``nn.DataParallel`` replica (its weights are copies a graph would freeze in), no module
     hooks (a graph runs them only at capture);
   * ``ESPNET_MAMBA_CUDA_GRAPHS`` is not ``0``.
+A setup that rules graphs out for good (off CUDA, DDP, DataParallel, hooks, the variable) logs one
+warning naming the reason; validation and accumulated micro-batches run eagerly without a word.
 Under autocast, the graphed call runs inside ``torch.autocast(..., cache_enabled=False)``, as
 ``make_graphed_callables`` requires (ESPnet's trainer enables the cache); the cast weights are
 the same, only not cached.  The graphs are dropped when the parameters move or are replaced
@@ -60,6 +62,9 @@ import torch.nn.functional as F
 from espnet_mamba.modules.cuda_graph import ENV, enabled_by_env, parameter_signature
 
 OPTIONS = {"frame_step": 64, "batch_step": 1, "max_shapes": 8, "warmup": 3}
+# why_eager reasons that are part of normal training (validation, accumulation): not logged
+ROUTINE = ("not a training step", "gradients are being accumulated",
+           "an earlier replay's backward")
 
 
 class TrainingGraphs:
@@ -89,6 +94,7 @@ class TrainingGraphs:
         self.captures = 0
         self.capture_error = None  # the first failed capture, if one failed
         self.full_warned = False
+        self.warned = set()  # fallback reasons already logged
         # (weak reference to the autograd node of the latest replay, {"done": backward ran}):
         # while that node lives and its backward has not run, the graphs' memory is in use
         self.pending = None
@@ -125,9 +131,10 @@ class TrainingGraphs:
             # nn.DataParallel (ESPnet's --ngpu > 1 without DDP): a replica's weights are
             # broadcast copies, not parameters; a graph would freeze them in
             return "a DataParallel replica"
-        if not any(p.requires_grad for p in module.parameters()):
+        params = list(module.parameters())
+        if not any(p.requires_grad for p in params):
             return "no trainable parameters"
-        if any(p.grad is not None for p in module.parameters()):
+        if any(p.grad is not None for p in params):
             return "gradients are being accumulated"
         if self.pending is not None:
             node, record = self.pending
@@ -152,7 +159,12 @@ class TrainingGraphs:
 
         ``make_layers()`` returns a fresh module running the layers on (xs, lengths, valid)
         (``make_graphed_callables`` replaces its forward); ``module`` owns their parameters."""
-        if self.why_eager(module, xs) is not None:
+        reason = self.why_eager(module, xs)
+        if reason is not None:
+            if not reason.startswith(ROUTINE) and reason not in self.warned:
+                # asked for graphs that this setup never uses: say so once, not per step
+                logging.warning("encoder cuda_graphs: running eagerly (%s)", reason)
+                self.warned.add(reason)
             return None
         signature = _signature(module)
         if signature != self.signature:
