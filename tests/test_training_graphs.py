@@ -193,20 +193,64 @@ def test_shape_limit_and_new_batch_sizes(stand_in, caplog):
     assert "max_shapes" in caplog.text and caplog.text.count("max_shapes") == 1
 
 
-def test_a_failed_capture_runs_that_shape_eagerly(monkeypatch, caplog):
+def test_a_failed_capture_turns_the_graphs_off(monkeypatch, caplog):
+    """A failed capture restores the RNG (see restore_rng), is logged once, and every later step
+    runs eagerly with the eager results; no other shape is tried."""
     capture = StandIn(fail=True)
+    restored = []
     monkeypatch.setattr(TrainingGraphs, "make_graphed", staticmethod(capture))
     monkeypatch.setattr(TrainingGraphs, "devices", ("cpu",))
+    monkeypatch.setattr(TrainingGraphs, "restore_rng", staticmethod(restored.append))
     enc, ref = encoder(cuda_graphs=True), encoder()
-    x, ilens = torch.randn(2, 50, FEATS, dtype=torch.float64), torch.tensor([50, 30])
     with caplog.at_level(logging.WARNING):
-        for _ in range(3):
+        for frames in (50, 50, 50, 90, 90, 90):
+            x, ilens = torch.randn(2, frames, FEATS, dtype=torch.float64), torch.tensor([frames, 30])
             y, _, grads = step(enc, x, ilens)
-    assert len(capture.captures) == 1  # tried once
-    assert "capture refused" in enc.training_graphs.capture_error
-    assert "runs eagerly" in caplog.text
-    y_ref, _, g_ref = step(ref, x, ilens)
-    assert torch.allclose(y, y_ref) and all(torch.allclose(grads[n], g) for n, g in g_ref.items())
+            y_ref, _, g_ref = step(ref, x, ilens)
+            assert torch.allclose(y, y_ref)
+            assert all(torch.allclose(grads[n], g) for n, g in g_ref.items())
+    assert len(capture.captures) == 1 and restored == [torch.device("cpu")]
+    graphs = enc.training_graphs
+    assert "capture refused" in graphs.capture_error and "capture refused" in graphs.disabled
+    assert caplog.text.count("capture refused") == 1 and "eagerly from now on" in caplog.text
+    graphs.clear()  # a benchmark's clear() between settings does not turn them back on
+    step(enc, x, ilens), step(enc, x, ilens)
+    assert len(capture.captures) == 1
+
+
+def test_a_generator_that_cannot_be_restored_stops_training(monkeypatch):
+    """If CUDA's generator stays in capture mode, training cannot go on (every random op
+    would fail later, far from the cause): a RuntimeError says why and how to turn it off."""
+    def restore_fails(device):
+        raise RuntimeError("Offset increment outside graph capture encountered unexpectedly.")
+
+    monkeypatch.setattr(TrainingGraphs, "make_graphed", staticmethod(StandIn(fail=True)))
+    monkeypatch.setattr(TrainingGraphs, "devices", ("cpu",))
+    monkeypatch.setattr(TrainingGraphs, "restore_rng", staticmethod(restore_fails))
+    enc = encoder(cuda_graphs=True)
+    x, ilens = torch.randn(2, 50, FEATS, dtype=torch.float64), torch.tensor([50, 30])
+    step(enc, x, ilens)
+    with pytest.raises(RuntimeError, match="capture refused.*cuda_graphs: false"):
+        step(enc, x, ilens)
+
+
+def test_captures_run_in_thread_local_mode(monkeypatch):
+    """make_graphed_callables captures through torch.cuda.graph with its default mode,
+    'global'; during our capture that default is 'thread_local', and restored afterwards."""
+    seen = []
+    stand_in = StandIn()
+
+    def capture(*args, **kwargs):
+        seen.append(torch.cuda.graph.keywords)
+        return stand_in(*args, **kwargs)
+
+    original = torch.cuda.graph
+    monkeypatch.setattr(TrainingGraphs, "make_graphed", staticmethod(capture))
+    monkeypatch.setattr(TrainingGraphs, "devices", ("cpu",))
+    enc = encoder(cuda_graphs=True)
+    x, ilens = torch.randn(2, 50, FEATS, dtype=torch.float64), torch.tensor([50, 30])
+    step(enc, x, ilens), step(enc, x, ilens)
+    assert seen == [{"capture_error_mode": "thread_local"}] and torch.cuda.graph is original
 
 
 def test_graphs_follow_the_parameters(stand_in):

@@ -42,8 +42,16 @@ the same, only not cached.  The graphs are dropped when the parameters move or a
 (``.to()``, ``load_state_dict(assign=True)``), change ``requires_grad``, or a sub-module's
 training flag or dropout rate changes.  The output is a copy of the graph's buffer; the
 parameters' ``.grad`` are graph buffers until the next ``zero_grad`` (a replay of any graph of
-the stack may write them afterwards: do not keep ``.grad`` across steps).  A failed capture is
-logged and that shape runs eagerly from then on; out of memory is raised, as it would be eagerly.
+the stack may write them afterwards: do not keep ``.grad`` across steps).
+
+Captures run in CUDA's ``thread_local`` capture mode (torch's default, ``global``, lets CUDA calls
+of any other thread, e.g. a DataLoader's pin-memory thread, invalidate the capture).  A failed
+capture leaves CUDA's random-number generator in capture mode (torch raises before restoring it),
+and every later random op of the process fails with "Offset increment outside graph capture"
+(seen on the H100, session 6).  So after a failure one trivial capture restores the generator,
+checked by drawing a random number, the failure is logged and the graphs are off for this stack
+from then on (it runs eagerly, unchanged); if the generator cannot be restored, a RuntimeError
+says so and how to turn the option off.  Out of memory is raised, as it would be eagerly.
 
 ``cuda_graph_conf`` (encoder_conf) sets ``frame_step`` (64 subsampled frames, 2.56 s at 40 ms),
 ``batch_step`` (1), ``max_shapes`` (8) and ``warmup``, the eager runs before a capture (3).
@@ -51,6 +59,8 @@ logged and that shape runs eagerly from then on; out of memory is raised, as it 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
 import weakref
@@ -84,20 +94,25 @@ class TrainingGraphs:
                                  f"got {value!r}")
         self.frame_step, self.batch_step = frame_step, batch_step
         self.max_shapes, self.warmup = max_shapes, warmup
+        # why a failed capture turned the graphs off for good (kept by clear()), or None
+        self.disabled = None
         self._reset()
 
-    def _reset(self):
-        self.graphs = {}  # key -> graphed callable, or None: that shape runs eagerly
+    def _reset_graphs(self):
+        self.graphs = {}  # key -> graphed callable
         self.seen = set()  # keys seen once, not captured yet
         self.pool = None  # one memory pool for every graph of this stack
+        # (weak reference to the autograd node of the latest replay, {"done": backward ran}):
+        # while that node lives and its backward has not run, the graphs' memory is in use
+        self.pending = None
+
+    def _reset(self):
+        self._reset_graphs()
         self.signature = None  # the parameters the graphs were captured for
         self.captures = 0
         self.capture_error = None  # the first failed capture, if one failed
         self.full_warned = False
         self.warned = set()  # fallback reasons already logged
-        # (weak reference to the autograd node of the latest replay, {"done": backward ran}):
-        # while that node lives and its backward has not run, the graphs' memory is in use
-        self.pending = None
 
     # a copy of the model (copy.deepcopy, pickling) starts without graphs: they hold pointers
     # into the original's memory
@@ -119,6 +134,8 @@ class TrainingGraphs:
         """Why this call cannot replay a graph (None: it can)."""
         if xs.device.type not in self.devices:
             return "not on CUDA"
+        if self.disabled is not None:
+            return self.disabled
         if not (module.training and torch.is_grad_enabled()):
             return "not a training step"
         if not enabled_by_env():
@@ -190,6 +207,40 @@ class TrainingGraphs:
         # change under a caller that keeps the output beyond this training step
         return out[:batch, :frames].clone()
 
+    def _failed(self, key, device, err: Exception):
+        """After a failed capture: restore the random-number generator, turn the graphs off."""
+        what = f"{type(err).__name__}: {err}"
+        self.capture_error = self.capture_error or what
+        self._reset_graphs()
+        self.disabled = f"capturing shape {key[:2]} failed ({what.splitlines()[0]})"
+        try:
+            self.restore_rng(device)
+        except Exception as rng_err:
+            raise RuntimeError(
+                f"encoder cuda_graphs: capturing the layers for shape {key[:2]} failed ({what}) "
+                f"and CUDA's random-number generator could not be restored afterwards "
+                f"({type(rng_err).__name__}: {rng_err}); this process cannot go on. Set "
+                f"encoder_conf cuda_graphs: false (or {ENV}=0) and resume") from err
+        logging.warning("encoder cuda_graphs: %s; the layers run eagerly from now on",
+                        self.disabled)
+        self.warned.add(self.disabled)  # said here, not again per step
+
+    @staticmethod
+    def restore_rng(device: torch.device):
+        """Take CUDA's generator out of the capture mode a failed capture left it in: a
+        successful capture runs torch's prologue and epilogue on it again.  Raises if a random
+        draw still fails."""
+        if device.type != "cuda":
+            return
+        torch.cuda.synchronize(device)
+        scratch = torch.zeros(1, device=device)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            scratch.add_(1)
+        del graph
+        torch.rand(1, device=device)
+        torch.cuda.synchronize(device)
+
     @staticmethod
     def _padded(key, xs, lengths, valid):
         """The input padded to the graph's shape: frames beyond the batch's length are padding,
@@ -225,19 +276,30 @@ class TrainingGraphs:
         autocast = key[-1] is not None
         try:
             with torch.autocast(xs.device.type, dtype=key[-1] or torch.float32,
-                                enabled=autocast, cache_enabled=False):
+                                enabled=autocast, cache_enabled=False), _thread_local_capture():
                 graphed = self.make_graphed(make_layers(), sample, num_warmup_iters=self.warmup,
                                             pool=self.pool)
             self.captures += 1
-        except torch.cuda.OutOfMemoryError:
-            raise
-        except Exception as err:  # noqa: BLE001 - logged; this shape runs eagerly
-            self.capture_error = self.capture_error or f"{type(err).__name__}: {err}"
-            logging.warning("encoder CUDA graphs: capturing shape %s failed, it runs eagerly: "
-                            "%s: %s", key[:2], type(err).__name__, err)
-            graphed = None
+        except Exception as err:
+            self._failed(key, xs.device, err)
+            if isinstance(err, torch.cuda.OutOfMemoryError):
+                raise
+            return None
         self.graphs[key] = graphed
         return graphed
+
+
+@contextlib.contextmanager
+def _thread_local_capture():
+    """``make_graphed_callables`` captures with ``torch.cuda.graph``'s default mode, ``global``,
+    which it does not let callers change; this makes ``thread_local`` the default for the
+    duration of our capture (on this thread: captures are not run concurrently here)."""
+    original = torch.cuda.graph
+    torch.cuda.graph = functools.partial(original, capture_error_mode="thread_local")
+    try:
+        yield
+    finally:
+        torch.cuda.graph = original
 
 
 def _has_hooks(module: torch.nn.Module) -> bool:
