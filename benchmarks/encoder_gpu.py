@@ -78,7 +78,7 @@ DEFAULT_MODELS = ["conformer", "conformer_sdpa", "e_branchformer", "e_branchform
                   "samba_asr", "speech_mamba", "samba_asr_mamba2", "samba_asr_torchnorm",
                   "samba_asr_composed", "samba_asr_merged", "samba_asr_wide",
                   "samba_asr_graphed", "speech_mamba_graphed", "samba_asr_wide_graphed",
-                  "samba_asr_mamba2_graphed"]
+                  "samba_asr_mamba2_graphed", "speech_mamba_mamba2_graphed"]
 
 
 def model_table():
@@ -108,6 +108,7 @@ def model_table():
         "samba_asr_wide_graphed": (SambaASREncoder, SAMBA_WIDE),
         # the mamba2 mixer (SSD: matmul-based chunked scan) graphed
         "samba_asr_mamba2_graphed": (SambaASREncoder, SAMBA_M2),
+        "speech_mamba_mamba2_graphed": (SpeechMambaEncoder, SPEECH_MAMBA_M2),
     }
 
 
@@ -448,6 +449,7 @@ def main(argv=None):
                                       "conf": conf}
             print(f"== {name}: {params / 1e6:.2f}M parameters", flush=True)
             t_model = time.time()
+            used = False  # the model has run a setting
             max_s = apply_variant(name)
             for mode in args.modes:
                 if mode == "infer" and name.endswith("_graphed"):
@@ -465,7 +467,15 @@ def main(argv=None):
                             res = {"mode": mode, "batch": batch, "seconds": seconds,
                                    "error": "skipped (time budget of the model)"}
                         else:
+                            if is_graphed(enc) and used:
+                                # a fresh model per setting: session 6 saw memory left
+                                # allocated after clear() add up from setting to setting
+                                # (tools/gpu/graphs_diag.py memory), inflating later peaks
+                                del enc
+                                free(device)
+                                enc = build(name, args.tiny)[0].to(device)
                             res = measure(enc, mode, batch, seconds, device, args, timer)
+                            used = True
                             if res.get("error") == "OOM":
                                 failed_at = seconds
                         res["model"] = name

@@ -97,6 +97,7 @@ def test_decode_forced_steps(tiny_run):
         assert set(res["best_scores"]) == {"decoder", "ctc"}
         assert all(math.isfinite(v) for v in res["best_scores"].values())
     assert set(result["decode_ratios"]["transformer_rtf_over"]) == set(bench.OURS)
+    assert set(result["decode_ratios"]["transformer_over_per_round_median"]) == set(bench.OURS)
 
 
 def test_plot_written(tiny_run):

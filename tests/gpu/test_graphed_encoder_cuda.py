@@ -126,3 +126,33 @@ def test_shapes_in_turn_share_the_memory_pool_cuda():
         ((y1.square() * mask).mean() + 2 * (y2.square() * mask).mean()).backward()
     for (n, p), q in zip(graphed.named_parameters(), eager.parameters()):
         assert (p.grad - q.grad).abs().max() <= 1e-4 * q.grad.abs().max() + 1e-7, n
+
+
+def test_a_failed_capture_restores_the_generator_cuda(monkeypatch, caplog):
+    """A capture that fails (here: a host sync inside it, as a data-dependent branch would do)
+    leaves CUDA's generator in capture mode; restore_rng takes it out, the graphs are off from
+    then on, random ops work again (dropout, torch.randn) and the steps == eager."""
+    from espnet_mamba.encoders import stack
+
+    forward = stack._Layers.forward
+
+    def syncs_when_capturing(self, xs, lengths, valid):
+        if torch.cuda.is_current_stream_capturing():
+            xs.sum().item()  # not allowed in a capture: invalidates it
+        return forward(self, xs, lengths, valid)
+
+    monkeypatch.setattr(stack._Layers, "forward", syncs_when_capturing)
+    eager, graphed = build("samba_asr"), build("samba_asr", graphs=True)
+    x = torch.randn(2, 120, 20, device="cuda")
+    ilens = torch.tensor([120, 90], device="cuda")
+    for _ in range(3):  # the second step tries the capture
+        y_e, _, g_e = train_step(eager, x, ilens, amp=False)
+        y_g, _, g_g = train_step(graphed, x, ilens, amp=False)
+        assert (y_g - y_e).abs().max() <= 1e-4 * y_e.abs().max()
+        for n, g in g_e.items():
+            assert (g_g[n] - g).abs().max() <= 1e-4 * g.abs().max() + 1e-7, n
+    graphs = graphed.training_graphs
+    assert graphs.captures == 0 and graphs.capture_error and "failed" in graphs.disabled
+    assert torch.randn(4, device="cuda").isfinite().all()
+    kept = torch.nn.functional.dropout(torch.ones(4096, device="cuda"), 0.5)
+    assert 0 < (kept == 0).sum() < 4096
