@@ -7,6 +7,8 @@
 # STEPS (comma list, default all but export, in this order) picks what runs:
 #   export   first: the built kernels into $OUT (xz parts, one archive per package) for a later
 #            machine of the same GPU architecture (tools/gpu/export_kernels.sh)
+#   diag     tools/gpu/graphs_diag.py: the encoders' cuda_graphs under capture modes, and the
+#            memory a graphed encoder leaves after clear() (~2 min)
 #   tests    pytest -m gpu tests/gpu except the packed ones, alone on the GPU (beside six
 #            training runs it took 17 min instead of a few: 2026-11-22), 300 s per test at most;
 #            TESTS_K="cuda_graph or beam" narrows them (pytest -k)
@@ -22,7 +24,7 @@
 #            samba_asr speech_mamba samba_asr_wide), INTERLEAVED_ARGS adds options (~3 min)
 #   recipe   tools/gpu/recipe_gpu.sh: the mini recipe's asr_train --ngpu 1, seconds per epoch of
 #            the Conformer and the two Mamba configs, each also with cuda_graphs (5 trainings,
-#            about 10 min); needs .gpu/recipe carried too
+#            about 10 min; RECIPE_RUNS="conformer samba_asr ..." picks some); needs .gpu/recipe
 #            (tools/gpu/pack_recipe_audio.py pack .gpu/recipe/mini_synth.tar: 15 MiB)
 #   packed   last: the packed GPU tests (each up to 15 min: triton autotuning of the seq_idx kernels)
 #            and tools/gpu/packed_diag.py: where Mamba2's seq_idx path leaves the padded result
@@ -56,6 +58,12 @@ if want amp && ((${AMP_BESIDE_TESTS:-0})); then
     step "amp_check (in the background, beside the tests)"
     run_amp > "$OUT/amp_step.log" 2>&1 &
     amp_pid=$!
+fi
+
+if want diag; then
+    step "cuda_graphs diagnostics (capture modes, memory after clear)"
+    python3 tools/gpu/graphs_diag.py --out "$OUT" > "$OUT/graphs_diag.log" 2>&1
+    echo "graphs_diag exit $?"; tail -n 60 "$OUT/graphs_diag.log"
 fi
 
 if want tests; then

@@ -26,14 +26,18 @@ if ! ./run.sh --python python3 --nj "$nj" --stage "$first" --stop_stage 3 > "$OU
 fi
 runs=()
 # name, config, extra asr_train options: the Mamba configs also with the encoders' CUDA graphs
-# (encoder_conf cuda_graphs: true, one line; ESPnet merges it into the config's encoder_conf)
+# (encoder_conf cuda_graphs: true, one line; ESPnet merges it into the config's encoder_conf).
+# RECIPE_RUNS picks some of them by name (default: all); the JSON is rewritten after each run,
+# so a machine taken back mid-way keeps the finished ones.
 while read -r name cfg extra; do
+    [[ " ${RECIPE_RUNS:-$name} " == *" $name "* ]] || continue
     ./run.sh --python python3 --nj "$nj" --ngpu 1 --stage 4 --stop_stage 4 \
         --asr_config "conf/tuning/$cfg.yaml" --asr_tag "gpu_$name" --asr_args "$extra" \
         > "$OUT/recipe_$name.log" 2>&1 < /dev/null
     echo "$name: exit $?"
     cp "exp/asr_gpu_$name/train.log" "$OUT/recipe_${name}.train.log" 2>/dev/null
     runs+=("$name=exp/asr_gpu_$name/train.log")
+    python3 "$REPO/tools/gpu/recipe_epoch_times.py" "$OUT/recipe_gpu.json" "${runs[@]}"
 done <<'RUNS'
 conformer train_asr_conformer
 samba_asr train_asr_samba_asr
@@ -41,4 +45,3 @@ samba_asr_graphed train_asr_samba_asr --encoder_conf cuda_graphs=true
 speech_mamba train_asr_speech_mamba
 speech_mamba_graphed train_asr_speech_mamba --encoder_conf cuda_graphs=true
 RUNS
-python3 "$REPO/tools/gpu/recipe_epoch_times.py" "$OUT/recipe_gpu.json" "${runs[@]}"
