@@ -379,6 +379,79 @@ def profile_step(decoders: dict, cfg: dict, device, amp: str, seed: int, path: s
     return summary
 
 
+# the methods a whole decode spends its time in: ESPnet's batch beam search and each scorer's
+SEARCH_METHODS = ("batch_beam", "_batch_select", "_select_states", "merge_states", "score_full",
+                  "score_partial", "post_process", "batchfy", "unbatchfy", "init_hyp")
+SCORER_METHODS = ("batch_score", "batch_score_partial", "batch_init_state", "init_state",
+                  "select_state", "batch_select_state", "extend_state", "extend_prob")
+
+
+class Regions:
+    """Instance-level wrappers that put each listed method of these objects in a
+    torch.profiler region named Class.method (removed again by ``remove``)."""
+
+    def __init__(self, objects_methods):
+        from torch.profiler import record_function
+
+        self.wrapped = []
+        for obj, methods in objects_methods:
+            for meth in methods:
+                inner = getattr(obj, meth, None)
+                if inner is None or meth in vars(obj):
+                    continue
+                label = f"{type(obj).__name__}.{meth}"
+
+                def region(*args, _inner=inner, _label=label, **kwargs):
+                    with record_function(_label):
+                        return _inner(*args, **kwargs)
+
+                setattr(obj, meth, region)
+                self.wrapped.append((obj, meth))
+
+    def remove(self):
+        for obj, meth in self.wrapped:
+            delattr(obj, meth)
+
+
+def profile_decode(decoders: dict, cfg: dict, device, amp: str, seed: int, path: str,
+                   steps: int = 40) -> dict:
+    """torch.profiler over one whole decode of ``steps`` steps per decoder, the beam search's
+    and the scorers' methods as named regions: where the time between two ``batch_score``
+    calls goes.  A table per decoder into ``path``; returns {name: {region: cpu ms per step}}."""
+    from torch.profiler import ProfilerActivity, profile
+
+    gen = torch.Generator().manual_seed(seed + 3)
+    x = torch.randn(cfg["frames"], cfg["d_model"], generator=gen).to(device)
+    ctc = make_ctc(cfg, device, seed)
+    activities = [ProfilerActivity.CPU] + (
+        [ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    summary, tables = {}, []
+    for name, (dec, _) in decoders.items():
+        try:
+            search = make_beam_search(dec, ctc, cfg, device)
+            with torch.no_grad(), amp_context(device, amp):
+                decode_once(search, x, steps, device)  # warm-up (and the decoder's graphs)
+                regions = Regions([(search, SEARCH_METHODS)]
+                                  + [(sc, SCORER_METHODS) for sc in search.scorers.values()])
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        with profile(activities=activities) as prof:
+                            decode_once(search, x, steps, device)
+                finally:
+                    regions.remove()
+            events = prof.key_averages()
+            summary[name] = {e.key: e.cpu_time_total / 1e3 / steps for e in events
+                             if "." in e.key and e.key.split(".")[0][:1].isupper()}
+            tables.append(f"=== {name}, whole decode of {steps} steps, amp {amp}\n"
+                          + events.table(sort_by="cpu_time_total", row_limit=45))
+        except Exception as exc:  # noqa: BLE001
+            summary[name] = _error(exc)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text("\n\n".join(tables) + "\n")
+    return summary
+
+
 def step_ratios(step: dict, prefix_lengths) -> dict:
     lo, hi = str(min(prefix_lengths)), str(max(prefix_lengths))
     med = {n: {p: r["median_ms"] for p, r in res["by_prefix"].items()}
@@ -678,6 +751,9 @@ def parse_args(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="JSON file")
     ap.add_argument("--plot", default=None, help="PNG file: ms per step vs prefix length")
+    ap.add_argument("--profile-decode", default=None,
+                    help="text file: torch.profiler tables of one whole decode per decoder, "
+                         "the beam search's and scorers' methods as named regions")
     ap.add_argument("--profile", default=None,
                     help="text file: torch.profiler tables of a few steps at the longest "
                          "prefix, per decoder (also: launches per step in the JSON)")
@@ -801,6 +877,11 @@ def main(argv=None) -> dict:
     if args.profile:
         result["profile"] = profile_step(decoders, cfg, device, amp, args.seed, args.profile)
         result["profile_file"] = args.profile
+    if args.profile_decode:
+        result["profile_decode"] = profile_decode(decoders, cfg, device, amp, args.seed,
+                                                  args.profile_decode,
+                                                  min(40, cfg["decode_steps"]))
+        result["profile_decode_file"] = args.profile_decode
     graphs = graph_checks(decoders)
     if graphs:
         result["graph_checks"] = graphs

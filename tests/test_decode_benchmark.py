@@ -30,7 +30,8 @@ def tiny_run(tmp_path_factory):
     torch.set_num_threads(1)
     try:
         argv = ["--device", "cpu", "--tiny", "--out", str(out / "r.json"),
-                "--plot", str(out / "r.png"), "--profile", str(out / "p.txt")]
+                "--plot", str(out / "r.png"), "--profile", str(out / "p.txt"),
+                "--profile-decode", str(out / "d.txt")]
         returned = bench.main(argv)
     finally:
         torch.set_num_threads(threads)
@@ -54,6 +55,10 @@ def test_json_structure(tiny_run):
     assert result["errors"] == []
     assert set(result["profile"]) == set(bench.DECODERS)
     assert all("cpu_ms_per_step" in p for p in result["profile"].values())
+    for name, regions in result["profile_decode"].items():  # named regions, ms per step
+        assert regions["BatchBeamSearch.batch_beam"] > 0, name
+        assert any(k.endswith(".batch_score") and v > 0 for k, v in regions.items()), name
+        assert regions["CTCPrefixScorer.batch_score_partial"] > 0, name
     for info in result["decoders"].values():
         assert info["params"] > 0 and info["config"]["num_blocks"] >= 1
         assert info["config"]["vocab_size"] == s["vocab"]

@@ -15,7 +15,8 @@
 #   amp      tools/gpu/amp_check.py (six trainings at once, ~7 min); AMP_ARGS adds options,
 #            e.g. "--models samba_asr --dtypes fp16" for the fp16 overflow of samba_asr;
 #            AMP_DEADLINE (default 480 s); AMP_BESIDE_TESTS=1 runs it beside the tests
-#   decode   benchmarks/decode_gpu.py, ours with and without CUDA graphs (about 3 min)
+#   decode   benchmarks/decode_gpu.py, ours with and without CUDA graphs (about 4 min; DECODERS
+#            picks them, comma list), and a profile of one whole decode per decoder
 #   encoder  benchmarks/encoder_gpu.py; ENCODER_MODELS picks the models (default: all); the
 #            packed-vs-padded batch too (PACKED_BATCH=0: not); ENCODER_ARGS adds options (e.g. --lengths 15 30
 #            --profile-dir "$OUT/profiles")
@@ -89,8 +90,9 @@ fi
 if want decode; then
     step "decoding benchmark"
     python3 benchmarks/decode_gpu.py --device cuda --out "$OUT/decode_h100.json" \
-        --decoders transformer,samba_asr,speech_mamba,samba_asr_eager,speech_mamba_eager \
-        --plot "$OUT/decode_h100.png" --profile "$OUT/decode_profile.txt" 2>&1 |
+        --decoders "${DECODERS:-transformer,samba_asr,speech_mamba,samba_asr_eager,speech_mamba_eager}" \
+        --plot "$OUT/decode_h100.png" --profile "$OUT/decode_profile.txt" \
+        --profile-decode "$OUT/decode_profile_whole.txt" 2>&1 |
         tee "$OUT/decode_bench.log" | tail -n 40
 fi
 
