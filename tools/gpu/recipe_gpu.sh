@@ -27,11 +27,13 @@ fi
 runs=()
 # name, config, extra asr_train options: the Mamba configs also with the encoders' CUDA graphs
 # (encoder_conf cuda_graphs: true, one line; ESPnet merges it into the config's encoder_conf).
-# RECIPE_RUNS picks some of them by name (default: all); the JSON is rewritten after each run,
+# RECIPE_RUNS picks some of them by name (default: all), RECIPE_MAX_EPOCH cuts the epochs; the JSON is rewritten after each run,
 # so a machine taken back mid-way keeps the finished ones.
 while read -r name cfg extra; do
     [[ " ${RECIPE_RUNS:-$name} " == *" $name "* ]] || continue
+    # shellcheck disable=SC2046  # RECIPE_MAX_EPOCH: fewer epochs than the configs' 6
     ./run.sh --python python3 --nj "$nj" --ngpu 1 --stage 4 --stop_stage 4 \
+        $([[ -n ${RECIPE_MAX_EPOCH:-} ]] && echo --max_epoch "$RECIPE_MAX_EPOCH") \
         --asr_config "conf/tuning/$cfg.yaml" --asr_tag "gpu_$name" --asr_args "$extra" \
         > "$OUT/recipe_$name.log" 2>&1 < /dev/null
     echo "$name: exit $?"
