@@ -20,6 +20,9 @@
 #   encoder  benchmarks/encoder_gpu.py; ENCODER_MODELS picks the models (default: all); the
 #            packed-vs-padded batch too (PACKED_BATCH=0: not); ENCODER_ARGS adds options (e.g. --lengths 15 30
 #            --profile-dir "$OUT/profiles")
+#   fresh    benchmarks/encoder_gpu.py once per model of FRESH_MODELS, each in its own process
+#            (FRESH_ARGS; default B1 300 s training): a graphed model's peak without the ~0.06 GiB
+#            per capture that earlier settings' captures leave allocated in the process
 #   interleaved  benchmarks/encoder_interleaved.py: 15/30/60 s with the models timed in turn
 #            (host noise hits all alike); INTERLEAVED_MODELS picks them (default: conformer_sdpa
 #            samba_asr speech_mamba samba_asr_wide), INTERLEAVED_ARGS adds options (~3 min)
@@ -104,6 +107,16 @@ if want encoder; then
         ${ENCODER_MODELS:+--models $ENCODER_MODELS} \
         --packed-models samba_asr_mamba2 speech_mamba_mamba2 ${ENCODER_ARGS:-} 2>&1 |
         tee "$OUT/encoder_bench.log" | tail -n 80
+fi
+
+if want fresh; then
+    step "encoder benchmark, one process per model (no memory left over from other settings)"
+    # shellcheck disable=SC2086  # word lists
+    for model in ${FRESH_MODELS:-conformer_sdpa samba_asr_mamba2_graphed speech_mamba_mamba2_graphed}; do
+        python3 benchmarks/encoder_gpu.py --out "$OUT/encoder_fresh_$model.json" \
+            --models "$model" ${FRESH_ARGS:---lengths 300 --batches 1 --modes train} 2>&1 |
+            tee -a "$OUT/encoder_fresh.log" | grep -E "train|infer|rror"
+    done
 fi
 
 if want interleaved; then
