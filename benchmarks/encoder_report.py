@@ -206,12 +206,27 @@ def plots(report, idx, prefix):
         plt.close(fig)
 
 
+def merged(reports: list) -> dict:
+    """Several runs as one: their models and results in order, the first run's environment
+    with every run's command."""
+    report = dict(reports[0], models=dict(reports[0]["models"]),
+                  results=list(reports[0]["results"]))
+    for other in reports[1:]:
+        report["models"].update(other["models"])
+        report["results"] += other["results"]
+    if len(reports) > 1:
+        report["environment"] = dict(reports[0]["environment"], command=" ; ".join(
+            r["environment"]["command"] for r in reports))
+    return report
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("json", type=Path)
+    ap.add_argument("json", type=Path, nargs="+",
+                    help="one run's JSON, or several (e.g. one process per model) as one table")
     ap.add_argument("--plot-prefix", help="write PREFIX_time.png and PREFIX_memory.png")
     args = ap.parse_args(argv)
-    report = json.loads(args.json.read_text())
+    report = merged([json.loads(f.read_text()) for f in args.json])
     idx = index(report)
     env = report["environment"]
     lines = [f"Device: {env.get('gpu', env['device'])}; date {env['date']}; torch {env['torch']}; "

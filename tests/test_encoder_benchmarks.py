@@ -1,6 +1,7 @@
 """The encoder benchmarks on the CPU: encoder_report.py's target rows on a hand-made result
 file, encoder_interleaved.py and the graphed variant at toy sizes.  Nothing is timed."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -163,3 +164,21 @@ def test_every_benchmark_model_builds_and_runs_tiny():
             encoder_gpu.apply_variant("")
         assert y.isfinite().all(), name
         assert conf.get("cuda_graphs", False) == name.endswith("_graphed"), name
+
+
+def test_report_of_one_process_per_model(tmp_path, capsys):
+    """encoder_report.py merges several JSONs (tools/gpu/plan_issue6_7.sh step `fresh`: one
+    process per model) into one table, the ratios taken across them."""
+    env = {"device": "cuda", "date": "2026-11-22", "torch": "2.11", "command": "run"}
+    files = []
+    for i, (model, ms, gib) in enumerate((("conformer_sdpa", 400.0, 20.0),
+                                          ("samba_asr", 50.0, 4.0))):
+        f = tmp_path / f"{i}.json"
+        f.write_text(json.dumps({"environment": dict(env, command=f"run {model}"),
+                                 "models": {model: {"params": 8e7}},
+                                 "results": [result(model, "train", 1, 300, ms, gib)]}))
+        files.append(str(f))
+    encoder_report.main(files)
+    out = capsys.readouterr().out
+    assert "run conformer_sdpa ; run samba_asr" in out
+    assert "| train B1 300 s: >= 4x, memory <= 0.25x | PASS 8.00x, memory 0.20x |" in out
