@@ -126,7 +126,7 @@ def targets(report, idx):
         if x is None:
             return "not measured"
         ok = x >= at_least and (mem_at_most is None or mem <= mem_at_most)
-        memtxt = f", memory {mem:.2f}x" if mem_at_most is not None else ""
+        memtxt = f", memory {mem:.3f}x" if mem_at_most is not None else ""
         return f"{'PASS' if ok else 'FAIL'} {x:.2f}x{memtxt}"
 
     row("train B8 15 s: >= 1x", lambda m: need(m, "train", 8, 15, 1.0))

@@ -181,4 +181,4 @@ def test_report_of_one_process_per_model(tmp_path, capsys):
     encoder_report.main(files)
     out = capsys.readouterr().out
     assert "run conformer_sdpa ; run samba_asr" in out
-    assert "| train B1 300 s: >= 4x, memory <= 0.25x | PASS 8.00x, memory 0.20x |" in out
+    assert "| train B1 300 s: >= 4x, memory <= 0.25x | PASS 8.00x, memory 0.200x |" in out

@@ -4,9 +4,10 @@ Why: below ~60 s of audio a training step of our encoders is bound by host work,
 GPU: 22 bidirectional blocks launch a few thousand small kernels, and mamba-ssm's Python-level
 ``mamba_inner_fn`` costs ~3.6 ms of host time per mixer (docs/benchmarks.md, session 3).
 ``torch.cuda.make_graphed_callables`` captures the layers' forward and backward for one input
-shape and replays each as one launch: on the H100 a benchmark-side prototype of this (same
-capture, no length buckets) took a B8 15 s step from 133 to 47 ms (the Conformer with SDPA:
-85 ms), session 5; this module is to be timed there next.
+shape and replays each as one launch.  On the H100 (session 6, docs/benchmarks.md) this option
+takes samba_asr's B8 15 s training step to 52 ms with v1 mixers (eager: 178 ms) and 37 ms with
+Mamba2 mixers (eager Mamba2: 300-400 ms per step from 60 to 600 s); the Conformer with SDPA:
+98 ms.
 
 How ESPnet's varying batches get fixed shapes: the subsampled frames are padded up to a multiple
 of ``frame_step`` (padding never changes a valid frame's result: invariant 2 of ARCHITECTURE.md,

@@ -124,14 +124,16 @@ def memory() -> dict:
     torch.cuda.empty_cache()
     res["weights_gib"] = torch.cuda.memory_allocated() / 2**30
     before = set(_cuda_tensors())
-    for step in range(4):
-        x = torch.randn(8, 1500, 80, device="cuda")
-        ilens = torch.full((8,), 1500, device="cuda")
+    for frames in (1500, 1500, 1500, 3000, 3000, 3000):  # two shapes, each captured
+        x = torch.randn(8, frames, 80, device="cuda")
+        ilens = torch.full((8,), frames, device="cuda")
+        enc.zero_grad(set_to_none=True)  # else the option rightly runs eagerly (accumulation)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             y = enc(x, ilens)[0]
         y.float().square().mean().backward()
         del x, y
     res["captures"] = enc.training_graphs.captures
+    assert res["captures"] == 2, res  # a run that captured nothing says nothing about leaks
     res["after_steps_gib"] = torch.cuda.memory_allocated() / 2**30
     enc.zero_grad(set_to_none=True)
     enc.training_graphs.clear()
