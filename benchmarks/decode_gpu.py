@@ -550,7 +550,10 @@ def bench_decode(decoders: dict, cfg: dict, device, amp: str, seed: int,
                 searches.pop(name, None)
         names = list(searches)
         for r in range(cfg["decode_repeats"]):
-            for name in names[r % max(1, len(names)):] + names[:r % max(1, len(names))]:
+            # rotated each round, and reversed every other one: no decoder always follows the
+            # same one
+            order = names[r % max(1, len(names)):] + names[:r % max(1, len(names))]
+            for name in order[::-1] if r % 2 else order:
                 if "error" in results[name]:
                     continue
                 res, dec = results[name], decoders[name][0]
@@ -576,6 +579,8 @@ def bench_decode(decoders: dict, cfg: dict, device, amp: str, seed: int,
                         best_scores=None if best is None else
                         {k: float(v) for k, v in best.scores.items()},
                     )
+            if on_section:  # the rounds so far are saved (a plan may be cut at its limit)
+                on_section(results)
     for name in names:
         res = results[name]
         if "error" not in res:

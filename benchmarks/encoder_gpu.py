@@ -264,6 +264,8 @@ def record_graphs(enc, res):
     res["graph_captures"] = graphs.captures
     if graphs.capture_error:
         res["graph_capture_error"] = graphs.capture_error
+    if graphs.disabled:  # off since an earlier setting's failed capture (kept by clear())
+        res["graphs_disabled"] = graphs.disabled
 
 
 def profile_setting(enc, name, mode, batch, seconds, device, args, directory: Path):
@@ -449,7 +451,6 @@ def main(argv=None):
                                       "conf": conf}
             print(f"== {name}: {params / 1e6:.2f}M parameters", flush=True)
             t_model = time.time()
-            used = False  # the model has run a setting
             max_s = apply_variant(name)
             for mode in args.modes:
                 if mode == "infer" and name.endswith("_graphed"):
@@ -467,15 +468,7 @@ def main(argv=None):
                             res = {"mode": mode, "batch": batch, "seconds": seconds,
                                    "error": "skipped (time budget of the model)"}
                         else:
-                            if is_graphed(enc) and used:
-                                # a fresh model per setting: session 6 saw memory left
-                                # allocated after clear() add up from setting to setting
-                                # (tools/gpu/graphs_diag.py memory), inflating later peaks
-                                del enc
-                                free(device)
-                                enc = build(name, args.tiny)[0].to(device)
                             res = measure(enc, mode, batch, seconds, device, args, timer)
-                            used = True
                             if res.get("error") == "OOM":
                                 failed_at = seconds
                         res["model"] = name

@@ -212,6 +212,12 @@ def merged(reports: list) -> dict:
     report = dict(reports[0], models=dict(reports[0]["models"]),
                   results=list(reports[0]["results"]))
     for other in reports[1:]:
+        for part, key in (("environment", "gpu"), ("environment", "torch"),
+                          ("settings", "amp"), ("settings", "repeats")):
+            mine, theirs = (r.get(part, {}).get(key) for r in (reports[0], other))
+            if mine != theirs:
+                raise SystemExit(f"encoder_report: runs differ in {part} {key}: {mine!r} vs "
+                                 f"{theirs!r}; their ratios would not compare like with like")
         report["models"].update(other["models"])
         report["results"] += other["results"]
     if len(reports) > 1:

@@ -155,14 +155,17 @@ def test_a_failed_capture_falls_back_to_the_eager_step(monkeypatch):
     def refuse(*_):
         raise RuntimeError("operation not permitted when stream is capturing")
 
+    recovered = []
     monkeypatch.setattr(StepGraphs, "_capture", refuse)
+    monkeypatch.setattr(StepGraphs, "recover",
+                        staticmethod(lambda device, stream: recovered.append(device)))
     graphs = StepGraphs()
     tokens, state = torch.tensor([4]), toy_state(1)
     graphs(toy_step, tokens, state, None)
     with pytest.warns(RuntimeWarning, match="capturing the decoding step failed: operation"):
         logits, _ = graphs(toy_step, tokens, state, None)
     assert torch.equal(logits, toy_step(tokens, state, None)[0])
-    assert graphs.disabled
+    assert graphs.disabled and recovered == [torch.device("cpu")]  # stream and RNG put right
 
 
 def test_graphs_are_per_inference_mode(fake_capture):

@@ -182,3 +182,11 @@ def test_report_of_one_process_per_model(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "run conformer_sdpa ; run samba_asr" in out
     assert "| train B1 300 s: >= 4x, memory <= 0.25x | PASS 8.00x, memory 0.200x |" in out
+
+
+def test_report_refuses_runs_of_different_settings():
+    """Runs with another amp setting (or GPU, torch, repeats) are not merged into one table."""
+    runs = [{"environment": {"command": "a"}, "settings": {"amp": amp}, "models": {},
+             "results": []} for amp in ("bf16", "none")]
+    with pytest.raises(SystemExit, match="settings amp"):
+        encoder_report.merged(runs)

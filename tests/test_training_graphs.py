@@ -198,9 +198,11 @@ def test_a_failed_capture_turns_the_graphs_off(monkeypatch, caplog):
     runs eagerly with the eager results; no other shape is tried."""
     capture = StandIn(fail=True)
     restored = []
+    original = torch.cuda.graph
     monkeypatch.setattr(TrainingGraphs, "make_graphed", staticmethod(capture))
     monkeypatch.setattr(TrainingGraphs, "devices", ("cpu",))
-    monkeypatch.setattr(TrainingGraphs, "restore_rng", staticmethod(restored.append))
+    monkeypatch.setattr(TrainingGraphs, "recover",
+                        staticmethod(lambda device, stream: restored.append(device)))
     enc, ref = encoder(cuda_graphs=True), encoder()
     with caplog.at_level(logging.WARNING):
         for frames in (50, 50, 50, 90, 90, 90):
@@ -210,6 +212,7 @@ def test_a_failed_capture_turns_the_graphs_off(monkeypatch, caplog):
             assert torch.allclose(y, y_ref)
             assert all(torch.allclose(grads[n], g) for n, g in g_ref.items())
     assert len(capture.captures) == 1 and restored == [torch.device("cpu")]
+    assert torch.cuda.graph is original  # the capture-mode patch is undone after a failure too
     graphs = enc.training_graphs
     assert "capture refused" in graphs.capture_error and "capture refused" in graphs.disabled
     assert caplog.text.count("capture refused") == 1 and "eagerly from now on" in caplog.text
@@ -221,17 +224,43 @@ def test_a_failed_capture_turns_the_graphs_off(monkeypatch, caplog):
 def test_a_generator_that_cannot_be_restored_stops_training(monkeypatch):
     """If CUDA's generator stays in capture mode, training cannot go on (every random op
     would fail later, far from the cause): a RuntimeError says why and how to turn it off."""
-    def restore_fails(device):
+    def restore_fails(device, stream):
         raise RuntimeError("Offset increment outside graph capture encountered unexpectedly.")
 
     monkeypatch.setattr(TrainingGraphs, "make_graphed", staticmethod(StandIn(fail=True)))
     monkeypatch.setattr(TrainingGraphs, "devices", ("cpu",))
-    monkeypatch.setattr(TrainingGraphs, "restore_rng", staticmethod(restore_fails))
+    monkeypatch.setattr(TrainingGraphs, "recover", staticmethod(restore_fails))
     enc = encoder(cuda_graphs=True)
     x, ilens = torch.randn(2, 50, FEATS, dtype=torch.float64), torch.tensor([50, 30])
     step(enc, x, ilens)
     with pytest.raises(RuntimeError, match="capture refused.*cuda_graphs: false"):
         step(enc, x, ilens)
+
+
+def test_out_of_memory_in_a_capture_is_raised_and_graphs_stay_on(monkeypatch, caplog):
+    """Out of memory during a capture: the process is put right and the error raised, as it
+    would be eagerly; the graphs are not turned off (a later, smaller shape may fit)."""
+    class OutOfMemory(StandIn):
+        def __call__(self, *args, **kwargs):
+            if not self.captures:
+                self.captures.append("oom")
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (stand-in)")
+            return super().__call__(*args, **kwargs)
+
+    capture, restored = OutOfMemory(), []
+    monkeypatch.setattr(TrainingGraphs, "make_graphed", staticmethod(capture))
+    monkeypatch.setattr(TrainingGraphs, "devices", ("cpu",))
+    monkeypatch.setattr(TrainingGraphs, "recover",
+                        staticmethod(lambda device, stream: restored.append(device)))
+    enc = encoder(cuda_graphs=True)
+    x, ilens = torch.randn(2, 50, FEATS, dtype=torch.float64), torch.tensor([50, 30])
+    step(enc, x, ilens)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        step(enc, x, ilens)
+    assert restored and enc.training_graphs.disabled is None
+    with caplog.at_level(logging.INFO):
+        step(enc, x, ilens), step(enc, x, ilens)  # seen again, captured this time
+    assert enc.training_graphs.captures == 1 and "captured shape" in caplog.text
 
 
 def test_captures_run_in_thread_local_mode(monkeypatch):

@@ -46,6 +46,28 @@ def enabled_by_env() -> bool:
     return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+def recover_from_failed_capture(device: torch.device, stream) -> None:
+    """Undo what a failed capture leaves behind.  When ``CUDAGraph.capture_end`` raises (the
+    capture was invalidated), ``torch.cuda.graph.__exit__`` stops there: the thread stays on the
+    capture's side stream, and CUDA's random-number generator stays in capture mode, so every
+    later random op of the process raises "Offset increment outside graph capture" (seen on
+    the H100, session 6).  This puts ``stream`` back and runs one trivial capture, whose
+    prologue and epilogue reset the generator; a random draw checks it.  Raises if the process
+    cannot be put right.  Off CUDA (``stream`` None) there is nothing to undo."""
+    if stream is None or device.type != "cuda":
+        return
+    torch.cuda.set_stream(stream)
+    with torch.cuda.device(device):
+        torch.cuda.synchronize()
+        scratch = torch.zeros(1, device=device)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            scratch.add_(1)
+        del graph
+        torch.rand(1, device=device)
+        torch.cuda.synchronize()
+
+
 def _leaves(state):
     if isinstance(state, torch.Tensor):
         return [state]
@@ -136,9 +158,11 @@ class StepGraphs:
             if key not in self.seen:  # first sighting: eager (see the module docstring)
                 self.seen.add(key)
                 return step(tokens, recurrent, memory)
+            stream = torch.cuda.current_stream(tokens.device) if tokens.is_cuda else None
             try:
                 entry = self._capture(step, tokens, recurrent, memory)
             except RuntimeError as err:  # an op that cannot be captured: stay eager
+                self.recover(tokens.device, stream)
                 return self._give_up(step, tokens, recurrent, memory,
                                      f"capturing the decoding step failed: {err}")
             self.graphs[key] = entry
@@ -162,6 +186,9 @@ class StepGraphs:
                     f"rel. error: logits {err[0]:.2e}, states {err[1]:.2e}, rtol "
                     f"{self.check_rtol})", (ref_logits, ref_state))
         return logits, state
+
+    # CPU tests replace this (there is no CUDA state to undo there)
+    recover = staticmethod(recover_from_failed_capture)
 
     def _capture(self, step, tokens, recurrent, memory):
         in_tokens = tokens.clone()

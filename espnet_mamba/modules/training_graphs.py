@@ -6,8 +6,8 @@ GPU: 22 bidirectional blocks launch a few thousand small kernels, and mamba-ssm'
 ``torch.cuda.make_graphed_callables`` captures the layers' forward and backward for one input
 shape and replays each as one launch.  On the H100 (session 6, docs/benchmarks.md) this option
 takes samba_asr's B8 15 s training step to 52 ms with v1 mixers (eager: 178 ms) and 37 ms with
-Mamba2 mixers (eager Mamba2: 300-400 ms per step from 60 to 600 s); the Conformer with SDPA:
-98 ms.
+Mamba2 mixers (eager Mamba2: 300-490 ms per step from 60 to 600 s); the Conformer with SDPA:
+95-98 ms.
 
 How ESPnet's varying batches get fixed shapes: the subsampled frames are padded up to a multiple
 of ``frame_step`` (padding never changes a valid frame's result: invariant 2 of ARCHITECTURE.md,
@@ -47,12 +47,15 @@ the stack may write them afterwards: do not keep ``.grad`` across steps).
 
 Captures run in CUDA's ``thread_local`` capture mode (torch's default, ``global``, lets CUDA calls
 of any other thread, e.g. a DataLoader's pin-memory thread, invalidate the capture).  A failed
-capture leaves CUDA's random-number generator in capture mode (torch raises before restoring it),
-and every later random op of the process fails with "Offset increment outside graph capture"
-(seen on the H100, session 6).  So after a failure one trivial capture restores the generator,
-checked by drawing a random number, the failure is logged and the graphs are off for this stack
-from then on (it runs eagerly, unchanged); if the generator cannot be restored, a RuntimeError
-says so and how to turn the option off.  Out of memory is raised, as it would be eagerly.
+capture leaves the thread on the capture's stream and CUDA's random-number generator in capture
+mode (torch raises before restoring either), and every later random op of the process fails with
+"Offset increment outside graph capture" (seen on the H100, session 6).  So after a failure
+``cuda_graph.recover_from_failed_capture`` puts both right (checked on the H100 with a forced
+failure), the failure is logged once and the graphs are off for this stack from then on (it runs
+eagerly, unchanged); if the process cannot be put right, a RuntimeError says so and how to turn
+the option off.  Out of memory during a capture is raised, as it would be eagerly, without
+turning the graphs off.  Each capture is logged (INFO: ESPnet's train.log).  Not checked: whether
+a failed capture also leaves the graphs' memory pool reserved.
 
 ``cuda_graph_conf`` (encoder_conf) sets ``frame_step`` (64 subsampled frames, 2.56 s at 40 ms),
 ``batch_step`` (1), ``max_shapes`` (8) and ``warmup``, the eager runs before a capture (3).
@@ -64,13 +67,15 @@ import contextlib
 import functools
 import logging
 import math
+import threading
 import weakref
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
-from espnet_mamba.modules.cuda_graph import ENV, enabled_by_env, parameter_signature
+from espnet_mamba.modules.cuda_graph import (ENV, enabled_by_env, parameter_signature,
+                                              recover_from_failed_capture)
 
 OPTIONS = {"frame_step": 64, "batch_step": 1, "max_shapes": 8, "warmup": 3}
 # why_eager reasons that are part of normal training (validation, accumulation): not logged
@@ -208,39 +213,31 @@ class TrainingGraphs:
         # change under a caller that keeps the output beyond this training step
         return out[:batch, :frames].clone()
 
-    def _failed(self, key, device, err: Exception):
-        """After a failed capture: restore the random-number generator, turn the graphs off."""
+    def _failed(self, key, device, stream, err: Exception):
+        """After a failed capture: the stream and the random-number generator put right, and
+        the graphs off for good, unless it ran out of memory (raised by the caller, as it would
+        be eagerly; a later capture may fit)."""
         what = f"{type(err).__name__}: {err}"
         self.capture_error = self.capture_error or what
         self._reset_graphs()
-        self.disabled = f"capturing shape {key[:2]} failed ({what.splitlines()[0]})"
+        oom = isinstance(err, torch.cuda.OutOfMemoryError)
+        if not oom:
+            self.disabled = f"capturing shape {key[:2]} failed ({what.splitlines()[0]})"
         try:
-            self.restore_rng(device)
-        except Exception as rng_err:
+            self.recover(device, stream)
+        except Exception as recover_err:
             raise RuntimeError(
                 f"encoder cuda_graphs: capturing the layers for shape {key[:2]} failed ({what}) "
                 f"and CUDA's random-number generator could not be restored afterwards "
-                f"({type(rng_err).__name__}: {rng_err}); this process cannot go on. Set "
-                f"encoder_conf cuda_graphs: false (or {ENV}=0) and resume") from err
-        logging.warning("encoder cuda_graphs: %s; the layers run eagerly from now on",
-                        self.disabled)
-        self.warned.add(self.disabled)  # said here, not again per step
+                f"({type(recover_err).__name__}: {recover_err}); this process cannot go on. "
+                f"Set encoder_conf cuda_graphs: false (or {ENV}=0) and resume") from err
+        if not oom:
+            logging.warning("encoder cuda_graphs: %s; the layers run eagerly from now on",
+                            self.disabled)
+            self.warned.add(self.disabled)  # said here, not again per step
 
-    @staticmethod
-    def restore_rng(device: torch.device):
-        """Take CUDA's generator out of the capture mode a failed capture left it in: a
-        successful capture runs torch's prologue and epilogue on it again.  Raises if a random
-        draw still fails."""
-        if device.type != "cuda":
-            return
-        torch.cuda.synchronize(device)
-        scratch = torch.zeros(1, device=device)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            scratch.add_(1)
-        del graph
-        torch.rand(1, device=device)
-        torch.cuda.synchronize(device)
+    # CPU tests replace this (modules/cuda_graph.py: what a failed capture leaves behind)
+    recover = staticmethod(recover_from_failed_capture)
 
     @staticmethod
     def _padded(key, xs, lengths, valid):
@@ -275,6 +272,7 @@ class TrainingGraphs:
         if self.pool is None and xs.is_cuda:
             self.pool = torch.cuda.graph_pool_handle()
         autocast = key[-1] is not None
+        stream = torch.cuda.current_stream(xs.device) if xs.is_cuda else None
         try:
             with torch.autocast(xs.device.type, dtype=key[-1] or torch.float32,
                                 enabled=autocast, cache_enabled=False), _thread_local_capture():
@@ -282,25 +280,33 @@ class TrainingGraphs:
                                             pool=self.pool)
             self.captures += 1
         except Exception as err:
-            self._failed(key, xs.device, err)
+            self._failed(key, xs.device, stream, err)
             if isinstance(err, torch.cuda.OutOfMemoryError):
                 raise
             return None
+        logging.info("encoder cuda_graphs: captured shape %s (%d of at most %d)", key[:2],
+                     len(self.graphs) + 1, self.max_shapes)
         self.graphs[key] = graphed
         return graphed
+
+
+_CAPTURE_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
 def _thread_local_capture():
     """``make_graphed_callables`` captures with ``torch.cuda.graph``'s default mode, ``global``,
-    which it does not let callers change; this makes ``thread_local`` the default for the
-    duration of our capture (on this thread: captures are not run concurrently here)."""
-    original = torch.cuda.graph
-    torch.cuda.graph = functools.partial(original, capture_error_mode="thread_local")
-    try:
-        yield
-    finally:
-        torch.cuda.graph = original
+    and lets callers not change it; this makes ``thread_local`` that default while our capture
+    runs.  ``torch.cuda.graph`` is a module attribute, seen by every thread: the lock keeps two
+    captures of ours from interleaving their patch and restore (a capture of another library
+    in another thread meanwhile would also get ``thread_local``, which only relaxes it)."""
+    with _CAPTURE_LOCK:
+        original = torch.cuda.graph
+        torch.cuda.graph = functools.partial(original, capture_error_mode="thread_local")
+        try:
+            yield
+        finally:
+            torch.cuda.graph = original
 
 
 def _has_hooks(module: torch.nn.Module) -> bool:

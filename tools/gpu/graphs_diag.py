@@ -133,7 +133,8 @@ def memory() -> dict:
         y.float().square().mean().backward()
         del x, y
     res["captures"] = enc.training_graphs.captures
-    assert res["captures"] == 2, res  # a run that captured nothing says nothing about leaks
+    if res["captures"] != 2:  # a run that captured nothing says nothing about the captures
+        res["warning"] = f"expected 2 captures, got {res['captures']}"
     res["after_steps_gib"] = torch.cuda.memory_allocated() / 2**30
     enc.zero_grad(set_to_none=True)
     enc.training_graphs.clear()
@@ -164,12 +165,16 @@ def main():
     if args.one:
         print(json.dumps(_pool_sequence(args.one)), flush=True)
         return
-    report = {}
+    report, out = {}, args.out / "graphs_diag.json"
     if "capture" in args.what:
         report["capture"] = capture_variants()
+        out.write_text(json.dumps(report, indent=1))
     if "memory" in args.what:
-        report["memory"] = memory()
-    (args.out / "graphs_diag.json").write_text(json.dumps(report, indent=1))
+        try:
+            report["memory"] = memory()
+        except Exception as err:  # noqa: BLE001 - the capture results are kept
+            report["memory"] = {"error": "".join(traceback.format_exception(err))[-3000:]}
+        out.write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

@@ -116,6 +116,7 @@ if want fresh; then
         python3 benchmarks/encoder_gpu.py --out "$OUT/encoder_fresh_$model.json" \
             --models "$model" ${FRESH_ARGS:---lengths 300 --batches 1 --modes train} 2>&1 |
             tee -a "$OUT/encoder_fresh.log" | grep -E "train|infer|rror"
+        echo "$model: exit ${PIPESTATUS[0]}"
     done
 fi
 
