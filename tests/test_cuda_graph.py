@@ -168,6 +168,22 @@ def test_a_failed_capture_falls_back_to_the_eager_step(monkeypatch):
     assert graphs.disabled and recovered == [torch.device("cpu")]  # stream and RNG put right
 
 
+def test_a_process_that_cannot_be_put_right_stops_with_a_clear_error(monkeypatch):
+    def refuse(*_):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    def cannot(device, stream):
+        raise RuntimeError("Offset increment outside graph capture encountered unexpectedly.")
+
+    monkeypatch.setattr(StepGraphs, "_capture", refuse)
+    monkeypatch.setattr(StepGraphs, "recover", staticmethod(cannot))
+    graphs = StepGraphs()
+    tokens, state = torch.tensor([4]), toy_state(1)
+    graphs(toy_step, tokens, state, None)
+    with pytest.raises(RuntimeError, match="could not be restored.*ESPNET_MAMBA_CUDA_GRAPHS=0"):
+        graphs(toy_step, tokens, state, None)
+
+
 def test_graphs_are_per_inference_mode(fake_capture):
     """A graph captured under inference_mode has inference-tensor buffers, which no_grad code
     may not write to: the two modes get their own graphs."""

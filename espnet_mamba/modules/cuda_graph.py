@@ -162,7 +162,14 @@ class StepGraphs:
             try:
                 entry = self._capture(step, tokens, recurrent, memory)
             except RuntimeError as err:  # an op that cannot be captured: stay eager
-                self.recover(tokens.device, stream)
+                try:
+                    self.recover(tokens.device, stream)
+                except Exception as recover_err:
+                    raise RuntimeError(
+                        f"espnet_mamba: capturing the decoding step failed ({err}) and CUDA's "
+                        f"random-number generator could not be restored afterwards "
+                        f"({recover_err}); this process cannot go on decoding. Set {ENV}=0 "
+                        f"(or decoder.cuda_graphs = False)") from err
                 return self._give_up(step, tokens, recurrent, memory,
                                      f"capturing the decoding step failed: {err}")
             self.graphs[key] = entry
