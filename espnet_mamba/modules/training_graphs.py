@@ -50,8 +50,8 @@ of any other thread, e.g. a DataLoader's pin-memory thread, invalidate the captu
 capture leaves the thread on the capture's stream and CUDA's random-number generator in capture
 mode (torch raises before restoring either), and every later random op of the process fails with
 "Offset increment outside graph capture" (seen on the H100, session 6).  So after a failure
-``cuda_graph.recover_from_failed_capture`` puts both right (checked on the H100 with a forced
-failure), the failure is logged once and the graphs are off for this stack from then on (it runs
+``cuda_graph.recover_from_failed_capture`` puts both right (the generator's part checked on the
+H100 with a forced failure, session 6; the stream's part added after that run), the failure is logged once and the graphs are off for this stack from then on (it runs
 eagerly, unchanged); if the process cannot be put right, a RuntimeError says so and how to turn
 the option off.  Out of memory during a capture is raised, as it would be eagerly, without
 turning the graphs off.  Each capture is logged (INFO: ESPnet's train.log).  Not checked: whether
@@ -296,7 +296,7 @@ _CAPTURE_LOCK = threading.Lock()
 @contextlib.contextmanager
 def _thread_local_capture():
     """``make_graphed_callables`` captures with ``torch.cuda.graph``'s default mode, ``global``,
-    and lets callers not change it; this makes ``thread_local`` that default while our capture
+    and gives callers no way to change it; this makes ``thread_local`` that default while our capture
     runs.  ``torch.cuda.graph`` is a module attribute, seen by every thread: the lock keeps two
     captures of ours from interleaving their patch and restore (a capture of another library
     in another thread meanwhile would also get ``thread_local``, which only relaxes it)."""
