@@ -329,12 +329,41 @@ def bench_step(decoders: dict, cfg: dict, device, amp: str, seed: int, on_sectio
     return results
 
 
+def _profile_each(decoders: dict, device, path: str, run) -> dict:
+    """For each decoder, ``run(name, dec, profiled)`` returns (summary entry, table); it calls
+    ``profiled(fn)`` to get torch.profiler's key averages of ``fn()``.  The tables go to
+    ``path``; a decoder that fails gets its error and the others still run."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + (
+        [ProfilerActivity.CUDA] if device.type == "cuda" else [])
+
+    def profiled(fn):
+        sync(device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the profiler's notes on its own cycles
+            with profile(activities=activities) as prof:
+                fn()
+                sync(device)
+        return prof.key_averages()
+
+    summary, tables = {}, []
+    for name, (dec, _) in decoders.items():
+        try:
+            summary[name], table = run(name, dec, profiled)
+            tables.append(table)
+        except Exception as exc:  # noqa: BLE001
+            summary[name] = _error(exc)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text("\n\n".join(tables) + "\n")
+    return summary
+
+
 def profile_step(decoders: dict, cfg: dict, device, amp: str, seed: int, path: str,
                  steps: int = 5) -> dict:
     """torch.profiler over ``steps`` batch_score calls at the longest prefix, per decoder: a
     table per decoder into ``path``; returns {name: {launches_per_step, cpu_ms_per_step}}."""
     from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
 
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(cfg["frames"], cfg["d_model"], generator=gen).to(device)
@@ -342,41 +371,27 @@ def profile_step(decoders: dict, cfg: dict, device, amp: str, seed: int, path: s
     ys = torch.randint(1, cfg["vocab"] - 1, (beam, 1 + p), generator=gen)
     ys[:, 0] = cfg["sos"]
     ys, xs = ys.to(device), x.expand(beam, *x.shape)
-    activities = [ProfilerActivity.CPU] + (
-        [ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    summary, tables = {}, []
-    for name, (dec, _) in decoders.items():
-        try:
-            with torch.no_grad(), amp_context(device, amp):
-                states = prefix_states(dec, x, ys, [p], torch.Generator().manual_seed(seed))[p]
-                for _ in range(3):
-                    dec.batch_score(ys, states, xs)
-                sync(device)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # the profiler's notes on its own cycles
-                    with profile(activities=activities) as prof:
-                        for _ in range(steps):
-                            dec.batch_score(ys, states, xs)
-                        sync(device)
-            events = prof.key_averages()
-            launches = sum(e.count for e in events
-                           if e.key in ("cudaLaunchKernel", "cuLaunchKernel",
-                                        "cudaLaunchKernelExC", "cuLaunchKernelEx"))
-            # kernels only: CPU ops carry their kernels' time too, summing both counts it twice
-            device_us = sum(getattr(e, "self_device_time_total", None)
-                            or getattr(e, "self_cuda_time_total", 0) or 0 for e in events
-                            if e.device_type == DeviceType.CUDA)
-            summary[name] = {"launches_per_step": launches / steps,
-                             "cpu_ms_per_step": sum(e.self_cpu_time_total for e in events)
-                             / 1e3 / steps,
-                             "gpu_ms_per_step": device_us / 1e3 / steps}
-            tables.append(f"=== {name}, P={p}, {steps} steps, amp {amp}\n"
-                          + events.table(sort_by="self_cpu_time_total", row_limit=30))
-        except Exception as exc:  # noqa: BLE001
-            summary[name] = _error(exc)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text("\n\n".join(tables) + "\n")
-    return summary
+
+    def run(name, dec, profiled):
+        with torch.no_grad(), amp_context(device, amp):
+            states = prefix_states(dec, x, ys, [p], torch.Generator().manual_seed(seed))[p]
+            for _ in range(3):
+                dec.batch_score(ys, states, xs)
+            events = profiled(lambda: [dec.batch_score(ys, states, xs) for _ in range(steps)])
+        launches = sum(e.count for e in events
+                       if e.key in ("cudaLaunchKernel", "cuLaunchKernel",
+                                    "cudaLaunchKernelExC", "cuLaunchKernelEx"))
+        # kernels only: CPU ops carry their kernels' time too, summing both counts it twice
+        device_us = sum(getattr(e, "self_device_time_total", None)
+                        or getattr(e, "self_cuda_time_total", 0) or 0 for e in events
+                        if e.device_type == DeviceType.CUDA)
+        return ({"launches_per_step": launches / steps,
+                 "cpu_ms_per_step": sum(e.self_cpu_time_total for e in events) / 1e3 / steps,
+                 "gpu_ms_per_step": device_us / 1e3 / steps},
+                f"=== {name}, P={p}, {steps} steps, amp {amp}\n"
+                + events.table(sort_by="self_cpu_time_total", row_limit=30))
+
+    return _profile_each(decoders, device, path, run)
 
 
 # the methods a whole decode spends its time in: ESPnet's batch beam search and each scorer's
@@ -418,41 +433,28 @@ def profile_decode(decoders: dict, cfg: dict, device, amp: str, seed: int, path:
     """torch.profiler over one whole decode of ``steps`` steps per decoder, the beam search's
     and the scorers' methods as named regions: where the time between two ``batch_score``
     calls goes.  A table per decoder into ``path``; returns {name: {region: cpu ms per step}}."""
-    from torch.profiler import ProfilerActivity, profile
-
     gen = torch.Generator().manual_seed(seed + 3)
     x = torch.randn(cfg["frames"], cfg["d_model"], generator=gen).to(device)
     ctc = make_ctc(cfg, device, seed)
-    activities = [ProfilerActivity.CPU] + (
-        [ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    summary, tables = {}, []
-    for name, (dec, _) in decoders.items():
-        try:
-            search = make_beam_search(dec, ctc, cfg, device)
-            with torch.no_grad(), amp_context(device, amp):
-                decode_once(search, x, steps, device)  # warm-up (and the decoder's graphs)
-                regions = Regions([(search, SEARCH_METHODS)]
-                                  + [(sc, SCORER_METHODS) for sc in search.scorers.values()])
-                try:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        with profile(activities=activities) as prof:
-                            decode_once(search, x, steps, device)
-                finally:
-                    regions.remove()
-            events = prof.key_averages()
-            regions = {}
-            for e in events:  # a region is listed twice on CUDA (host, and its GPU annotation)
-                if "." in e.key and e.key.split(".")[0][:1].isupper():
-                    regions[e.key] = max(regions.get(e.key, 0.0), e.cpu_time_total / 1e3 / steps)
-            summary[name] = regions
-            tables.append(f"=== {name}, whole decode of {steps} steps, amp {amp}\n"
-                          + events.table(sort_by="cpu_time_total", row_limit=45))
-        except Exception as exc:  # noqa: BLE001
-            summary[name] = _error(exc)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text("\n\n".join(tables) + "\n")
-    return summary
+
+    def run(name, dec, profiled):
+        search = make_beam_search(dec, ctc, cfg, device)
+        with torch.no_grad(), amp_context(device, amp):
+            decode_once(search, x, steps, device)  # warm-up (and the decoder's graphs)
+            wrapped = Regions([(search, SEARCH_METHODS)]
+                              + [(sc, SCORER_METHODS) for sc in search.scorers.values()])
+            try:
+                events = profiled(lambda: decode_once(search, x, steps, device))
+            finally:
+                wrapped.remove()
+        regions = {}
+        for e in events:  # a region is listed twice on CUDA (host, and its GPU annotation)
+            if "." in e.key and e.key.split(".")[0][:1].isupper():
+                regions[e.key] = max(regions.get(e.key, 0.0), e.cpu_time_total / 1e3 / steps)
+        return regions, (f"=== {name}, whole decode of {steps} steps, amp {amp}\n"
+                         + events.table(sort_by="cpu_time_total", row_limit=45))
+
+    return _profile_each(decoders, device, path, run)
 
 
 def step_ratios(step: dict, prefix_lengths) -> dict:
