@@ -302,8 +302,13 @@ def profile_setting(enc, name, mode, batch, seconds, device, args, directory: Pa
 
 
 def packed_vs_padded(args, device, timer, report):
-    """Training step on one LibriSpeech-like batch, padded vs packed, same weights (dropout 0)."""
+    """Training step on one LibriSpeech-like batch, padded vs packed, same weights (dropout 0).
+
+    One entry per model and packed path of the Mamba2 mixers (``--packed-paths``: see
+    espnet_mamba/modules/mamba2.py PACKED_PATH), each with the padded run of its model."""
     from espnet2.asr.ctc import CTC
+
+    from espnet_mamba.modules import mamba2
 
     scale = 0.1 if args.tiny else 1.0
     lengths = [int(s * FPS * scale) for s in PACKED_BATCH_S]
@@ -311,7 +316,7 @@ def packed_vs_padded(args, device, timer, report):
     x = torch.randn(len(lengths), max(lengths), FEATS, generator=gen).to(device)
     ilens = torch.tensor(lengths, device=device)
     vocab = 64 if args.tiny else 5000
-    out = []
+    out = report.setdefault("packed", [])
     for name in args.packed_models:
         padded, conf = build(name, args.tiny, dropout_rate=0.0)
         packed, _ = build(name, args.tiny, dropout_rate=0.0, pack_sequences=True)
@@ -320,36 +325,46 @@ def packed_vs_padded(args, device, timer, report):
         torch.manual_seed(1)
         ylens = torch.tensor([max(1, n // 40) for n in lengths], device=device)
         ys = torch.randint(1, vocab, (len(lengths), int(ylens.max())), device=device)
-        entry = {"model": name, "conf": conf, "lengths_frames": lengths,
-                 "padding_fraction": 1 - sum(lengths) / (len(lengths) * max(lengths))}
-        for label, enc in (("padded", padded), ("packed", packed)):
+
+        def measure_one(enc):
             enc.to(device).train()
 
-            def loss_fn(amp, enc=enc):
+            def loss_fn(amp):
                 with autocast(device, amp):
                     hs, hlens, _ = enc(x, ilens)
                 return ctc(hs.float(), hlens, ys, ylens)
 
-            def run(enc=enc, loss_fn=loss_fn):
+            def run():
                 enc.zero_grad(set_to_none=True)
                 loss_fn(args.amp).backward()
 
             times = timer(run, args.warmup, args.repeats)
             with torch.no_grad():
-                entry[label] = {"times_ms": [round(t, 3) for t in times],
-                                "median_ms": statistics.median(times),
-                                "loss_fp32": loss_fn("none").item(),
-                                f"loss_{args.amp}": loss_fn(args.amp).item()}
+                res = {"times_ms": [round(t, 3) for t in times],
+                       "median_ms": statistics.median(times),
+                       "loss_fp32": loss_fn("none").item(),
+                       f"loss_{args.amp}": loss_fn(args.amp).item()}
+            enc.zero_grad(set_to_none=True)
             enc.cpu()
-        entry["speedup"] = entry["padded"]["median_ms"] / entry["packed"]["median_ms"]
-        entry["loss_fp32_abs_diff"] = abs(entry["padded"]["loss_fp32"]
-                                          - entry["packed"]["loss_fp32"])
-        print(f"[packed] {name}: padded {entry['padded']['median_ms']:.1f} ms, packed "
-              f"{entry['packed']['median_ms']:.1f} ms ({entry['speedup']:.2f}x), fp32 loss "
-              f"{entry['padded']['loss_fp32']:.6f} vs {entry['packed']['loss_fp32']:.6f}",
-              flush=True)
-        out.append(entry)
-        report["packed"] = out
+            return res
+
+        padded_res = measure_one(padded)
+        for path in args.packed_paths:
+            saved, mamba2.PACKED_PATH = mamba2.PACKED_PATH, path
+            try:
+                packed_res = measure_one(packed)
+            finally:
+                mamba2.PACKED_PATH = saved
+            entry = {"model": name, "conf": conf, "packed_path": path, "lengths_frames": lengths,
+                     "padding_fraction": 1 - sum(lengths) / (len(lengths) * max(lengths)),
+                     "padded": padded_res, "packed": packed_res,
+                     "speedup": padded_res["median_ms"] / packed_res["median_ms"],
+                     "loss_fp32_abs_diff": abs(padded_res["loss_fp32"]
+                                               - packed_res["loss_fp32"])}
+            print(f"[packed] {name} ({path}): padded {padded_res['median_ms']:.1f} ms, packed "
+                  f"{packed_res['median_ms']:.1f} ms ({entry['speedup']:.2f}x), fp32 loss "
+                  f"{padded_res['loss_fp32']:.6f} vs {packed_res['loss_fp32']:.6f}", flush=True)
+            out.append(entry)
         del padded, packed
         free(device)
 
@@ -425,6 +440,10 @@ def main(argv=None):
     ap.add_argument("--packed-only", action="store_true")
     ap.add_argument("--packed-models", nargs="+",
                     default=["samba_asr_mamba2"], help="models with Mamba2 mixers to pack")
+    ap.add_argument("--packed-paths", nargs="+", default=None,
+                    choices=("padded", "fused", "unfused"),
+                    help="packed paths of the Mamba2 mixers to time (padded, fused, unfused; "
+                         "default: the shipped one, modules/mamba2.py PACKED_PATH)")
     ap.add_argument("--max-seconds-per-model", type=float, default=math.inf,
                     help="stop a model's remaining settings after this much wall time")
     ap.add_argument("--profile-dir", type=Path, default=None,
@@ -433,6 +452,9 @@ def main(argv=None):
     ap.add_argument("--profile-setting", nargs=2, type=float, default=[8, 15],
                     metavar=("BATCH", "SECONDS"))
     args = parse_settings(ap, argv)
+    if args.packed_paths is None:
+        from espnet_mamba.modules.mamba2 import PACKED_PATH
+        args.packed_paths = [PACKED_PATH]
     device = torch.device(args.device)
     timer = Timer(device)
     report = {"environment": environment(device), "settings": vars(args) | {"out": str(args.out)},

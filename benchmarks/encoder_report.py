@@ -163,11 +163,12 @@ def packed(report):
         return []
     lines = ["\n**Packed vs padded training step** (8 utterances, "
              "LibriSpeech-like lengths 2.1-34.6 s)\n",
-             "| model | padding | padded ms | packed ms | speed-up | fp32 loss padded | "
-             "fp32 loss packed | abs diff |", "|---" * 8 + "|"]
+             "| model | packed path | padding | padded ms | packed ms | speed-up | "
+             "fp32 loss padded | fp32 loss packed | abs diff |", "|---" * 9 + "|"]
     for e in report["packed"]:
         lines.append(
-            f"| {e['model']} | {e['padding_fraction']:.0%} | {e['padded']['median_ms']:.1f} | "
+            f"| {e['model']} | {e.get('packed_path', 'padded')} | "
+            f"{e['padding_fraction']:.0%} | {e['padded']['median_ms']:.1f} | "
             f"{e['packed']['median_ms']:.1f} | {e['speedup']:.2f}x | "
             f"{e['padded']['loss_fp32']:.6f} | {e['packed']['loss_fp32']:.6f} | "
             f"{e['loss_fp32_abs_diff']:.2e} |")

@@ -28,3 +28,34 @@ def test_pack_unpack_reverse():
 def test_packed_encoder_equals_padded(name, mixer, bidirectional):
     """Outputs and gradients are the same with and without packing (PyTorch path, fp64)."""
     assert packed_vs_padded_error(name, mixer, bidirectional=bidirectional) < 1e-10
+
+
+def test_seq_idx_on_the_cpu_is_refused_by_name():
+    """The seq_idx pieces exist only as CUDA kernels: the PyTorch path says so, rather than
+    mixing utterances silently."""
+    from espnet_mamba.ops.causal_conv1d import causal_conv1d
+    from espnet_mamba.ops.ssd import ssd_scan
+    seq_idx = torch.zeros(1, 8, dtype=torch.int32)
+    with pytest.raises(ValueError, match="seq_idx .*CUDA"):
+        causal_conv1d(torch.randn(1, 4, 8), torch.randn(4, 4), seq_idx=seq_idx)
+    with pytest.raises(ValueError, match="seq_idx .*CUDA"):
+        ssd_scan(torch.randn(1, 8, 2, 4), torch.randn(1, 8, 2), -torch.ones(2),
+                 torch.randn(1, 8, 1, 3), torch.randn(1, 8, 1, 3), seq_idx=seq_idx)
+
+
+@pytest.mark.parametrize("path", ["fused", "unfused"])
+def test_packed_path_falls_back_to_padded_without_kernels(path, monkeypatch):
+    """Off CUDA every packed path runs the padded batch (exact), whatever PACKED_PATH says."""
+    from espnet_mamba.modules import mamba2
+    monkeypatch.setattr(mamba2, "PACKED_PATH", path)
+    assert packed_vs_padded_error("samba_asr", "mamba2", bidirectional=False) < 1e-10
+
+
+def test_unknown_packed_path_in_the_environment_is_named():
+    import subprocess
+    import sys
+    proc = subprocess.run(
+        [sys.executable, "-c", "import espnet_mamba.modules.mamba2"], capture_output=True,
+        text=True, env={**__import__("os").environ, "ESPNET_MAMBA_PACKED_MIXER": "fast"})
+    assert proc.returncode != 0
+    assert "ESPNET_MAMBA_PACKED_MIXER='fast'" in proc.stderr and "unfused" in proc.stderr

@@ -7,6 +7,7 @@ with conv_dim = d_inner + 2 * ngroups * d_state.
 
 from __future__ import annotations
 
+import os
 
 import torch
 from torch import nn
@@ -22,12 +23,19 @@ from espnet_mamba.ops.ssd import (
 )
 
 
-# Packed batches through the fused kernel's ``seq_idx``.  Off: on the H100 (2026-11-22,
-# mamba-ssm 2.3.2.post1, causal-conv1d 1.7.0) tests/gpu/test_models_cuda.py::
-# test_packed_encoder_cuda found packed and padded encoders differing by 0.4-2% (relative, fp32,
-# TF32 off), far above rounding; until that is understood, packed Mamba2 layers run padded
-# (exact, no speed-up).  The test runs the native path too, as a strict xfail.
-NATIVE_SEQ_IDX = False
+# How packed batches (modules/packing.py) run through the CUDA kernels:
+#   "padded":  unpack, run the padded batch, pack again (exact; no speed-up);
+#   "fused":   mamba-ssm's fused mixer with ``seq_idx``;
+#   "unfused": causal-conv1d and mamba-ssm's chunk scan, each with ``seq_idx``, then the norm.
+# "padded" until the kernels' ``seq_idx`` paths are shown equal to each utterance run alone: on
+# the H100 (2026-11-22, mamba-ssm 2.3.2.post1, causal-conv1d 1.7.0) tests/gpu/
+# test_models_cuda.py::test_packed_encoder_cuda found the fused one 0.4-2 % off (fp32, TF32 off);
+# tools/gpu/packed_diag.py checks each piece.  The environment variable
+# ESPNET_MAMBA_PACKED_MIXER picks one for diagnostics and benchmarks.
+PACKED_PATHS = ("padded", "fused", "unfused")
+PACKED_PATH = os.environ.get("ESPNET_MAMBA_PACKED_MIXER", "padded")
+if PACKED_PATH not in PACKED_PATHS:
+    raise ValueError(f"ESPNET_MAMBA_PACKED_MIXER={PACKED_PATH!r}: valid values {PACKED_PATHS}")
 
 
 class GatedRMSNorm(nn.Module):
@@ -98,15 +106,18 @@ class Mamba2(nn.Module):
         return after_in_proj(self._mix, self.in_proj(x), mask, fusable, return_final_state,
                              weight=self.out_proj.weight)
 
-    def _mix(self, zxbcdt, mask, fusable, return_final_state):
-        """Everything after in_proj (fp32 under fp16 autocast: modules/precision.py)."""
+    def _mix(self, zxbcdt, mask, fusable, return_final_state, seq_idx=None):
+        """Everything after in_proj (fp32 under fp16 autocast: modules/precision.py).
+
+        ``seq_idx`` (1, length): a packed row, no state crosses from one utterance to the next
+        (CUDA kernels only)."""
         batch, length, _ = zxbcdt.shape
         A = -torch.exp(self.A_log.float())
         if fusable and fused_mamba2_available(self.backend, zxbcdt):
             out = fused_mamba2_split_scan(
                 zxbcdt, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias, A,
                 self.D, self.chunk_size, self.norm.weight, self.norm.eps, self.out_proj.weight,
-                self.out_proj.bias, self.headdim, self.ngroups)
+                self.out_proj.bias, self.headdim, self.ngroups, seq_idx=seq_idx)
             return out if mask is None else out * mask[..., None].to(out.dtype)
 
         z, xbc, dt = self._split(zxbcdt)
@@ -115,13 +126,14 @@ class Mamba2(nn.Module):
             dt = dt.masked_fill(~mask[..., None], MASKED_DT)
         conv_in = xbc.transpose(1, 2)
         xbc = causal_conv1d(conv_in, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu",
-                            self.backend).transpose(1, 2)
+                            self.backend, seq_idx=seq_idx).transpose(1, 2)
         xs, B, C = self._split_xbc(xbc)
         y = ssd_scan(xs.reshape(batch, length, self.nheads, self.headdim), dt, A,
                      B.reshape(batch, length, self.ngroups, self.d_state),
                      C.reshape(batch, length, self.ngroups, self.d_state),
                      self.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
-                     return_final_states=return_final_state, backend=self.backend)
+                     return_final_states=return_final_state, seq_idx=seq_idx,
+                     backend=self.backend)
         if return_final_state:
             y, ssm_state = y
         y = self.norm(y.reshape(batch, length, self.d_inner), z, self.backend)
@@ -135,13 +147,11 @@ class Mamba2(nn.Module):
         return out, (last_inputs(conv_in, end, self.d_conv), ssm_state)
 
     def _forward_packed(self, x, packing):
-        if not (NATIVE_SEQ_IDX and fused_mamba2_available(self.backend, x)):
+        path = PACKED_PATH if fused_mamba2_available(self.backend, x) else "padded"
+        if path == "padded":
             return packing.padded(self.forward, x, packing.lengths)
-        return after_in_proj(lambda zxbcdt: fused_mamba2_split_scan(
-            zxbcdt, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias,
-            -torch.exp(self.A_log.float()), self.D, self.chunk_size, self.norm.weight,
-            self.norm.eps, self.out_proj.weight, self.out_proj.bias, self.headdim, self.ngroups,
-            seq_idx=packing.seq_idx), self.in_proj(x), weight=self.out_proj.weight)
+        return after_in_proj(self._mix, self.in_proj(x), None, path == "fused", False,
+                             weight=self.out_proj.weight, seq_idx=packing.seq_idx)
 
     def init_state(self, batch: int, device=None, dtype=torch.float32):
         return (torch.zeros(batch, self.conv_dim, self.d_conv, device=device, dtype=dtype),

@@ -20,11 +20,23 @@ def _check_activation(activation):
         raise ValueError(f"unknown activation {activation!r}; valid: {ACTIVATIONS}")
 
 
-def causal_conv1d(x, weight, bias=None, activation=None, backend: str | None = None):
+def causal_conv1d(x, weight, bias=None, activation=None, backend: str | None = None,
+                  seq_idx=None):
+    """``seq_idx`` (batch, length) int32: no input crosses from one utterance of a packed row
+    to the next (CUDA kernel only)."""
     _check_activation(activation)
     if use_kernels(backend, "causal_conv1d", x, weight):
         fn = kernel_module("causal_conv1d").causal_conv1d_fn
-        return fn(x.contiguous(), weight, bias, activation=activation)
+        if seq_idx is None:
+            return fn(x.contiguous(), weight, bias, activation=activation)
+        # the kernel takes seq_idx only in its channel-last layout: x (b, c, l) as a view of a
+        # contiguous (b, l, c) tensor (strides multiples of 8: checked by the kernel)
+        x = x.transpose(1, 2).contiguous().transpose(1, 2)
+        return fn(x, weight, bias, seq_idx=seq_idx.to(torch.int32).contiguous(),
+                  activation=activation)
+    if seq_idx is not None:
+        raise ValueError("causal_conv1d: seq_idx (packed sequences) needs the CUDA kernels; "
+                         "run padded batches on the CPU")
     width = weight.shape[-1]
     y = F.conv1d(F.pad(x, (width - 1, 0)), weight.unsqueeze(1), bias, groups=x.shape[1])
     return F.silu(y) if activation == "silu" else y

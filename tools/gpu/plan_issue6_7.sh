@@ -30,8 +30,12 @@
 #            the Conformer and the two Mamba configs, each also with cuda_graphs (5 trainings,
 #            about 10 min; RECIPE_RUNS="conformer samba_asr ..." picks some); needs .gpu/recipe
 #            (tools/gpu/pack_recipe_audio.py pack .gpu/recipe/mini_synth.tar: 15 MiB)
-#   packed   last: the packed GPU tests (each up to 15 min: triton autotuning of the seq_idx kernels)
-#            and tools/gpu/packed_diag.py: where Mamba2's seq_idx path leaves the padded result
+#   packed   tools/gpu/packed_diag.py: each seq_idx piece vs each sequence alone (a few minutes)
+#   hostprof tools/gpu/mamba2_host_profile.py: cProfile of one eager Mamba2 mixer (~1 min)
+#   packedbench  benchmarks/encoder_gpu.py --packed-only: padded vs packed, per packed path of
+#            PACKED_PATHS (default "fused unfused") and model of PACKED_MODELS
+#   packedtests  the packed GPU tests (triton autotunes the seq_idx kernels: minutes per test;
+#            PACKED_TESTS_DETERMINISTIC=1 keeps one config per kernel)
 # A machine goes back after 30 minutes held: with the kernel build (~3.5 min with causal_conv1d
 # prebuilt) tests+amp+decode+encoder about fill one; recipe and packed need a second.
 # Each step's output is in $OUT (returned as one job.tgz by detached.sh); a failing step does not
@@ -40,7 +44,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-STEPS=",${STEPS:-tests,amp,decode,encoder,interleaved,recipe,packed},"
+STEPS=",${STEPS:-tests,amp,decode,encoder,interleaved,recipe,packed,packedbench},"
 step() { echo; echo "=== [$(date -u +%H:%M:%S)] $*"; }
 want() { [[ $STEPS == *",$1,"* ]]; }
 
@@ -134,13 +138,34 @@ if want recipe; then
 fi
 
 if want packed; then
-    step "packed (seq_idx) tests and diagnostic"
-    python3 -m pytest -m gpu tests/gpu -k packed -v -rA --tb=short -p no:cacheprovider \
-        --timeout 900 -o faulthandler_timeout=600 > "$OUT/pytest_packed.log" 2>&1
-    echo "pytest packed exit $?"; tail -n 15 "$OUT/pytest_packed.log"
-    # SIGABRT after 10 min: faulthandler prints every stack (autotuning can take minutes)
-    PYTHONFAULTHANDLER=1 timeout -s ABRT 600 python3 tools/gpu/packed_diag.py > "$OUT/packed_diag.log" 2>&1
-    echo "packed_diag exit $?"; tail -n 40 "$OUT/packed_diag.log"
+    step "packed: the seq_idx pieces vs each sequence alone (tools/gpu/packed_diag.py)"
+    # MAMBA_DETERMINISTIC=1: one autotuning config per kernel (the diag's docstring says why)
+    MAMBA_DETERMINISTIC=1 PYTHONFAULTHANDLER=1 timeout -s ABRT 420 \
+        python3 tools/gpu/packed_diag.py "$OUT/packed_diag.json" > "$OUT/packed_diag.log" 2>&1
+    echo "packed_diag exit $?"; grep -v "^ " "$OUT/packed_diag.log" | tail -n 40
+fi
+
+if want hostprof; then
+    step "host time of one eager Mamba2 mixer (tools/gpu/mamba2_host_profile.py)"
+    timeout 240 python3 tools/gpu/mamba2_host_profile.py "$OUT" > "$OUT/mamba2_host_profile.log" 2>&1
+    echo "host profile exit $?"; cat "$OUT/mamba2_host_profile.log"
+fi
+
+if want packedbench; then
+    step "packed vs padded training step, packed paths: ${PACKED_PATHS:-fused unfused}"
+    # shellcheck disable=SC2086
+    timeout 540 python3 benchmarks/encoder_gpu.py --out "$OUT/packed_h100.json" --packed-only \
+        --packed-models ${PACKED_MODELS:-samba_asr_mamba2 speech_mamba_mamba2} \
+        --packed-paths ${PACKED_PATHS:-fused unfused} 2>&1 | tee "$OUT/packed_bench.log" | grep "packed\]"
+    echo "packed bench exit ${PIPESTATUS[0]}"
+fi
+
+if want packedtests; then
+    step "packed GPU tests"
+    MAMBA_DETERMINISTIC=${PACKED_TESTS_DETERMINISTIC:-0} python3 -m pytest -m gpu tests/gpu \
+        -k packed -v -rA --tb=short -p no:cacheprovider --timeout 900 \
+        -o faulthandler_timeout=600 > "$OUT/pytest_packed.log" 2>&1
+    echo "pytest packed exit $?"; tail -n 25 "$OUT/pytest_packed.log"
 fi
 
 step "plan done"
