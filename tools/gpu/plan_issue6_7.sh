@@ -31,6 +31,7 @@
 #            about 10 min; RECIPE_RUNS="conformer samba_asr ..." picks some); needs .gpu/recipe
 #            (tools/gpu/pack_recipe_audio.py pack .gpu/recipe/mini_synth.tar: 15 MiB)
 #   packed   tools/gpu/packed_diag.py: each seq_idx piece vs each sequence alone (a few minutes)
+#   packedenc  tools/gpu/packed_encoder_diag.py: the packed GPU test's encoders, call by call
 #   hostprof tools/gpu/mamba2_host_profile.py: cProfile of one eager Mamba2 mixer (~1 min)
 #   packedbench  benchmarks/encoder_gpu.py --packed-only: padded vs packed, per packed path of
 #            PACKED_PATHS (default "fused unfused") and model of PACKED_MODELS
@@ -143,6 +144,14 @@ if want packed; then
     MAMBA_DETERMINISTIC=1 PYTHONFAULTHANDLER=1 timeout -s ABRT 420 \
         python3 tools/gpu/packed_diag.py "$OUT/packed_diag.json" > "$OUT/packed_diag.log" 2>&1
     echo "packed_diag exit $?"; grep -v "^ " "$OUT/packed_diag.log" | tail -n 40
+fi
+
+if want packedenc; then
+    step "packed vs padded tiny encoders, mixer call by mixer call (tools/gpu/packed_encoder_diag.py)"
+    MAMBA_DETERMINISTIC=1 PYTHONFAULTHANDLER=1 timeout -s ABRT 420 python3 \
+        tools/gpu/packed_encoder_diag.py "$OUT/packed_encoder_diag.json" \
+        > "$OUT/packed_encoder_diag.log" 2>&1
+    echo "packed_encoder_diag exit $?"; grep -v "^ \{4\}" "$OUT/packed_encoder_diag.log" | tail -n 40
 fi
 
 if want hostprof; then
