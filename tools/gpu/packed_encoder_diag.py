@@ -50,7 +50,11 @@ def run(enc, x, il):
     calls = []
 
     def hook(mod, args, kwargs, out):
-        calls.append((mod, args[0].detach(), out.detach(), dict(kwargs), args[1:]))
+        grads = {}
+        calls.append((mod, args[0].detach(), out.detach(), dict(kwargs), grads))
+        if args[0].requires_grad:
+            args[0].register_hook(lambda g: grads.__setitem__("in", g.detach()))
+        out.register_hook(lambda g: grads.__setitem__("out", g.detach()))
     handles = [m.register_forward_hook(hook, with_kwargs=True)
                for m in enc.modules() if isinstance(m, Mamba2)]
     try:
@@ -60,7 +64,8 @@ def run(enc, x, il):
     finally:
         for h in handles:
             h.remove()
-    return y * mask, enc.embed.embed.conv[0].weight.grad, calls
+    grads = {n: p.grad for n, p in enc.named_parameters() if p.grad is not None}
+    return y * mask, grads, calls
 
 
 def triage(mod, x_packed, packing):
@@ -98,8 +103,11 @@ def compare(name, bidirectional, lengths, path):
         y_pk, g_pk, calls_pk = run(packed, x, il)
     finally:
         mamba2.PACKED_PATH = saved
-    res = {"out": rel(y_pk, y_pad), "input-layer grad": rel(g_pk, g_pad), "calls": []}
-    for i, ((_, xi_a, yo_a, _, args_a), (mod, xi_k, yo_k, kw_k, _)) in enumerate(
+    params = {n: rel(g_pk[n], g_pad[n]) for n in g_pad}
+    res = {"out": rel(y_pk, y_pad), "input-layer grad": params["embed.embed.conv.0.weight"],
+           "worst parameter grads": dict(sorted(params.items(), key=lambda kv: -kv[1])[:6]),
+           "calls": []}
+    for i, ((_, xi_a, yo_a, _, gr_a), (mod, xi_k, yo_k, kw_k, gr_k)) in enumerate(
             zip(calls_pad, calls_pk)):
         packing = kw_k.get("packing")
         if packing is None:
@@ -107,6 +115,12 @@ def compare(name, bidirectional, lengths, path):
             continue
         c = {"call": i, "in": rel(xi_k, packing.pack(xi_a)) if xi_a.shape[0] > 1 else None,
              "out": rel(yo_k, packing.pack(yo_a)) if yo_a.shape[0] > 1 else None}
+        for k in ("out", "in"):  # gradients w.r.t. the call's output and input, valid frames
+            if k in gr_a and k in gr_k and gr_a[k].shape[0] > 1:
+                c[f"grad_{k}"] = rel(gr_k[k], packing.pack(gr_a[k]))
+                # what the padded run sends to padded frames (packing drops them)
+                c[f"grad_{k}_padded_frames"] = (gr_a[k].abs().sum() - packing.pack(
+                    gr_a[k]).abs().sum()).item()
         if c["in"] is not None and c["in"] < 1e-5 and c["out"] > 1e-4 and "triage" not in res:
             res["triage"] = {"call": i, **triage(mod, xi_k, packing)}
         res["calls"].append(c)
@@ -127,11 +141,17 @@ def main(argv):
                     except Exception as err:  # noqa: BLE001 - a diagnostic: report, go on
                         res = {"error": f"{type(err).__name__}: {err}"}
                     report[key] = res
-                    calls = " ".join(f"[{c['call']}] in {c['in']:.1e} out {c['out']:.1e}"
-                                     for c in res.get("calls", []) if c.get("in") is not None)
+                    calls = " ".join(
+                        f"[{c['call']}] in {c['in']:.1e} out {c['out']:.1e} dout "
+                        f"{c.get('grad_out', float('nan')):.1e} din "
+                        f"{c.get('grad_in', float('nan')):.1e} pad-din "
+                        f"{c.get('grad_in_padded_frames', float('nan')):.1e}"
+                        for c in res.get("calls", []) if c.get("in") is not None)
                     print(f"{key}: out {res.get('out', float('nan')):.1e} grad "
                           f"{res.get('input-layer grad', float('nan')):.1e} | {calls}"
                           f"{' | error ' + res['error'] if 'error' in res else ''}", flush=True)
+                    print("   worst parameter grads:",
+                          json.dumps(res.get("worst parameter grads")), flush=True)
                     if "triage" in res:
                         print("   triage:", json.dumps(res["triage"]), flush=True)
                     if argv:
