@@ -103,10 +103,23 @@ def compare(name, bidirectional, lengths, path):
         y_pk, g_pk, calls_pk = run(packed, x, il)
     finally:
         mamba2.PACKED_PATH = saved
+    # the ground truth of the gradients: each utterance alone (batch of one, the same padded
+    # input, so the input layer sees the same frames), gradients summed over the utterances
+    alone = build(name, bidirectional, False)
+    alone.load_state_dict(padded.state_dict())
+    for i in range(len(lengths)):
+        y, ol, _ = alone(x[i:i + 1], il[i:i + 1])
+        mask = (torch.arange(y.shape[1], device="cuda")[None] < ol[:, None])[..., None]
+        (y * mask).pow(2).sum().backward()
+    g_alone = {n: p.grad for n, p in alone.named_parameters() if p.grad is not None}
+    names = sorted(g_alone, key=lambda n: -rel(g_pad[n], g_alone[n]))[:4]
+    names_pk = sorted(g_alone, key=lambda n: -rel(g_pk[n], g_alone[n]))[:4]
+    alone_res = {"padded vs alone (worst)": {n: rel(g_pad[n], g_alone[n]) for n in names},
+                 "packed vs alone (worst)": {n: rel(g_pk[n], g_alone[n]) for n in names_pk}}
     params = {n: rel(g_pk[n], g_pad[n]) for n in g_pad}
     res = {"out": rel(y_pk, y_pad), "input-layer grad": params["embed.embed.conv.0.weight"],
            "worst parameter grads": dict(sorted(params.items(), key=lambda kv: -kv[1])[:6]),
-           "calls": []}
+           "calls": [], **alone_res}
     for i, ((_, xi_a, yo_a, _, gr_a), (mod, xi_k, yo_k, kw_k, gr_k)) in enumerate(
             zip(calls_pad, calls_pk)):
         packing = kw_k.get("packing")
@@ -134,7 +147,7 @@ def main(argv):
     for name in ("samba_asr", "speech_mamba"):
         for bidirectional in (False, True):
             for label, lengths in LENGTHS.items():
-                for path in ("fused", "unfused"):
+                for path in ("fused",) if bidirectional else ("fused", "unfused"):
                     key = f"{name} bidir={bidirectional} {label} {path}"
                     try:
                         res = compare(name, bidirectional, lengths, path)
@@ -150,8 +163,9 @@ def main(argv):
                     print(f"{key}: out {res.get('out', float('nan')):.1e} grad "
                           f"{res.get('input-layer grad', float('nan')):.1e} | {calls}"
                           f"{' | error ' + res['error'] if 'error' in res else ''}", flush=True)
-                    print("   worst parameter grads:",
-                          json.dumps(res.get("worst parameter grads")), flush=True)
+                    for k in ("worst parameter grads", "padded vs alone (worst)",
+                              "packed vs alone (worst)"):
+                        print(f"   {k}:", json.dumps(res.get(k)), flush=True)
                     if "triage" in res:
                         print("   triage:", json.dumps(res["triage"]), flush=True)
                     if argv:
