@@ -22,40 +22,78 @@ def test_pack_unpack_reverse():
     assert torch.equal(p.reverse(p.reverse(packed)), packed)
 
 
+# the packed path is a Mamba2 option: v1 mixers run a packed row padded whatever it says
+MIXER_PATHS = [("mamba", "fused")] + [("mamba2", p) for p in ("fused", "unfused", "padded")]
+
+
 @pytest.mark.parametrize("bidirectional", [True, False])
-@pytest.mark.parametrize("mixer", list(MIXER_CONF))
+@pytest.mark.parametrize("mixer,path", MIXER_PATHS)
 @pytest.mark.parametrize("name", ["samba_asr", "speech_mamba"])
-def test_packed_encoder_equals_padded(name, mixer, bidirectional):
-    """Outputs and gradients are the same with and without packing (PyTorch path, fp64)."""
+def test_packed_encoder_equals_padded(name, mixer, path, bidirectional, monkeypatch):
+    """Outputs and every gradient are the same with and without packing (PyTorch path, fp64),
+    for every way a Mamba2 mixer can run a packed row."""
+    from espnet_mamba.modules import mamba2
+    monkeypatch.setattr(mamba2, "PACKED_PATH", path)
     assert packed_vs_padded_error(name, mixer, bidirectional=bidirectional) < 1e-10
 
 
-def test_seq_idx_on_the_cpu_is_refused_by_name():
-    """The seq_idx pieces exist only as CUDA kernels: the PyTorch path says so, rather than
-    mixing utterances silently."""
+LENGTHS = [5, 1, 9, 3, 7]  # a one-step utterance, and utterances across chunk boundaries
+
+
+def _seq_idx():
+    return torch.repeat_interleave(torch.arange(len(LENGTHS)), torch.tensor(LENGTHS))[None]
+
+
+@pytest.mark.parametrize("chunk", [4, 8, 64])
+def test_ssd_scan_with_seq_idx_equals_each_utterance_alone(chunk):
+    """The PyTorch chunk scan with seq_idx: no state crosses an utterance boundary, inside a
+    chunk or across chunks (values and gradients, fp64)."""
+    from espnet_mamba.ops.ssd import ssd_scan_torch
+    torch.manual_seed(0)
+    total, h = sum(LENGTHS), 3
+    leaves = [torch.randn(1, total, h, 2, dtype=torch.float64),
+              torch.randn(1, total, h, dtype=torch.float64),
+              torch.randn(1, total, 1, 4, dtype=torch.float64),
+              torch.randn(1, total, 1, 4, dtype=torch.float64)]
+    A, D = -torch.rand(h, dtype=torch.float64) - 0.5, torch.randn(h, dtype=torch.float64)
+    proj = torch.randn(1, total, h, 2, dtype=torch.float64)
+
+    def grads(fn):
+        ins = [t.clone().requires_grad_() for t in leaves]
+        y = fn(*ins)
+        return [y, *torch.autograd.grad((y * proj).sum(), ins)]
+
+    def packed(x, dt, B, C):
+        return ssd_scan_torch(x, dt, A, B, C, chunk, D=D, dt_softplus=True, seq_idx=_seq_idx())
+
+    def alone(x, dt, B, C):
+        out, start = [], 0
+        for n in LENGTHS:
+            sl = slice(start, start + n)
+            out.append(ssd_scan_torch(x[:, sl], dt[:, sl], A, B[:, sl], C[:, sl], chunk, D=D,
+                                      dt_softplus=True))
+            start += n
+        return torch.cat(out, 1)
+    for a, b in zip(grads(packed), grads(alone)):
+        assert (a - b).abs().max() < 1e-12
+
+
+def test_causal_conv1d_with_seq_idx_equals_each_utterance_alone():
     from espnet_mamba.ops.causal_conv1d import causal_conv1d
-    from espnet_mamba.ops.ssd import ssd_scan
-    seq_idx = torch.zeros(1, 8, dtype=torch.int32)
-    with pytest.raises(ValueError, match="seq_idx .*CUDA"):
-        causal_conv1d(torch.randn(1, 4, 8), torch.randn(4, 4), seq_idx=seq_idx)
-    with pytest.raises(ValueError, match="seq_idx .*CUDA"):
-        ssd_scan(torch.randn(1, 8, 2, 4), torch.randn(1, 8, 2), -torch.ones(2),
-                 torch.randn(1, 8, 1, 3), torch.randn(1, 8, 1, 3), seq_idx=seq_idx)
-
-
-@pytest.mark.parametrize("path", ["fused", "unfused"])
-def test_packed_path_falls_back_to_padded_without_kernels(path, monkeypatch):
-    """Off CUDA every packed path runs the padded batch (exact), whatever PACKED_PATH says."""
-    from espnet_mamba.modules import mamba2
-    monkeypatch.setattr(mamba2, "PACKED_PATH", path)
-    assert packed_vs_padded_error("samba_asr", "mamba2", bidirectional=False) < 1e-10
+    torch.manual_seed(0)
+    x = torch.randn(1, 6, sum(LENGTHS), dtype=torch.float64)
+    w, b = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    alone = torch.cat([causal_conv1d(part, w, b, "silu")
+                       for part in x.split(LENGTHS, dim=2)], 2)
+    assert (causal_conv1d(x, w, b, "silu", seq_idx=_seq_idx()) - alone).abs().max() < 1e-14
 
 
 def test_unknown_packed_path_in_the_environment_is_named():
+    import os
     import subprocess
     import sys
     proc = subprocess.run(
         [sys.executable, "-c", "import espnet_mamba.modules.mamba2"], capture_output=True,
-        text=True, env={**__import__("os").environ, "ESPNET_MAMBA_PACKED_MIXER": "fast"})
+        text=True, env={**os.environ, "ESPNET_MAMBA_PACKED_MIXER": "fast"})
     assert proc.returncode != 0
     assert "ESPNET_MAMBA_PACKED_MIXER='fast'" in proc.stderr and "unfused" in proc.stderr

@@ -4,11 +4,11 @@ A padded batch of lengths (2 s, 35 s, ...) spends most of its work on padding.  
 frames form one sequence (1, total, ...) and a ``seq_idx`` (1, total) tells mamba-ssm's Mamba2
 kernels (causal conv1d and the SSD scan) where each utterance starts, so no state crosses an
 utterance boundary.  Per-frame layers (norms, projections, residual adds) need nothing.
-Status: the kernel path is switched off (modules/mamba2.py NATIVE_SEQ_IDX: it disagreed with
-the padded result on the H100), so today every mixer runs padded and packing gains nothing.
+Mamba2 mixers run packed rows natively (modules/mamba2.py PACKED_PATH): mamba-ssm's kernels on
+CUDA, the same ``seq_idx`` logic in PyTorch elsewhere.
 
-Layers that cannot run packed (Mamba v1: mamba-ssm's selective scan has no ``seq_idx``; the
-PyTorch paths; attention) call :meth:`Packing.unpack`, run padded with ``lengths`` and pack
+Layers that cannot run packed (Mamba v1: mamba-ssm's selective scan has no ``seq_idx``;
+attention) call :meth:`Packing.unpack`, run padded with ``lengths`` and pack
 again, which is exact because every layer here is exact under padding.
 """
 

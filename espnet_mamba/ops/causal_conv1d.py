@@ -22,8 +22,8 @@ def _check_activation(activation):
 
 def causal_conv1d(x, weight, bias=None, activation=None, backend: str | None = None,
                   seq_idx=None):
-    """``seq_idx`` (batch, length) int32: no input crosses from one utterance of a packed row
-    to the next (CUDA kernel only)."""
+    """``seq_idx`` (batch, length) int: no input crosses from one utterance of a packed row to
+    the next."""
     _check_activation(activation)
     if use_kernels(backend, "causal_conv1d", x, weight):
         fn = kernel_module("causal_conv1d").causal_conv1d_fn
@@ -34,11 +34,23 @@ def causal_conv1d(x, weight, bias=None, activation=None, backend: str | None = N
         x = x.transpose(1, 2).contiguous().transpose(1, 2)
         return fn(x, weight, bias, seq_idx=seq_idx.to(torch.int32).contiguous(),
                   activation=activation)
-    if seq_idx is not None:
-        raise ValueError("causal_conv1d: seq_idx (packed sequences) needs the CUDA kernels; "
-                         "run padded batches on the CPU")
     width = weight.shape[-1]
+    if seq_idx is not None:
+        return _packed_conv(x, weight, bias, activation, seq_idx)
     y = F.conv1d(F.pad(x, (width - 1, 0)), weight.unsqueeze(1), bias, groups=x.shape[1])
+    return F.silu(y) if activation == "silu" else y
+
+
+def _packed_conv(x, weight, bias, activation, seq_idx):
+    """The PyTorch path with ``seq_idx``: tap k of output t reads input t - (width-1) + k only
+    if both belong to the same utterance (as the kernel does)."""
+    width, length = weight.shape[-1], x.shape[-1]
+    xp = F.pad(x, (width - 1, 0))
+    sp = F.pad(seq_idx, (width - 1, 0), value=-1)
+    y = torch.zeros_like(x) if bias is None else bias[None, :, None].expand_as(x)
+    for k in range(width):
+        same = (sp[:, k:k + length] == seq_idx)[:, None, :].to(x.dtype)
+        y = y + weight[None, :, k, None] * xp[:, :, k:k + length] * same
     return F.silu(y) if activation == "silu" else y
 
 

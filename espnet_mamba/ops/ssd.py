@@ -39,7 +39,8 @@ def _skip(y, x, D, z, cdt):
 
 @fp32_scan
 def ssd_scan_torch(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None,
-                   initial_states=None, dt_softplus=False, return_final_states=False):
+                   initial_states=None, dt_softplus=False, return_final_states=False,
+                   seq_idx=None):
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
     batch, length, heads, headdim = x.shape
     groups = B.shape[2]
@@ -51,6 +52,15 @@ def ssd_scan_torch(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None,
     if pad:  # dt = 0 tail: identity steps
         xs, Bs, Cs = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (xs, Bs, Cs))
         dt = F.pad(dt, (0, 0, 0, pad))
+    # seq_idx (packed rows): which utterance each step belongs to; no state crosses a change.
+    # Without it every step belongs to utterance 0.  The tail repeats the last step's.
+    if seq_idx is None:
+        seq = torch.zeros(batch, M * K, dtype=torch.long, device=x.device)
+    else:
+        seq = torch.cat([seq_idx.long(), seq_idx[:, -1:].long().expand(-1, pad)], 1)
+    seq = seq.view(batch, M, K)
+    last = seq[..., -1]  # (b, M): the utterance a chunk's end state belongs to
+    prev = torch.cat([seq[:, :1, 0], last[:, :-1]], 1)  # the state a chunk starts from
     rep = heads // groups
     Bs = Bs.repeat_interleave(rep, dim=2).view(batch, M, K, heads, -1)
     Cs = Cs.repeat_interleave(rep, dim=2).view(batch, M, K, heads, -1)
@@ -60,14 +70,17 @@ def ssd_scan_torch(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None,
 
     # inside each chunk: y_t = sum_{s<=t} (C_t . B_s) exp(cum_t - cum_s) dt_s x_s
     causal = torch.ones(K, K, dtype=torch.bool, device=x.device).tril()
-    seg = (cum[..., :, None] - cum[..., None, :]).masked_fill(~causal, float("-inf"))
+    same = seq[..., :, None] == seq[..., None, :]  # b,M,K,K
+    seg = (cum[..., :, None] - cum[..., None, :]).masked_fill(~(causal & same[:, None]),
+                                                             float("-inf"))
     weights = torch.einsum("bmthn,bmshn->bhmts", Cs, Bs) * torch.exp(seg) * dt[..., None, :]
     y = torch.einsum("bhmts,bmshp->bmthp", weights, xs)
 
     # chunk end states (zero start), then carry them across chunks
-    to_end = torch.exp(cum[..., -1:] - cum) * dt  # b,h,M,K
+    to_end = torch.exp(cum[..., -1:] - cum) * dt * (seq == last[..., None])[:, None]  # b,h,M,K
     chunk_end = torch.einsum("bmshn,bhms,bmshp->bmhpn", Bs, to_end, xs)
-    chunk_decay = torch.exp(cum[..., -1])  # b,h,M
+    # a chunk whose end belongs to another utterance than the previous end starts from zero
+    chunk_decay = torch.exp(cum[..., -1]) * (last == prev)[:, None]  # b,h,M
     state = (torch.zeros(batch, heads, headdim, Bs.shape[-1], dtype=cdt, device=x.device)
              if initial_states is None else initial_states.to(cdt))
     starts = []
@@ -75,7 +88,8 @@ def ssd_scan_torch(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None,
         starts.append(state)
         state = chunk_decay[:, :, c, None, None] * state + chunk_end[:, c]
     starts = torch.stack(starts, dim=1)  # b,M,h,p,n
-    y = y + torch.einsum("bmthn,bmhpn,bhmt->bmthp", Cs, starts, torch.exp(cum))
+    carried = torch.exp(cum) * (seq == prev[..., None])[:, None]  # b,h,M,K
+    y = y + torch.einsum("bmthn,bmhpn,bhmt->bmthp", Cs, starts, carried)
 
     y = y.reshape(batch, M * K, heads, headdim)[:, :length]
     y = _skip(y, x, D, z, cdt).to(x.dtype)
@@ -91,12 +105,10 @@ def ssd_scan(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, initia
         return fn(x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias,
                   initial_states=initial_states, seq_idx=seq_idx, dt_softplus=dt_softplus,
                   return_final_states=return_final_states)
-    if seq_idx is not None:
-        raise ValueError("seq_idx (packed sequences) needs the CUDA kernels; use padding on CPU")
     # The chunk only trades memory for speed here (results are the same): 64 suits CPUs.
     return ssd_scan_torch(x, dt, A, B, C, TORCH_CHUNK, D=D, z=z, dt_bias=dt_bias,
                           initial_states=initial_states, dt_softplus=dt_softplus,
-                          return_final_states=return_final_states)
+                          return_final_states=return_final_states, seq_idx=seq_idx)
 
 
 def ssd_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
