@@ -10,7 +10,7 @@ from espnet_mamba.decoders.samba_asr import SambaASRDecoder
 from espnet_mamba.decoders.speech_mamba import SpeechMambaDecoder
 from espnet_mamba.encoders.samba_asr import SambaASREncoder
 from espnet_mamba.encoders.speech_mamba import SpeechMambaEncoder
-from helpers import rel_err
+from helpers import projection_loss, rel_err
 
 ENCODERS = {"samba_asr": SambaASREncoder, "speech_mamba": SpeechMambaEncoder}
 DECODERS = {"samba_asr": SambaASRDecoder, "speech_mamba": SpeechMambaDecoder}
@@ -134,12 +134,3 @@ def packed_vs_padded_error(name, mixer, device="cpu", dtype=torch.float64, backe
     return max([rel_err(y_a, y_b)] + [((a - b).abs().max() / b.abs().max().clamp(min=floor)).item()
                                       for a, b in zip(grads_a, grads_b)])
 
-
-def projection_loss(y):
-    """A loss whose gradients mean something: the encoders end in an RMSNorm, and with its unit
-    initial weights the sum of squares of its output is a constant (the width times the frame
-    count), whose every gradient below the norm is rounding noise.  A fixed random projection
-    (seeded, the same for every call with this shape) has real gradients."""
-    gen = torch.Generator().manual_seed(1234)
-    weights = torch.randn(y.shape, generator=gen, dtype=torch.float64)
-    return (y * weights.to(device=y.device, dtype=y.dtype)).sum()

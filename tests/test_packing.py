@@ -5,7 +5,7 @@ import torch
 
 from espnet_mamba.modules.packing import Packing
 from espnet_mamba.modules.padding import reverse_padded
-from model_checks import MIXER_CONF, packed_vs_padded_error
+from model_checks import packed_vs_padded_error
 
 
 def test_pack_unpack_reverse():
