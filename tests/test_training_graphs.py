@@ -318,13 +318,60 @@ def test_bad_options_are_named(conf, message):
         encoder(cuda_graphs=True, cuda_graph_conf=conf)
 
 
-@pytest.mark.parametrize("kw, message", [
-    ({"interctc_layer_idx": [1]}, "interctc_layer_idx"),
-    ({"pack_sequences": True}, "pack_sequences"),
-])
-def test_options_it_does_not_combine_with(kw, message):
-    with pytest.raises(ValueError, match=f"does not combine with {message}"):
-        encoder(cuda_graphs=True, **kw)
+def test_options_it_does_not_combine_with():
+    with pytest.raises(ValueError, match="does not combine with interctc_layer_idx"):
+        encoder(cuda_graphs=True, interctc_layer_idx=[1])
+
+
+@pytest.mark.parametrize("name, mixer, culprit", [
+    ("samba_asr", "mamba", "Mamba"), ("speech_mamba", "mamba2", "MultiHeadAttention")])
+def test_packed_graphs_need_layers_that_run_packed_rows(name, mixer, culprit):
+    """A graph replays fixed shapes; a layer that unpacks a packed row makes (batch, longest)
+    shapes: the combination is refused, naming the layer."""
+    with pytest.raises(ValueError, match=f"natively .*: {culprit}\\. Set one"):
+        encoder(name, mixer=mixer, mixer_conf=MIXER2 if mixer == "mamba2" else None,
+                cuda_graphs=True, pack_sequences=True)
+
+
+MIXER2 = {"headdim": 8}
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_packed_rows_replay_one_graph_per_bucket(bidirectional, stand_in):
+    """pack_sequences + cuda_graphs (Mamba2 mixers): batches of other sizes and lengths whose
+    packed rows fall in one bucket replay one graph, padded with one more utterance; outputs
+    and every gradient == the padded encoder run eagerly (fp64, PyTorch seq_idx path)."""
+    conf = dict(mixer="mamba2", mixer_conf=MIXER2, bidirectional=bidirectional)
+    eager = encoder(**conf)
+    graphed = encoder(pack_sequences=True, cuda_graphs=True,
+                      cuda_graph_conf={"frame_step": 16}, **conf)
+    graphed.load_state_dict(eager.state_dict())
+    # subsampled lengths 14 + 9 + 5 = 28, 16 + 11 = 27, 14 + 14 + 1 = 29: one bucket of 32
+    for lengths in ([61, 40, 25], [69, 50], [61, 61, 9]):
+        x = torch.randn(len(lengths), max(lengths), FEATS, dtype=torch.float64)
+        ilens = torch.tensor(lengths)
+        y_e, len_e, g_e = step(eager, x, ilens)
+        y_g, len_g, g_g = step(graphed, x, ilens)
+        assert torch.equal(len_e, len_g) and y_g.shape == y_e.shape
+        assert (y_g - y_e).abs().max() <= 1e-9 * y_e.abs().max()
+        floor = 1e-12 * max(g.abs().max() for g in g_e.values())
+        for n, g in g_e.items():
+            assert (g_g[n] - g).abs().max() <= 1e-9 * g.abs().max() + floor, n
+    assert [c["shape"] for c in stand_in.captures] == [(1, 32, 32)]
+    assert [r["shape"] for r in stand_in.replays] == [(1, 32, 32)] * 2
+
+
+def test_packed_rows_unpacked_by_the_mixers_run_eagerly_and_say_so(stand_in, monkeypatch,
+                                                                    caplog):
+    from espnet_mamba.modules import mamba2
+    monkeypatch.setattr(mamba2, "PACKED_PATH", "padded")
+    enc = encoder(mixer="mamba2", mixer_conf=MIXER2, pack_sequences=True, cuda_graphs=True)
+    x, ilens = torch.randn(2, 50, FEATS, dtype=torch.float64), torch.tensor([50, 30])
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            step(enc, x, ilens)
+    assert not stand_in.captures
+    assert caplog.text.count("ESPNET_MAMBA_PACKED_MIXER=padded") == 1
 
 
 def test_default_options_are_documented():

@@ -5,12 +5,14 @@ ESPnet's intermediate-CTC options.  Subclasses only say how to build one layer.
 
 ``pack_sequences``: after the subsampling, the layers see the valid frames of the batch end to
 end (1, total, d) instead of a padded batch (see modules/packing.py); outputs are unpacked again.
-Exact either way.  Meant to be faster with Mamba2 mixers on CUDA, whose kernels take the
-utterance boundaries (``seq_idx``); that path is off for now (see modules/mamba2.py).
+Exact either way.  Mamba2 mixers run the packed row natively (``seq_idx``: modules/mamba2.py);
+Mamba v1 and attention unpack it.
 
 ``cuda_graphs``: training steps replay the layers' forward and backward from CUDA graphs, one
 per (batch, bucketed length) shape (modules/training_graphs.py; ``cuda_graph_conf``:
-frame_step, batch_step, max_shapes, warmup).  Off by default.
+frame_step, batch_step, max_shapes, warmup).  Off by default.  With ``pack_sequences`` too, one
+graph per bucketed packed length (every layer must run a packed row natively: Mamba2 mixers,
+no attention), whatever the batch's number of utterances.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from espnet_mamba.encoders.input_layer import InputLayer, check_features, check_
 from espnet_mamba.modules.factory import check_options, mixer_options, MIXERS
 from espnet_mamba.modules.block import Stream
 from espnet_mamba.modules.norm import RMSNorm
-from espnet_mamba.modules.packing import Packing
+from espnet_mamba.modules import mamba2
+from espnet_mamba.modules.packing import Packing, RowPacking
 from espnet_mamba.modules.padding import lengths_to_mask
 from espnet_mamba.modules.strict_load import StrictLoadMixin
 from espnet_mamba.modules.training_graphs import OPTIONS as GRAPH_OPTIONS, TrainingGraphs
@@ -56,6 +59,27 @@ class _Layers(nn.Module):
         return stream.normed(self.after_norm)[0]
 
 
+class _PackedLayers(nn.Module):
+    """The same for a packed row: (xs (1, frames, d), seq_idx, reverse_index) -> normed."""
+
+    def __init__(self, encoders: nn.ModuleList, after_norm: nn.Module):
+        super().__init__()
+        self.encoders, self.after_norm = encoders, after_norm
+
+    def forward(self, xs, seq_idx, reverse_index):
+        row = RowPacking(seq_idx, reverse_index)
+        stream = Stream(None, xs)
+        for layer in self.encoders:
+            stream = layer(stream, None, None, row)
+        return stream.normed(self.after_norm)[0]
+
+
+def pads_packed_rows(layers: nn.Module) -> list:
+    """The kinds of layer that run a packed row by unpacking it (``packs_by_padding``)."""
+    return sorted({type(m).__name__ for m in layers.modules()
+                   if getattr(m, "packs_by_padding", False)})
+
+
 class StackEncoder(StrictLoadMixin, AbsEncoder):
     def __init__(self, input_size: int, output_size: int, input_layer: Optional[str],
                  dropout_rate: float, layers: List[nn.Module], interctc_layer_idx: List[int],
@@ -74,10 +98,16 @@ class StackEncoder(StrictLoadMixin, AbsEncoder):
         self.conditioning_layer = None  # set by ESPnet's model when conditioning is on
         self.pack_sequences = pack_sequences
         check_options("cuda_graph_conf", cuda_graph_conf or {}, GRAPH_OPTIONS)
-        if cuda_graphs and (interctc_layer_idx or pack_sequences):
-            raise ValueError("cuda_graphs: true does not combine with "
-                             + ("interctc_layer_idx" if interctc_layer_idx else "pack_sequences")
-                             + " (their layers run eagerly): set one of them off")
+        if cuda_graphs and interctc_layer_idx:
+            raise ValueError("cuda_graphs: true does not combine with interctc_layer_idx (its "
+                             "layers run eagerly): set one of them off")
+        padding_kinds = pads_packed_rows(self.encoders)
+        if cuda_graphs and pack_sequences and padding_kinds:
+            # a graph replays fixed shapes; unpacking a row gives (batch, longest) shapes
+            raise ValueError(
+                "cuda_graphs: true with pack_sequences: true needs layers that run a packed "
+                f"batch natively (mixer: mamba2, no attention); these unpack it: "
+                f"{', '.join(padding_kinds)}. Set one of the two options off")
         # training steps' layers as CUDA graphs (modules/training_graphs.py); not a module, so
         # nothing of it is in the state dict
         self.training_graphs = TrainingGraphs(**(cuda_graph_conf or {})) if cuda_graphs else None
@@ -95,7 +125,7 @@ class StackEncoder(StrictLoadMixin, AbsEncoder):
         xs, masks = self.embed(xs_pad, masks)
         valid = masks.squeeze(1)
         lengths = valid.sum(-1)
-        if self.training_graphs is not None:
+        if self.training_graphs is not None and not self.pack_sequences:
             out = self.training_graphs(self, lambda: _Layers(self.encoders, self.after_norm),
                                        xs, lengths, valid)
             if out is not None:
@@ -104,6 +134,14 @@ class StackEncoder(StrictLoadMixin, AbsEncoder):
         unpack = packing.unpack if packing else (lambda t: t)
         if packing:
             xs = packing.pack(xs)
+            if self.training_graphs is not None:
+                out = self.training_graphs.packed(
+                    self, lambda: _PackedLayers(self.encoders, self.after_norm), xs,
+                    RowPacking.of(packing),
+                    unsupported="ESPNET_MAMBA_PACKED_MIXER=padded: the Mamba2 mixers unpack "
+                    "the packed batch" if mamba2.PACKED_PATH == "padded" else None)
+                if out is not None:
+                    return unpack(out), lengths, None
         intermediate = []
         stream = Stream(None, xs)  # residual adds fused into the next norm (modules/block.py)
         for idx, layer in enumerate(self.encoders, start=1):

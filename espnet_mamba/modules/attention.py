@@ -12,6 +12,10 @@ from torch import nn
 
 
 class MultiHeadAttention(nn.Module):
+    # a packed row (modules/packing.py) is unpacked, run padded and packed again: attention
+    # over a packed row would need a block-diagonal mask
+    packs_by_padding = True
+
     def __init__(self, d_model: int, heads: int, dropout_rate: float = 0.0,
                  d_memory: int | None = None):
         super().__init__()

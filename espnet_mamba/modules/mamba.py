@@ -33,6 +33,10 @@ FUSED_INNER = True
 
 
 class Mamba(nn.Module):
+    # a packed row (modules/packing.py) is unpacked, run padded and packed again: mamba-ssm's
+    # v1 selective scan has no ``seq_idx``
+    packs_by_padding = True
+
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: float = 2,
                  dt_rank="auto", dt_min: float = 0.001, dt_max: float = 0.1,
                  dt_init: str = "random", dt_scale: float = 1.0, dt_init_floor: float = 1e-4,

@@ -50,3 +50,35 @@ class Packing:
     def padded(self, fn, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """Run ``fn(padded_x, *args, **kwargs)`` on the unpacked batch and pack its output."""
         return self.pack(fn(self.unpack(x), *args, **kwargs))
+
+
+class RowPacking:
+    """The part of a :class:`Packing` that layers running a packed row natively read
+    (``seq_idx`` and :meth:`reverse`), made of tensors only: what a CUDA graph of the layers
+    takes as inputs.  ``pad_to(frames)`` appends zero frames as one more utterance, so that one
+    graph serves every batch whose packed length falls in its bucket."""
+
+    def __init__(self, seq_idx: torch.Tensor, reverse_index: torch.Tensor):
+        self.seq_idx, self.reverse_index = seq_idx, reverse_index
+
+    @classmethod
+    def of(cls, packing: Packing) -> "RowPacking":
+        return cls(packing.seq_idx, packing.reverse_index)
+
+    def pad_to(self, frames: int) -> "RowPacking":
+        total = self.seq_idx.shape[1]
+        extra = frames - total
+        if extra < 0:
+            raise ValueError(f"RowPacking.pad_to({frames}): the row already has {total} frames")
+        # the added frames: one utterance after the last one, reversed within itself
+        seq_idx = torch.cat([self.seq_idx, (self.seq_idx[:, -1:] + 1).expand(-1, extra)], 1)
+        tail = torch.arange(frames - 1, total - 1, -1, device=self.reverse_index.device)
+        return RowPacking(seq_idx, torch.cat([self.reverse_index, tail]))
+
+    def reverse(self, x: torch.Tensor) -> torch.Tensor:
+        return x.index_select(1, self.reverse_index)
+
+    def padded(self, *args, **kwargs):
+        raise RuntimeError("a layer that runs a packed row by padding (Mamba v1, attention, "
+                           "Mamba2 with ESPNET_MAMBA_PACKED_MIXER=padded) cannot run inside a "
+                           "CUDA graph of a packed row")

@@ -76,6 +76,7 @@ import torch.nn.functional as F
 
 from espnet_mamba.modules.cuda_graph import (ENV, enabled_by_env, parameter_signature,
                                               recover_from_failed_capture)
+from espnet_mamba.modules.packing import RowPacking
 
 OPTIONS = {"frame_step": 64, "batch_step": 1, "max_shapes": 8, "warmup": 3}
 # why_eager reasons that are part of normal training (validation, accumulation): not logged
@@ -182,7 +183,27 @@ class TrainingGraphs:
 
         ``make_layers()`` returns a fresh module running the layers on (xs, lengths, valid)
         (``make_graphed_callables`` replaces its forward); ``module`` owns their parameters."""
+        return self._run(module, make_layers, xs, "padded",
+                         lambda key, x: self._padded(key, x, lengths, valid))
+
+    def packed(self, module: torch.nn.Module, make_layers: Callable[[], torch.nn.Module],
+               xs: torch.Tensor, row: RowPacking, unsupported: Optional[str] = None
+               ) -> Optional[torch.Tensor]:
+        """The same for a packed row xs (1, total, d) (``pack_sequences``): the graph's inputs
+        are (xs, seq_idx, reverse_index), padded to the bucket with one more utterance of zero
+        frames; ``make_layers()`` runs the layers on them.  ``unsupported``: why the layers
+        cannot run this row in a graph (logged once, like ``why_eager``'s reasons)."""
+        def pad(key, x):
+            frames = key[0]
+            padded_row = row.pad_to(frames)
+            return (F.pad(x, (0, 0, 0, frames - x.shape[1])), padded_row.seq_idx,
+                    padded_row.reverse_index)
+        return self._run(module, make_layers, xs, "packed", pad, unsupported)
+
+    def _run(self, module, make_layers, xs, layout, pad, unsupported=None):
         reason = self.why_eager(module, xs)
+        if reason is None or not reason.startswith(ROUTINE):
+            reason = unsupported or reason
         if reason is not None:
             if not reason.startswith(ROUTINE) and reason not in self.warned:
                 # asked for graphs that this setup never uses: say so once, not per step
@@ -195,16 +216,16 @@ class TrainingGraphs:
             self.signature = signature
         batch, frames = xs.shape[:2]
         autocast = torch.is_autocast_enabled(xs.device.type)
-        key = (*self.bucket(frames, batch), xs.dtype, xs.requires_grad, xs.device,
+        key = (*self.bucket(frames, batch), layout, xs.dtype, xs.requires_grad, xs.device,
                torch.get_autocast_dtype(xs.device.type) if autocast else None)
-        graphed = self._graphed(key, make_layers, xs, lengths, valid)
+        graphed = self._graphed(key, make_layers, xs, pad)
         if graphed is None:
             return None
         if autocast:
             with torch.autocast(xs.device.type, dtype=key[-1], cache_enabled=False):
-                out = graphed(*self._padded(key, xs, lengths, valid))
+                out = graphed(*pad(key, xs))
         else:
-            out = graphed(*self._padded(key, xs, lengths, valid))
+            out = graphed(*pad(key, xs))
         if out.grad_fn is not None:
             record = {"done": False}
             out.grad_fn.register_hook(lambda *_: record.__setitem__("done", True))
@@ -253,7 +274,7 @@ class TrainingGraphs:
             lengths = torch.cat([lengths, lengths.new_ones(extra)])
         return xs, lengths, valid
 
-    def _graphed(self, key, make_layers, xs, lengths, valid):
+    def _graphed(self, key, make_layers, xs, pad):
         if key in self.graphs:
             return self.graphs[key]
         if key not in self.seen:  # a shape seen once is not worth a capture
@@ -266,9 +287,8 @@ class TrainingGraphs:
                 self.full_warned = True
             return None
         self.seen.discard(key)
-        xs_p, lengths_p, valid_p = self._padded(key, xs.detach(), lengths, valid)
-        sample = (xs_p.clone().requires_grad_(xs.requires_grad), lengths_p.clone(),
-                  valid_p.clone())
+        xs_p, *rest = pad(key, xs.detach())
+        sample = (xs_p.clone().requires_grad_(xs.requires_grad), *(t.clone() for t in rest))
         if self.pool is None and xs.is_cuda:
             self.pool = torch.cuda.graph_pool_handle()
         autocast = key[-1] is not None
@@ -284,8 +304,8 @@ class TrainingGraphs:
             if isinstance(err, torch.cuda.OutOfMemoryError):
                 raise
             return None
-        logging.info("encoder cuda_graphs: captured shape %s (%d of at most %d)", key[:2],
-                     len(self.graphs) + 1, self.max_shapes)
+        logging.info("encoder cuda_graphs: captured shape %s of a %s batch (%d of at most %d)",
+                     key[:2], key[2], len(self.graphs) + 1, self.max_shapes)
         self.graphs[key] = graphed
         return graphed
 

@@ -34,7 +34,8 @@
 #   packedenc  tools/gpu/packed_encoder_diag.py: the packed GPU test's encoders, call by call
 #   hostprof tools/gpu/mamba2_host_profile.py: cProfile of one eager Mamba2 mixer (~1 min)
 #   packedbench  benchmarks/encoder_gpu.py --packed-only: padded vs packed, per packed path of
-#            PACKED_PATHS (default "fused unfused") and model of PACKED_MODELS
+#            PACKED_PATHS (default "fused") and model of PACKED_MODELS (a *_graphed model: both
+#            padded and packed with cuda_graphs)
 #   packedtests  the packed GPU tests (triton autotunes the seq_idx kernels: minutes per test;
 #            PACKED_TESTS_DETERMINISTIC=1 keeps one config per kernel)
 # A machine goes back after 30 minutes held: with the kernel build (~3.5 min with causal_conv1d
@@ -161,11 +162,11 @@ if want hostprof; then
 fi
 
 if want packedbench; then
-    step "packed vs padded training step, packed paths: ${PACKED_PATHS:-fused unfused}"
+    step "packed vs padded training step, packed paths: ${PACKED_PATHS:-fused}"
     # shellcheck disable=SC2086
     timeout 540 python3 benchmarks/encoder_gpu.py --out "$OUT/packed_h100.json" --packed-only \
-        --packed-models ${PACKED_MODELS:-samba_asr_mamba2 speech_mamba_mamba2} \
-        --packed-paths ${PACKED_PATHS:-fused unfused} 2>&1 | tee "$OUT/packed_bench.log" | grep "packed\]"
+        --packed-models ${PACKED_MODELS:-samba_asr_mamba2_graphed samba_asr_mamba2 speech_mamba_mamba2} \
+        --packed-paths ${PACKED_PATHS:-fused} 2>&1 | tee "$OUT/packed_bench.log" | grep "packed\]"
     echo "packed bench exit ${PIPESTATUS[0]}"
 fi
 
