@@ -238,16 +238,19 @@ def main(argv=None):
     env = report["environment"]
     lines = [f"Device: {env.get('gpu', env['device'])}; date {env['date']}; torch {env['torch']}; "
              f"mamba-ssm {env.get('mamba-ssm')}; kernels {env.get('kernels_available')}",
-             f"Command: `{env['command']}`", "",
-             "| model | parameters |", "|---|---|"]
+             f"Command: `{env['command']}`", ""]
     if report.get("settings", {}).get("interleaved"):
-        lines[2:2] = ["Timing: the models in turn within each setting (benchmarks/"
-                      "encoder_interleaved.py); peak memory less the other models' weights.", ""]
-    lines += [f"| {m} | {v['params'] / 1e6:.2f}M |" for m, v in report["models"].items()]
-    lines += targets(report, idx) + ratios(report, idx) + tables(report, idx) + packed(report)
-    lines += ["", "(n/a): a peak above that of a longer length of the same model and setting, "
-              "seen right after an out-of-memory setting; not a property of the setting, "
-              "left out (`suspect_peak_gib` in the JSON)."]
+        lines += ["Timing: the models in turn within each setting (benchmarks/"
+                  "encoder_interleaved.py); peak memory less the other models' weights.", ""]
+    if report["results"]:  # a --packed-only run has the packed table alone
+        lines += ["| model | parameters |", "|---|---|"]
+        lines += [f"| {m} | {v['params'] / 1e6:.2f}M |" for m, v in report["models"].items()]
+        lines += targets(report, idx) + ratios(report, idx) + tables(report, idx)
+    lines += packed(report)
+    if report["results"]:
+        lines += ["", "(n/a): a peak above that of a longer length of the same model and "
+                  "setting, seen right after an out-of-memory setting; not a property of the "
+                  "setting, left out (`suspect_peak_gib` in the JSON)."]
     print("\n".join(lines))
     if args.plot_prefix:
         plots(report, idx, args.plot_prefix)
