@@ -2,15 +2,16 @@
 
     MAMBA_DETERMINISTIC=1 python3 tools/gpu/packed_diag.py OUT.json
 
-tests/gpu/test_models_cuda.py::test_packed_encoder_cuda found the encoder 0.4-2 % off (H100,
-2026-11-22), so ``modules/mamba2.py: NATIVE_SEQ_IDX`` is off.  This checks each piece of the
-fused mixer on its own, packed (one row, utterances end to end, ``seq_idx``) against each
-sequence run alone (the ground truth), fp32, TF32 off, triton's fp32 dots in IEEE:
+Sessions 2-6 saw tests/gpu/test_models_cuda.py::test_packed_encoder_cuda 0.4-2 % off (H100,
+2026-11-22) and kept the native path off.  This checks each piece of the fused mixer on its
+own, packed (one row, utterances end to end, ``seq_idx``) against each sequence run alone (the
+ground truth), fp32, TF32 off, triton's fp32 dots in IEEE:
   * ``conv``: causal-conv1d's ``causal_conv1d_fn`` (channel-last, as mamba-ssm calls it);
   * ``scan``: mamba-ssm's ``mamba_chunk_scan_combined``;
   * ``fused_scan``: ``mamba_split_conv1d_scan_combined`` without norm and out_proj;
   * ``mixer``: our Mamba2 mixer, packed path "fused" (norm and out_proj included);
   * ``unfused``: our Mamba2 mixer, packed path "unfused" (causal_conv1d + chunk scan + norm).
+Session 7 (docs/benchmarks.md): every piece agrees (< 1e-5); the test's loss had no gradients.
 Each line gives the relative error of the outputs and of every input's gradient.  Lengths cover
 sequences shorter than the convolution (a one-frame utterance, as in the test), chunks holding
 several utterances, utterances across chunk boundaries and the benchmark's LibriSpeech-like batch.
