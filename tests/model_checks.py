@@ -10,7 +10,7 @@ from espnet_mamba.decoders.samba_asr import SambaASRDecoder
 from espnet_mamba.decoders.speech_mamba import SpeechMambaDecoder
 from espnet_mamba.encoders.samba_asr import SambaASREncoder
 from espnet_mamba.encoders.speech_mamba import SpeechMambaEncoder
-from helpers import projection_loss, rel_err
+from helpers import grad_error, projection_loss, rel_err
 
 ENCODERS = {"samba_asr": SambaASREncoder, "speech_mamba": SpeechMambaEncoder}
 DECODERS = {"samba_asr": SambaASRDecoder, "speech_mamba": SpeechMambaDecoder}
@@ -126,11 +126,6 @@ def packed_vs_padded_error(name, mixer, device="cpu", dtype=torch.float64, backe
         y, ol, _ = enc(x, il)
         mask = (torch.arange(y.shape[1], device=device)[None] < ol[:, None])[..., None]
         projection_loss(y * mask).backward()
-        outs.append((y * mask, [p.grad for p in enc.parameters()]))
+        outs.append((y * mask, {n: p.grad for n, p in enc.named_parameters()}))
     (y_a, grads_a), (y_b, grads_b) = outs
-    # each gradient relative to its own size, but at least to 1e-3 of the largest one: some
-    # are zero in exact arithmetic (an attention key's bias) and hold rounding noise only
-    floor = 1e-3 * max(g.abs().max() for g in grads_b)
-    return max([rel_err(y_a, y_b)] + [((a - b).abs().max() / b.abs().max().clamp(min=floor)).item()
-                                      for a, b in zip(grads_a, grads_b)])
-
+    return max(rel_err(y_a, y_b), grad_error(grads_a, grads_b, floor=1e-3)[0])

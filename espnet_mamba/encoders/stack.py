@@ -125,19 +125,19 @@ class StackEncoder(StrictLoadMixin, AbsEncoder):
         xs, masks = self.embed(xs_pad, masks)
         valid = masks.squeeze(1)
         lengths = valid.sum(-1)
-        if self.training_graphs is not None and not self.pack_sequences:
+        packing = Packing(lengths, xs.shape[1]) if self.pack_sequences and len(xs) > 1 else None
+        if self.training_graphs is not None and packing is None:
             out = self.training_graphs(self, lambda: _Layers(self.encoders, self.after_norm),
                                        xs, lengths, valid)
             if out is not None:
                 return out, lengths, None
-        packing = Packing(lengths, xs.shape[1]) if self.pack_sequences and len(xs) > 1 else None
         unpack = packing.unpack if packing else (lambda t: t)
         if packing:
             xs = packing.pack(xs)
             if self.training_graphs is not None:
                 out = self.training_graphs.packed(
                     self, lambda: _PackedLayers(self.encoders, self.after_norm), xs,
-                    RowPacking.of(packing),
+                    RowPacking.of(packing), layout=f"packed ({mamba2.PACKED_PATH})",
                     unsupported="ESPNET_MAMBA_PACKED_MIXER=padded: the Mamba2 mixers unpack "
                     "the packed batch" if mamba2.PACKED_PATH == "padded" else None)
                 if out is not None:

@@ -98,7 +98,8 @@ class Mamba2(nn.Module):
         """Same contract as :meth:`espnet_mamba.modules.mamba.Mamba.forward`.
 
         ``packing`` (:class:`~espnet_mamba.modules.packing.Packing`): x is (1, total, d_model),
-        utterances end to end; on CUDA the fused kernel resets at each start (``seq_idx``).
+        utterances end to end; the convolution and the scan reset at each start (``seq_idx``,
+        see PACKED_PATH).
         """
         if packing is not None:
             return self._forward_packed(x, packing)
@@ -151,7 +152,12 @@ class Mamba2(nn.Module):
     def _forward_packed(self, x, packing):
         if PACKED_PATH == "padded":
             return packing.padded(self.forward, x, packing.lengths)
-        fused = PACKED_PATH == "fused" and fused_mamba2_available(self.backend, x)
+        # mamba-ssm's fused mixer hands causal-conv1d a channel-last view of in_proj's output
+        # only if its width and the conv's channels are multiples of 8; otherwise it makes the
+        # view contiguous, and the kernel refuses seq_idx: those widths run unfused
+        aligned = self.in_proj.out_features % 8 == 0 and self.conv_dim % 8 == 0
+        fused = (PACKED_PATH == "fused" and aligned
+                 and fused_mamba2_available(self.backend, x))
         return after_in_proj(self._mix, self.in_proj(x), None, fused, False,
                              weight=self.out_proj.weight, seq_idx=packing.seq_idx)
 

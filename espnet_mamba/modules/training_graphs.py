@@ -183,27 +183,32 @@ class TrainingGraphs:
 
         ``make_layers()`` returns a fresh module running the layers on (xs, lengths, valid)
         (``make_graphed_callables`` replaces its forward); ``module`` owns their parameters."""
-        return self._run(module, make_layers, xs, "padded",
+        shape = self.bucket(xs.shape[1], xs.shape[0])
+        return self._run(module, make_layers, xs, "padded", shape,
                          lambda key, x: self._padded(key, x, lengths, valid))
 
     def packed(self, module: torch.nn.Module, make_layers: Callable[[], torch.nn.Module],
-               xs: torch.Tensor, row: RowPacking, unsupported: Optional[str] = None
-               ) -> Optional[torch.Tensor]:
+               xs: torch.Tensor, row: RowPacking, layout: str = "packed",
+               unsupported: Optional[str] = None) -> Optional[torch.Tensor]:
         """The same for a packed row xs (1, total, d) (``pack_sequences``): the graph's inputs
-        are (xs, seq_idx, reverse_index), padded to the bucket with one more utterance of zero
-        frames; ``make_layers()`` runs the layers on them.  ``unsupported``: why the layers
-        cannot run this row in a graph (logged once, like ``why_eager``'s reasons)."""
+        are (xs, seq_idx, reverse_index), padded to a multiple of ``frame_step`` with one more
+        utterance of zero frames (``batch_step`` does not apply); ``make_layers()`` runs the
+        layers on them.  ``layout`` names how the layers run the row (part of the graph's key);
+        ``unsupported``: why they cannot run it in a graph (logged once, like ``why_eager``'s
+        reasons)."""
         def pad(key, x):
             frames = key[0]
             padded_row = row.pad_to(frames)
             return (F.pad(x, (0, 0, 0, frames - x.shape[1])), padded_row.seq_idx,
                     padded_row.reverse_index)
-        return self._run(module, make_layers, xs, "packed", pad, unsupported)
+        shape = (self.bucket(xs.shape[1], 1)[0], 1)
+        return self._run(module, make_layers, xs, layout, shape, pad, unsupported)
 
-    def _run(self, module, make_layers, xs, layout, pad, unsupported=None):
+    def _run(self, module, make_layers, xs, layout, shape, pad, unsupported=None):
+        """``shape``: the graph's (frames, rows); ``pad(key, xs)``: its inputs."""
         reason = self.why_eager(module, xs)
-        if reason is None or not reason.startswith(ROUTINE):
-            reason = unsupported or reason
+        if reason is None:
+            reason = unsupported
         if reason is not None:
             if not reason.startswith(ROUTINE) and reason not in self.warned:
                 # asked for graphs that this setup never uses: say so once, not per step
@@ -216,7 +221,7 @@ class TrainingGraphs:
             self.signature = signature
         batch, frames = xs.shape[:2]
         autocast = torch.is_autocast_enabled(xs.device.type)
-        key = (*self.bucket(frames, batch), layout, xs.dtype, xs.requires_grad, xs.device,
+        key = (*shape, layout, xs.dtype, xs.requires_grad, xs.device,
                torch.get_autocast_dtype(xs.device.type) if autocast else None)
         graphed = self._graphed(key, make_layers, xs, pad)
         if graphed is None:

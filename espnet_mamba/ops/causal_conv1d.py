@@ -25,12 +25,14 @@ def causal_conv1d(x, weight, bias=None, activation=None, backend: str | None = N
     """``seq_idx`` (batch, length) int: no input crosses from one utterance of a packed row to
     the next."""
     _check_activation(activation)
-    if use_kernels(backend, "causal_conv1d", x, weight):
+    # the kernel takes seq_idx only in its channel-last layout (x (b, c, l) as a view of a
+    # contiguous (b, l, c) tensor), whose strides must be multiples of 8: other channel counts
+    # take the PyTorch path below
+    kernel_ok = seq_idx is None or x.shape[1] % 8 == 0
+    if kernel_ok and use_kernels(backend, "causal_conv1d", x, weight):
         fn = kernel_module("causal_conv1d").causal_conv1d_fn
         if seq_idx is None:
             return fn(x.contiguous(), weight, bias, activation=activation)
-        # the kernel takes seq_idx only in its channel-last layout: x (b, c, l) as a view of a
-        # contiguous (b, l, c) tensor (strides multiples of 8: checked by the kernel)
         x = x.transpose(1, 2).contiguous().transpose(1, 2)
         return fn(x, weight, bias, seq_idx=seq_idx.to(torch.int32).contiguous(),
                   activation=activation)
@@ -45,6 +47,8 @@ def _packed_conv(x, weight, bias, activation, seq_idx):
     """The PyTorch path with ``seq_idx``: tap k of output t reads input t - (width-1) + k only
     if both belong to the same utterance (as the kernel does)."""
     width, length = weight.shape[-1], x.shape[-1]
+    weight = weight.to(x.dtype)  # as F.conv1d would require (no silent upcast)
+    bias = None if bias is None else bias.to(x.dtype)
     xp = F.pad(x, (width - 1, 0))
     sp = F.pad(seq_idx, (width - 1, 0), value=-1)
     y = torch.zeros_like(x) if bias is None else bias[None, :, None].expand_as(x)

@@ -102,6 +102,7 @@ def ssd_scan(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, initia
     """Dispatch to mamba-ssm's ``mamba_chunk_scan_combined`` or :func:`ssd_scan_torch`."""
     if use_kernels(backend, "ssd", x, dt, B, C):
         fn = kernel_module("ssd").mamba_chunk_scan_combined
+        seq_idx = None if seq_idx is None else seq_idx.to(torch.int32).contiguous()
         return fn(x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias,
                   initial_states=initial_states, seq_idx=seq_idx, dt_softplus=dt_softplus,
                   return_final_states=return_final_states)
@@ -148,6 +149,7 @@ def fused_mamba2_split_scan(zxbcdt, conv_weight, conv_bias, dt_bias, A, D, chunk
                             ngroups, seq_idx=None):
     """mamba-ssm's fused Mamba2 mixer (conv, scan, gated norm, out_proj): (b, l, d_model)."""
     fn = kernel_module("ssd").mamba_split_conv1d_scan_combined
+    seq_idx = None if seq_idx is None else seq_idx.to(torch.int32).contiguous()
     return fn(zxbcdt, conv_weight, conv_bias, dt_bias, A, D, chunk_size, seq_idx=seq_idx,
               activation="silu", rmsnorm_weight=norm_weight, rmsnorm_eps=norm_eps,
               outproj_weight=out_proj_weight, outproj_bias=out_proj_bias, headdim=headdim,

@@ -44,3 +44,55 @@ def test_packed_encoder_cuda(name, bidirectional, path, monkeypatch):
     err = packed_vs_padded_error(name, "mamba2", device="cuda", dtype=torch.float32,
                                  backend="cuda", bidirectional=bidirectional)
     assert err < 1e-4
+
+
+@pytest.mark.parametrize("amp", [False, True])
+@pytest.mark.parametrize("name,mixer", PAIRS)
+def test_cuda_graph_batch_score_equals_eager_cuda(name, mixer, amp):
+    """espnet_mamba/modules/cuda_graph.py: batch_score with the step replayed from CUDA graphs
+    == the eager step, over steps whose row count changes (a count is captured when seen the
+    second time: one graph per count, 1, 4, 2), in fp32 and under bf16 autocast, and for two
+    utterances in turn (speech_mamba's graphs read the utterance's memory: they are dropped and
+    captured again for the next one)."""
+    torch.manual_seed(0)
+    dec = tiny_decoder(name, mixer, device="cuda", dtype=torch.float32, backend="cuda")
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp)
+    for utt in range(2):
+        x = torch.randn(30 + 7 * utt, dec.output_layer.in_features, device="cuda")
+        with torch.no_grad(), ctx:
+            states_g = states_e = [dec.batch_init_state(x)]
+            for rows in (1, 1, 4, 4, 4, 2, 2):
+                ys = torch.randint(0, dec.output_layer.out_features, (rows, 3), device="cuda")
+                pick = torch.randint(0, len(states_g), (rows,)).tolist()
+                dec.cuda_graphs = True
+                logp_g, out_g = dec.batch_score(ys, [states_g[i] for i in pick], x)
+                dec.cuda_graphs = False
+                logp_e, out_e = dec.batch_score(ys, [states_e[i] for i in pick], x)
+                assert (logp_g - logp_e).abs().max() <= 1e-3 * logp_e.abs().max()
+                states_g = [dec.select_state(out_g, i) for i in range(rows)]
+                states_e = [dec.select_state(out_e, i) for i in range(rows)]
+    graphs = dec.step_graphs
+    assert graphs.disabled is None, graphs.disabled
+    assert len(graphs.checks) == (3 if name == "samba_asr" else 6)  # rows 1, 4, 2 (per utt.)
+    assert all(max(c[1:]) <= 1e-3 for c in graphs.checks)
+    assert len(graphs.graphs) == 3
+
+
+def test_cuda_graph_follows_dtype_change_cuda():
+    """Casting the decoder after graphs were captured drops them (they read the old weights)."""
+    dec = tiny_decoder("samba_asr", "mamba", device="cuda", dtype=torch.float32, backend="cuda")
+    x = torch.randn(20, dec.output_layer.in_features, device="cuda")
+    ys = torch.ones(1, 1, dtype=torch.long, device="cuda")
+    with torch.no_grad():
+        for _ in range(2):  # captured at the second sighting
+            dec.batch_score(ys, [dec.batch_init_state(x)], x)
+        assert len(dec.step_graphs.graphs) == 1
+        dec.to(torch.bfloat16)
+        assert not dec.step_graphs.graphs
+        x = x.bfloat16()
+        for _ in range(2):
+            logp, _ = dec.batch_score(ys, [dec.batch_init_state(x)], x)
+        dec.cuda_graphs = False
+        ref, _ = dec.batch_score(ys, [dec.batch_init_state(x)], x)
+    assert (logp - ref).abs().max() <= 1e-3 * ref.abs().max()
+    assert dec.step_graphs.disabled is None and len(dec.step_graphs.graphs) == 1
