@@ -97,3 +97,41 @@ def test_unknown_packed_path_in_the_environment_is_named():
         text=True, env={**os.environ, "ESPNET_MAMBA_PACKED_MIXER": "fast"})
     assert proc.returncode != 0
     assert "ESPNET_MAMBA_PACKED_MIXER='fast'" in proc.stderr and "unfused" in proc.stderr
+
+
+def test_widths_the_kernels_cannot_take_packed_run_unfused(monkeypatch):
+    """mamba-ssm's fused mixer takes seq_idx only when in_proj's width and the conv's channels
+    are multiples of 8 (nheads 10 here makes the width odd-sized): such mixers run the unfused
+    path instead of failing inside the kernel."""
+    from espnet_mamba.modules import mamba2
+    from espnet_mamba.modules.packing import Packing
+    mixer = mamba2.Mamba2(320, d_state=16, headdim=64).double()
+    assert mixer.in_proj.out_features % 8 != 0
+    monkeypatch.setattr(mamba2, "fused_mamba2_available", lambda *a: True)
+
+    def kernel(*args, **kwargs):
+        raise AssertionError("the fused kernel was called with a width it refuses")
+    monkeypatch.setattr(mamba2, "fused_mamba2_split_scan", kernel)
+    lengths = torch.tensor([5, 3])
+    packing = Packing(lengths, 5)
+    x = torch.randn(2, 5, 320, dtype=torch.float64)
+    packed = mixer(packing.pack(x), packing=packing)
+    monkeypatch.setattr(mamba2, "fused_mamba2_available", lambda *a: False)
+    assert torch.allclose(packing.unpack(packed), mixer(x, lengths), atol=1e-12)
+
+
+def test_channels_the_conv_kernel_cannot_take_packed_use_pytorch(monkeypatch):
+    from espnet_mamba.ops import causal_conv1d as conv_ops
+    monkeypatch.setattr(conv_ops, "use_kernels", lambda *a: True)
+    monkeypatch.setattr(conv_ops, "kernel_module", lambda name: (_ for _ in ()).throw(
+        AssertionError("the kernel was asked for 6 channels with seq_idx")))
+    x, w = torch.randn(1, 6, sum(LENGTHS)), torch.randn(6, 4)
+    y = conv_ops.causal_conv1d(x, w, None, "silu", seq_idx=_seq_idx())
+    assert y.shape == x.shape
+
+
+def test_packed_conv_keeps_the_input_dtype():
+    from espnet_mamba.ops.causal_conv1d import causal_conv1d
+    x = torch.randn(1, 8, sum(LENGTHS), dtype=torch.bfloat16)
+    y = causal_conv1d(x, torch.randn(8, 4), torch.randn(8), "silu", seq_idx=_seq_idx())
+    assert y.dtype == torch.bfloat16

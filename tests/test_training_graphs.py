@@ -536,3 +536,13 @@ def test_espnet_trainer_with_graphs_trains_as_without(stand_in, tmp_path):
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
     for k, v in states[False].items():
         assert torch.allclose(states[True][k], v, rtol=1e-4, atol=1e-6), k
+
+
+def test_one_utterance_with_packing_on_replays_the_padded_graph(stand_in):
+    """A batch of one is not packed; with pack_sequences on it still takes the (padded) graph."""
+    enc = encoder(mixer="mamba2", mixer_conf=MIXER2, pack_sequences=True, cuda_graphs=True)
+    x, ilens = torch.randn(1, 50, FEATS, dtype=torch.float64), torch.tensor([50])
+    for _ in range(2):
+        step(enc, x, ilens)
+    assert [c["shape"] for c in stand_in.captures] == [(1, 64, 32)]
+    assert len(stand_in.replays) == 1
