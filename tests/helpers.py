@@ -10,8 +10,9 @@ def rel_err(a, b):
 
 def projection_loss(y):
     """A loss whose gradients mean something: the encoders end in an RMSNorm, and with its unit
-    initial weights the sum of squares of its output is a constant (the width times the frame
-    count), whose every gradient below the norm is rounding noise.  A fixed random projection
+    initial weights the sum of squares of its output is nearly a constant (the width times the
+    frame count, up to the norm's eps), whose gradients below the norm are mostly rounding
+    noise.  A fixed random projection
     (seeded, the same for every call with this shape) has real gradients."""
     gen = torch.Generator().manual_seed(1234)
     weights = torch.randn(y.shape, generator=gen, dtype=torch.float64)

@@ -46,7 +46,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-STEPS=",${STEPS:-tests,amp,decode,encoder,interleaved,recipe,packed,packedbench},"
+STEPS=",${STEPS:-tests,amp,decode,encoder,interleaved,recipe,packed,packedbench,packedtests},"
 step() { echo; echo "=== [$(date -u +%H:%M:%S)] $*"; }
 want() { [[ $STEPS == *",$1,"* ]]; }
 
