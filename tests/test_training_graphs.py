@@ -89,6 +89,17 @@ def step(enc, x, ilens):
                                                  enc.named_parameters() if p.grad is not None}
 
 
+def assert_same_step(eager, graphed, x, ilens):
+    """One training step of each: the same output lengths, outputs and every gradient (fp64)."""
+    y_e, len_e, g_e = step(eager, x, ilens)
+    y_g, len_g, g_g = step(graphed, x, ilens)
+    assert torch.equal(len_e, len_g) and y_g.shape == y_e.shape
+    assert (y_g - y_e).abs().max() <= 1e-9 * y_e.abs().max()
+    assert g_g.keys() == g_e.keys()
+    err, name = grad_error(g_g, g_e, floor=1e-3)
+    assert err <= 1e-9, name
+
+
 @pytest.mark.parametrize("batch_step, rows", [(1, 3), (4, 4)])
 @pytest.mark.parametrize("name", ["samba_asr", "speech_mamba"])
 def test_buckets_are_exact_and_a_shape_is_captured_at_its_second_sighting(
@@ -101,13 +112,7 @@ def test_buckets_are_exact_and_a_shape_is_captured_at_its_second_sighting(
     for t, lengths in ((61, [61, 40, 25]), (69, [69, 50, 33]), (61, [61, 61, 13])):
         x = torch.randn(3, t, FEATS, dtype=torch.float64)
         ilens = torch.tensor(lengths)
-        y_e, len_e, g_e = step(eager, x, ilens)
-        y_g, len_g, g_g = step(graphed, x, ilens)
-        assert torch.equal(len_e, len_g) and y_g.shape == y_e.shape
-        assert (y_g - y_e).abs().max() <= 1e-9 * y_e.abs().max()
-        assert g_g.keys() == g_e.keys()
-        err, name = grad_error(g_g, g_e, floor=1e-3)
-        assert err <= 1e-9, name
+        assert_same_step(eager, graphed, x, ilens)
     graphs = graphed.training_graphs
     # the second call captures; calls 2 and 3 replay (batch_step 4: one added one-frame row)
     assert [c["shape"] for c in stand_in.captures] == [(rows, 16, 32)]
@@ -348,13 +353,7 @@ def test_packed_rows_replay_one_graph_per_bucket(bidirectional, stand_in):
     for lengths in ([61, 40, 25], [69, 50], [61, 61, 9]):
         x = torch.randn(len(lengths), max(lengths), FEATS, dtype=torch.float64)
         ilens = torch.tensor(lengths)
-        y_e, len_e, g_e = step(eager, x, ilens)
-        y_g, len_g, g_g = step(graphed, x, ilens)
-        assert torch.equal(len_e, len_g) and y_g.shape == y_e.shape
-        assert (y_g - y_e).abs().max() <= 1e-9 * y_e.abs().max()
-        assert g_g.keys() == g_e.keys()
-        err, name = grad_error(g_g, g_e, floor=1e-3)
-        assert err <= 1e-9, name
+        assert_same_step(eager, graphed, x, ilens)
     assert [c["shape"] for c in stand_in.captures] == [(1, 32, 32)]
     assert [r["shape"] for r in stand_in.replays] == [(1, 32, 32)] * 2
 

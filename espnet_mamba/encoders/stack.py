@@ -46,31 +46,19 @@ def resolve_mixer_conf(mixer: str, d_state: int, d_conv: int, expand: float,
 
 
 class _Layers(nn.Module):
-    """The layer loop and final norm as one callable of tensors, for a CUDA-graph capture."""
+    """The layer loop and final norm as one callable of tensors, for a CUDA-graph capture:
+    (xs, lengths, valid) of a padded batch, or with ``packed`` (xs (1, frames, d), seq_idx,
+    reverse_index) of a packed row."""
 
-    def __init__(self, encoders: nn.ModuleList, after_norm: nn.Module):
+    def __init__(self, encoders: nn.ModuleList, after_norm: nn.Module, packed: bool = False):
         super().__init__()
-        self.encoders, self.after_norm = encoders, after_norm
+        self.encoders, self.after_norm, self.packed = encoders, after_norm, packed
 
-    def forward(self, xs, lengths, valid):
+    def forward(self, xs, a, b):
+        args = (None, None, RowPacking(a, b)) if self.packed else (a, b, None)
         stream = Stream(None, xs)
         for layer in self.encoders:
-            stream = layer(stream, lengths, valid, None)
-        return stream.normed(self.after_norm)[0]
-
-
-class _PackedLayers(nn.Module):
-    """The same for a packed row: (xs (1, frames, d), seq_idx, reverse_index) -> normed."""
-
-    def __init__(self, encoders: nn.ModuleList, after_norm: nn.Module):
-        super().__init__()
-        self.encoders, self.after_norm = encoders, after_norm
-
-    def forward(self, xs, seq_idx, reverse_index):
-        row = RowPacking(seq_idx, reverse_index)
-        stream = Stream(None, xs)
-        for layer in self.encoders:
-            stream = layer(stream, None, None, row)
+            stream = layer(stream, *args)
         return stream.normed(self.after_norm)[0]
 
 
@@ -136,7 +124,7 @@ class StackEncoder(StrictLoadMixin, AbsEncoder):
             xs = packing.pack(xs)
             if self.training_graphs is not None:
                 out = self.training_graphs.packed(
-                    self, lambda: _PackedLayers(self.encoders, self.after_norm), xs,
+                    self, lambda: _Layers(self.encoders, self.after_norm, packed=True), xs,
                     RowPacking.of(packing), layout=f"packed ({mamba2.PACKED_PATH})",
                     unsupported="ESPNET_MAMBA_PACKED_MIXER=padded: the Mamba2 mixers unpack "
                     "the packed batch" if mamba2.PACKED_PATH == "padded" else None)
