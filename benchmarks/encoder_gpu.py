@@ -269,15 +269,25 @@ def record_graphs(enc, res):
 
 
 def profile_setting(enc, name, mode, batch, seconds, device, args, directory: Path):
-    """torch.profiler over 3 steps of one setting: where the host time goes (ops by self CPU
-    time, and the CUDA kernels), written to DIRECTORY/<model>_<mode>_B<batch>_<seconds>s.txt."""
-    from torch.profiler import ProfilerActivity, profile
-
+    """torch.profiler over 3 steps of one setting, written to
+    DIRECTORY/<model>_<mode>_B<batch>_<seconds>s.txt (see profile_run)."""
     frames = int(seconds * FPS)
     enc.train(mode == "train")
     x = torch.randn(batch, frames, FEATS, device=device)
     ilens = torch.full((batch,), frames, dtype=torch.long, device=device)
-    run = step_fn(enc, x, ilens, mode, device, args.amp)
+    profile_run(step_fn(enc, x, ilens, mode, device, args.amp), device,
+                directory / f"{name}_{mode}_B{batch}_{seconds:g}s.txt",
+                f"{name} {mode} B{batch} {seconds:g} s, amp {args.amp}")
+    enc.zero_grad(set_to_none=True)
+    free(device)
+
+
+def profile_run(run, device, path: Path, title: str, steps: int = 3):
+    """torch.profiler over ``steps`` calls of ``run`` (after 3 unprofiled ones): where the host
+    time goes (ops by self CPU time), the kernels by device time, and per step the device's
+    busy time and kernel count (busy time well below the step's wall time: the GPU waits)."""
+    from torch.profiler import ProfilerActivity, profile
+
     for _ in range(3):
         run()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
@@ -285,20 +295,20 @@ def profile_setting(enc, name, mode, batch, seconds, device, args, directory: Pa
     timer = Timer(device)
     timer.sync()
     with profile(activities=activities) as prof:
-        for _ in range(3):
+        for _ in range(steps):
             run()
         timer.sync()
     avg = prof.key_averages()
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{name}_{mode}_B{batch}_{seconds:g}s.txt"
-    sort_dev = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    path.write_text(f"{name} {mode} B{batch} {seconds:g} s, 3 steps, amp {args.amp}\n\n"
-                    "== by self CPU time (host)\n"
+    sort_dev = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
+    busy_ms = sum(e.device_time for e in kernels) / 1e3 / steps
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{title}, {steps} steps\n"
+                    f"per step: device busy {busy_ms:.2f} ms, {len(kernels) / steps:.0f} "
+                    f"device events (kernels, copies)\n\n== by self CPU time (host)\n"
                     + avg.table(sort_by="self_cpu_time_total", row_limit=45)
-                    + "\n== by self device time\n" + avg.table(sort_by=sort_dev, row_limit=30))
-    enc.zero_grad(set_to_none=True)
-    free(device)
-    print(f"profile: {path}", flush=True)
+                    + "\n== by self device time\n" + avg.table(sort_by=sort_dev, row_limit=40))
+    print(f"profile: {path} (device busy {busy_ms:.2f} ms per step)", flush=True)
 
 
 def packed_vs_padded(args, device, timer, report):
@@ -326,13 +336,15 @@ def packed_vs_padded(args, device, timer, report):
         ylens = torch.tensor([max(1, n // 40) for n in lengths], device=device)
         ys = torch.randint(1, vocab, (len(lengths), int(ylens.max())), device=device)
 
-        def measure_one(enc):
+        def measure_one(enc, label):
             enc.to(device).train()
 
             def loss_fn(amp):
+                # the CTC under autocast too, as ESPnet's trainer runs the whole model (its
+                # projection in bf16, log-softmax and loss in fp32); hs.float(): a fp32 loss
                 with autocast(device, amp):
                     hs, hlens, _ = enc(x, ilens)
-                return ctc(hs.float(), hlens, ys, ylens)
+                    return ctc(hs.float(), hlens, ys, ylens)
 
             last = {}
 
@@ -343,6 +355,9 @@ def packed_vs_padded(args, device, timer, report):
                 last["loss"] = loss.detach()
 
             times = timer(run, args.warmup, args.repeats)
+            if args.profile_dir:
+                profile_run(run, device, args.profile_dir / f"packed_{name}_{label}.txt",
+                            f"{name} {label} training step (packed batch), amp {args.amp}")
             # the training step's own loss (replayed from the graphs where they run), and the
             # loss of a no_grad forward (always eager) in fp32 and under autocast
             res = {"times_ms": [round(t, 3) for t in times],
@@ -355,11 +370,11 @@ def packed_vs_padded(args, device, timer, report):
             enc.cpu()
             return res
 
-        padded_res = measure_one(padded)
+        padded_res = measure_one(padded, "padded")
         for path in args.packed_paths:
             saved, mamba2.PACKED_PATH = mamba2.PACKED_PATH, path
             try:
-                packed_res = measure_one(packed)
+                packed_res = measure_one(packed, f"packed_{path}")
             finally:
                 mamba2.PACKED_PATH = saved
             entry = {"model": name, "conf": conf, "packed_path": path, "lengths_frames": lengths,
@@ -460,7 +475,8 @@ def main(argv=None):
                     help="stop a model's remaining settings after this much wall time")
     ap.add_argument("--profile-dir", type=Path, default=None,
                     help="also profile (torch.profiler) each model's train and infer steps at "
-                         "--profile-setting into this folder")
+                         "--profile-setting, and the packed batch's padded and packed "
+                         "training steps, into this folder")
     ap.add_argument("--profile-setting", nargs=2, type=float, default=[8, 15],
                     metavar=("BATCH", "SECONDS"))
     args = parse_settings(ap, argv)

@@ -110,11 +110,12 @@ def encoder_padding_error(enc, idim=20, device="cpu", dtype=torch.float64):
 
 
 def packed_vs_padded_error(name, mixer, device="cpu", dtype=torch.float64, backend=None,
-                           bidirectional=True, idim=20):
+                           bidirectional=True, idim=20, input_layer="conv2d"):
     """Rel. error of outputs and of every parameter's gradient: ``pack_sequences`` on vs off,
     same weights."""
     kw = dict(output_size=64, num_blocks=2, mixer=mixer, d_state=16, dropout_rate=0.0,
-              mixer_conf=MIXER_CONF[mixer], bidirectional=bidirectional, backend=backend)
+              mixer_conf=MIXER_CONF[mixer], bidirectional=bidirectional, backend=backend,
+              input_layer=input_layer)
     padded = ENCODERS[name](idim, **kw)
     packed = ENCODERS[name](idim, pack_sequences=True, **kw)
     packed.load_state_dict(padded.state_dict())
@@ -124,8 +125,10 @@ def packed_vs_padded_error(name, mixer, device="cpu", dtype=torch.float64, backe
     for enc in (padded, packed):
         enc.to(device=device, dtype=dtype).train()
         y, ol, _ = enc(x, il)
+        if enc is packed:  # the same frames out, counted alike
+            assert torch.equal(ol, outs[0][2]) and y.shape == outs[0][0].shape
         mask = (torch.arange(y.shape[1], device=device)[None] < ol[:, None])[..., None]
         projection_loss(y * mask).backward()
-        outs.append((y * mask, {n: p.grad for n, p in enc.named_parameters()}))
-    (y_a, grads_a), (y_b, grads_b) = outs
+        outs.append((y * mask, {n: p.grad for n, p in enc.named_parameters()}, ol))
+    (y_a, grads_a, _), (y_b, grads_b, _) = outs
     return max(rel_err(y_a, y_b), grad_error(grads_a, grads_b, floor=1e-3)[0])

@@ -37,6 +37,34 @@ def test_packed_encoder_equals_padded(name, mixer, path, bidirectional, monkeypa
     assert packed_vs_padded_error(name, mixer, bidirectional=bidirectional) < 1e-10
 
 
+@pytest.mark.parametrize("input_layer",
+                         ["conv2d2", "conv2d6", "conv2d8", "conv2d1", "conv1d2", "linear", None])
+def test_packed_input_layers_equal_padded(input_layer):
+    """Every input layer on the packed batch (encoders/input_layer.py ``packed``): the same
+    output frames and lengths, outputs and gradients (fp64).  conv2d8 needs 15 frames: the
+    9-frame utterance then has no output frame at all."""
+    assert packed_vs_padded_error("samba_asr", "mamba2", input_layer=input_layer,
+                                  idim=64 if input_layer is None else 20) < 1e-10
+
+
+def test_packed_input_layer_reads_only_its_utterance():
+    """Changing one utterance's frames (or the padding) changes no other utterance's packed
+    input-layer output: the slots start at multiples of the stride."""
+    from espnet_mamba.encoders.input_layer import InputLayer
+    torch.manual_seed(0)
+    layer = InputLayer("conv2d6", 20, 16, 0.0).double()
+    x = torch.randn(3, 40, 20, dtype=torch.float64)
+    il = torch.tensor([17, 40, 25])
+    row, packing = layer.packed(x, il)
+    assert packing.lengths.tolist() == [2, 5, 3]  # ((L - 3) // 2 + 1 - 5) // 3 + 1
+    x2 = x.clone()
+    x2[0] += 1.0
+    x2[2, 25:] = 7.0  # padding
+    row2, _ = layer.packed(x2, il)
+    assert not torch.equal(row[0, :2], row2[0, :2])
+    assert torch.equal(row[0, 2:], row2[0, 2:])
+
+
 LENGTHS = [5, 1, 9, 3, 7]  # a one-step utterance, and utterances across chunk boundaries
 
 

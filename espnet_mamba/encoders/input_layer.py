@@ -1,11 +1,16 @@
-"""ESPnet's input layers (conv subsampling, linear) by name, with ESPnet's too-short check."""
+"""ESPnet's input layers (conv subsampling, linear) by name, with ESPnet's too-short check,
+and the same layers run on a packed batch (``packed``: the valid frames only)."""
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from espnet2.legacy.nets.pytorch_backend.transformer import subsampling as sub
+from espnet_mamba.modules.packing import Packing
 
 # name -> (class, frames the class needs at least).  No positional encoding: Mamba layers
 # carry position through their recurrence.
@@ -29,6 +34,7 @@ class InputLayer(nn.Module):
         if name not in INPUT_LAYERS:
             raise ValueError(f"unknown input_layer {name!r}; valid: {INPUT_LAYERS}")
         self.name, self.min_frames, self.input_size = name, 1, input_size
+        self.time_convs = []  # (kernel, stride) of each convolution along time
         if input_size < 1 or output_size < 1:
             raise ValueError(f"input_size and output_size must be positive, got {input_size} "
                              f"and {output_size}")
@@ -40,6 +46,7 @@ class InputLayer(nn.Module):
                                  f"features per frame (it subsamples the feature axis too), "
                                  f"got {input_size}; use conv1d2 or linear for fewer")
             self.embed = cls(input_size, output_size, dropout_rate, pos_enc=nn.Identity())
+            self.time_convs = _time_convs(self.embed)
         elif name == "linear":
             self.embed = nn.Sequential(nn.Linear(input_size, output_size),
                                        nn.LayerNorm(output_size), nn.Dropout(dropout_rate))
@@ -50,14 +57,64 @@ class InputLayer(nn.Module):
             self.embed = None
 
     def forward(self, xs, masks):
+        self._check_frames(xs)
+        if self.name in CONV_LAYERS:
+            return self.embed(xs, masks)
+        return (xs if self.embed is None else self.embed(xs)), masks
+
+    def _check_frames(self, xs):
         if xs.shape[1] < self.min_frames:
             raise sub.TooShortUttError(
                 f"has {xs.shape[1]} frames and is too short for subsampling "
                 f"(input_layer={self.name} needs at least {self.min_frames} frames)",
                 xs.shape[1], self.min_frames)
+
+    def output_lengths(self, lengths):
+        """Frames out for ``lengths`` frames in (ints or a tensor), as ESPnet's subsampled mask
+        counts them: only outputs whose convolutions read valid frames alone."""
+        for kernel, stride in self.time_convs:
+            lengths = (lengths - kernel) // stride + 1
+        return lengths.clamp(min=0) if isinstance(lengths, torch.Tensor) else max(lengths, 0)
+
+    def packed(self, xs: torch.Tensor, ilens: torch.Tensor):
+        """forward() on the valid frames of a padded batch laid end to end.
+
+        Returns (row (1, total, output_size), the :class:`Packing` of the output frames).  The
+        frames and their gradients are those of forward() on the padded batch, packed: each
+        utterance's input starts at a multiple of the subsampling's stride, and an output frame
+        of the row reads the same input frames as its counterpart in the padded batch (the
+        frames ESPnet's mask counts valid read their own utterance only).  The convolutions so
+        cost the valid frames (plus < stride per utterance), not the padded batch's.
+        """
+        self._check_frames(xs)
+        ilens = ilens.long()
+        if self.time_convs is None:  # an input layer of unknown geometry: padded, then packed
+            masks = (torch.arange(xs.shape[1], device=xs.device)[None] < ilens[:, None])[:, None]
+            xs, masks = self.forward(xs, masks)
+            packing = Packing(masks.squeeze(1).sum(-1), xs.shape[1])
+            return packing.pack(xs), packing
+        stride = math.prod(s for _, s in self.time_convs)
+        slots = -(-ilens // stride) * stride  # each utterance rounded up to whole strides
+        frames = -(-xs.shape[1] // stride) * stride
+        row = Packing(slots, frames).pack(F.pad(xs, (0, 0, 0, frames - xs.shape[1])))
         if self.name in CONV_LAYERS:
-            return self.embed(xs, masks)
-        return (xs if self.embed is None else self.embed(xs)), masks
+            row = self.embed(row, None)[0]
+        elif self.embed is not None:
+            row = self.embed(row)
+        out = Packing(self.output_lengths(ilens), self.output_lengths(xs.shape[1]))
+        if stride == 1 and not self.time_convs:  # per-frame layers: already in place
+            return row, out
+        starts = torch.cumsum(slots // stride, 0) - slots // stride
+        return row.index_select(1, out.positions(starts)), out
+
+
+def _time_convs(embed: nn.Module):
+    """(kernel, stride) along time of each convolution of an ESPnet subsampling module, or None
+    where one is padded or dilated (its outputs would then read frames across utterances)."""
+    convs = [m for m in embed.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d))]
+    if any(m.padding[0] != 0 or m.dilation[0] != 1 for m in convs):
+        return None
+    return [(m.kernel_size[0], m.stride[0]) for m in convs]
 
 
 def check_input(xs: torch.Tensor, ilens: torch.Tensor, input_size: int) -> None:

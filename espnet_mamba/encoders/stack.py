@@ -3,9 +3,9 @@
 input layer (conv subsampling) -> layers(x, lengths, mask, packing) -> final RMSNorm, plus
 ESPnet's intermediate-CTC options.  Subclasses only say how to build one layer.
 
-``pack_sequences``: after the subsampling, the layers see the valid frames of the batch end to
-end (1, total, d) instead of a padded batch (see modules/packing.py); outputs are unpacked again.
-Exact either way.  Mamba2 mixers run the packed row natively (``seq_idx``: modules/mamba2.py);
+``pack_sequences``: the input layer and the layers see the valid frames of the batch end to end
+(1, total, d) instead of a padded batch (see modules/packing.py, encoders/input_layer.py
+``packed``); outputs are unpacked again.  Exact either way.  Mamba2 mixers run the packed row natively (``seq_idx``: modules/mamba2.py);
 Mamba v1 and attention unpack it.
 
 ``cuda_graphs``: training steps replay the layers' forward and backward from CUDA graphs, one
@@ -28,7 +28,7 @@ from espnet_mamba.modules.factory import check_options, mixer_options, MIXERS
 from espnet_mamba.modules.block import Stream
 from espnet_mamba.modules.norm import RMSNorm
 from espnet_mamba.modules import mamba2
-from espnet_mamba.modules.packing import Packing, RowPacking
+from espnet_mamba.modules.packing import RowPacking
 from espnet_mamba.modules.padding import lengths_to_mask
 from espnet_mamba.modules.strict_load import StrictLoadMixin
 from espnet_mamba.modules.training_graphs import OPTIONS as GRAPH_OPTIONS, TrainingGraphs
@@ -108,12 +108,18 @@ class StackEncoder(StrictLoadMixin, AbsEncoder):
                 ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         check_input(xs_pad, ilens, self.embed.input_size)
         check_features(xs_pad)
-        # (batch, 1, frames), True on valid frames; a broadcast compare, O(batch x frames)
-        masks = lengths_to_mask(ilens.to(xs_pad.device), xs_pad.shape[1])[:, None, :]
-        xs, masks = self.embed(xs_pad, masks)
-        valid = masks.squeeze(1)
-        lengths = valid.sum(-1)
-        packing = Packing(lengths, xs.shape[1]) if self.pack_sequences and len(xs) > 1 else None
+        ilens = ilens.to(xs_pad.device)
+        packing = None
+        if self.pack_sequences and len(xs_pad) > 1:
+            # the input layer too runs on the valid frames only (encoders/input_layer.py)
+            xs, packing = self.embed.packed(xs_pad, ilens)
+            lengths = packing.lengths
+            valid = lengths_to_mask(lengths, packing.max_len)  # for layers that unpack
+        else:
+            # (batch, 1, frames), True on valid frames; a broadcast compare, O(batch x frames)
+            xs, masks = self.embed(xs_pad, lengths_to_mask(ilens, xs_pad.shape[1])[:, None, :])
+            valid = masks.squeeze(1)
+            lengths = valid.sum(-1)
         if self.training_graphs is not None and packing is None:
             out = self.training_graphs(self, lambda: _Layers(self.encoders, self.after_norm),
                                        xs, lengths, valid)
@@ -121,7 +127,6 @@ class StackEncoder(StrictLoadMixin, AbsEncoder):
                 return out, lengths, None
         unpack = packing.unpack if packing else (lambda t: t)
         if packing:
-            xs = packing.pack(xs)
             if self.training_graphs is not None:
                 out = self.training_graphs.packed(
                     self, lambda: _Layers(self.encoders, self.after_norm, packed=True), xs,

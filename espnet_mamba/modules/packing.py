@@ -30,6 +30,7 @@ class Packing:
         self.total = self.index.numel()
         seq, offset = self.index // max_len, self.index % max_len
         starts = torch.cumsum(lengths, 0) - lengths
+        self.seq, self.offset = seq, offset  # each packed frame's utterance and position in it
         self.seq_idx = seq.to(torch.int32)[None]  # (1, total): the utterance of each frame
         # position of the same frame counted from its utterance's end (an involution)
         self.reverse_index = starts[seq] + lengths[seq] - 1 - offset
@@ -42,6 +43,11 @@ class Packing:
         """(1, total, ...) -> (batch, max_len, ...), zeros on padded frames."""
         flat = x.new_zeros(self.batch * self.max_len, *x.shape[2:])
         return flat.index_copy(0, self.index, x[0]).unflatten(0, (self.batch, self.max_len))
+
+    def positions(self, starts: torch.Tensor) -> torch.Tensor:
+        """(total,) where each packed frame sits in a row whose utterance k starts at
+        ``starts[k]`` (a row with gaps between utterances, e.g. a subsampled packed input)."""
+        return starts[self.seq] + self.offset
 
     def reverse(self, x: torch.Tensor) -> torch.Tensor:
         """Reverse every utterance of a packed (1, total, ...) tensor within itself."""

@@ -35,7 +35,8 @@
 #   hostprof tools/gpu/mamba2_host_profile.py: cProfile of one eager Mamba2 mixer (~1 min)
 #   packedbench  benchmarks/encoder_gpu.py --packed-only: padded vs packed, per packed path of
 #            PACKED_PATHS (default "fused") and model of PACKED_MODELS (a *_graphed model: both
-#            padded and packed with cuda_graphs)
+#            padded and packed with cuda_graphs); PACKED_ARGS adds options (e.g. --profile-dir
+#            "$OUT/profiles": a profile of each padded and packed step)
 #   packedtests  the packed GPU tests (triton autotunes the seq_idx kernels: minutes per test;
 #            PACKED_TESTS_DETERMINISTIC=1 keeps one config per kernel)
 # A machine goes back after 30 minutes held: with the kernel build (~3.5 min with causal_conv1d
@@ -166,7 +167,8 @@ if want packedbench; then
     # shellcheck disable=SC2086
     timeout 540 python3 benchmarks/encoder_gpu.py --out "$OUT/packed_h100.json" --packed-only \
         --packed-models ${PACKED_MODELS:-samba_asr_mamba2_graphed samba_asr_mamba2 speech_mamba_mamba2} \
-        --packed-paths ${PACKED_PATHS:-fused} 2>&1 | tee "$OUT/packed_bench.log" | grep "packed\]"
+        --packed-paths ${PACKED_PATHS:-fused} ${PACKED_ARGS:-} 2>&1 |
+        tee "$OUT/packed_bench.log" | grep -E "packed\]|profile"
     echo "packed bench exit ${PIPESTATUS[0]}"
 fi
 
