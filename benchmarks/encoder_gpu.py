@@ -28,6 +28,7 @@ import json
 import math
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -308,6 +309,10 @@ def profile_run(run, device, path: Path, title: str, steps: int = 3):
                     f"device events (kernels, copies)\n\n== by self CPU time (host)\n"
                     + avg.table(sort_by="self_cpu_time_total", row_limit=45)
                     + "\n== by self device time\n" + avg.table(sort_by=sort_dev, row_limit=40))
+    # the timeline too (chrome://tracing, or tools/gpu/trace_gaps.py: where the GPU waits)
+    trace = path.with_suffix(".trace.json")
+    prof.export_chrome_trace(str(trace))
+    subprocess.run(["gzip", "-f", str(trace)], check=False)
     print(f"profile: {path} (device busy {busy_ms:.2f} ms per step)", flush=True)
 
 

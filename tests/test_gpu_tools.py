@@ -10,6 +10,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools" / "gpu"))
 import nonfinite_probe  # noqa: E402
 import recipe_epoch_times  # noqa: E402
+import trace_gaps  # noqa: E402
 
 LOG = """\
 [vm] 2026-11-22 06:48:11,270 (trainer:392) INFO: 1epoch results: [train] iter_time=0.018, loss=51.109, train_time=0.639, time=1 minute and 19.92 seconds, total_count=125, [valid] loss=42.861, time=1.79 seconds, total_count=10
@@ -105,3 +106,26 @@ def test_recipe_audio_unpack_names_a_missing_archive(tmp_path):
 
     with pytest.raises(SystemExit, match="make it with 'pack'"):
         pra.main(["unpack", str(tmp_path / "none.tar")])
+
+
+def test_trace_gaps_sums_idle_time_per_host_cause(tmp_path):
+    """Two kernels with a 100 µs gap in which the host syncs, and one 5 µs gap (below the
+    threshold); overlapping kernels merge into one busy span."""
+    import gzip
+    import json
+    events = [{"ph": "X", "cat": "kernel", "name": "a", "ts": 0, "dur": 50},
+              {"ph": "X", "cat": "kernel", "name": "b", "ts": 40, "dur": 60},
+              {"ph": "X", "cat": "kernel", "name": "c", "ts": 200, "dur": 10},
+              {"ph": "X", "cat": "kernel", "name": "d", "ts": 215, "dur": 10},
+              {"ph": "X", "cat": "cpu_op", "name": "aten::item", "ts": 90, "dur": 150},
+              {"ph": "X", "cat": "cuda_runtime", "name": "cudaStreamSynchronize", "ts": 95,
+               "dur": 100},
+              {"ph": "i", "cat": "cpu_op", "name": "instant", "ts": 150}]
+    path = tmp_path / "t.trace.json.gz"
+    with gzip.open(path, "wt") as f:
+        json.dump({"traceEvents": events}, f)
+    busy, found = trace_gaps.gaps(trace_gaps.load(str(path)), min_us=20)
+    assert busy == 100 + 10 + 10
+    assert found == [(100, "cudaStreamSynchronize")]
+    text = trace_gaps.report(str(path), steps=1, min_us=20)
+    assert "idle in gaps >= 20 us 0.10 ms (1 gaps)" in text and "cudaStreamSynchronize" in text

@@ -76,9 +76,10 @@ class InputLayer(nn.Module):
             lengths = (lengths - kernel) // stride + 1
         return lengths.clamp(min=0) if isinstance(lengths, torch.Tensor) else max(lengths, 0)
 
-    def packed(self, xs: torch.Tensor, ilens: torch.Tensor):
+    def packed(self, xs: torch.Tensor, lengths: list):
         """forward() on the valid frames of a padded batch laid end to end.
 
+        ``lengths``: the utterances' frames, as Python ints (check_input returns them).
         Returns (row (1, total, output_size), the :class:`Packing` of the output frames).  The
         frames and their gradients are those of forward() on the padded batch, packed: each
         utterance's input starts at a multiple of the subsampling's stride, and an output frame
@@ -87,24 +88,27 @@ class InputLayer(nn.Module):
         cost the valid frames (plus < stride per utterance), not the padded batch's.
         """
         self._check_frames(xs)
-        ilens = ilens.long()
         if self.time_convs is None:  # an input layer of unknown geometry: padded, then packed
+            ilens = torch.tensor(lengths, device=xs.device)
             masks = (torch.arange(xs.shape[1], device=xs.device)[None] < ilens[:, None])[:, None]
             xs, masks = self.forward(xs, masks)
-            packing = Packing(masks.squeeze(1).sum(-1), xs.shape[1])
+            packing = Packing(masks.squeeze(1).sum(-1).tolist(), xs.shape[1], xs.device)
             return packing.pack(xs), packing
         stride = math.prod(s for _, s in self.time_convs)
-        slots = -(-ilens // stride) * stride  # each utterance rounded up to whole strides
+        slots = [-(-n // stride) * stride for n in lengths]  # rounded up to whole strides
         frames = -(-xs.shape[1] // stride) * stride
-        row = Packing(slots, frames).pack(F.pad(xs, (0, 0, 0, frames - xs.shape[1])))
+        row = Packing(slots, frames, xs.device).pack(F.pad(xs, (0, 0, 0, frames - xs.shape[1])))
         if self.name in CONV_LAYERS:
             row = self.embed(row, None)[0]
         elif self.embed is not None:
             row = self.embed(row)
-        out = Packing(self.output_lengths(ilens), self.output_lengths(xs.shape[1]))
-        if stride == 1 and not self.time_convs:  # per-frame layers: already in place
+        out = Packing([self.output_lengths(n) for n in lengths], self.output_lengths(xs.shape[1]),
+                      xs.device)
+        if not self.time_convs:  # per-frame layers: every frame already in place
             return row, out
-        starts = torch.cumsum(slots // stride, 0) - slots // stride
+        starts = [0]
+        for n in slots[:-1]:
+            starts.append(starts[-1] + n // stride)
         return row.index_select(1, out.positions(starts)), out
 
 
@@ -117,13 +121,16 @@ def _time_convs(embed: nn.Module):
     return [(m.kernel_size[0], m.stride[0]) for m in convs]
 
 
-def check_input(xs: torch.Tensor, ilens: torch.Tensor, input_size: int) -> None:
+def check_input(xs: torch.Tensor, ilens: torch.Tensor, input_size: int) -> list:
     """Refuse malformed encoder input with a message that names the problem (instead of a shape
-    error deep inside a convolution, or a silently empty utterance).
+    error deep inside a convolution, a silently empty utterance, or a NaN loss much later), and
+    return the lengths as Python ints: one wait for the GPU serves every check and the host's
+    view of the batch (packing builds its index maps from it).
 
-    xs: (batch, frames, input_size) floating point; ilens: (batch,) integers, 0 < ilens <= frames.
-    An utterance with 0 frames (empty audio) is a TooShortUttError, as for the whole batch being
-    shorter than the subsampling needs, so that ESPnet's inference handles both alike.
+    xs: (batch, frames, input_size) floating point and finite; ilens: (batch,) integers,
+    0 < ilens <= frames.  An utterance with 0 frames (empty audio) is a TooShortUttError, as
+    for the whole batch being shorter than the subsampling needs, so that ESPnet's inference
+    handles both alike.
     """
     if not isinstance(xs, torch.Tensor) or xs.dim() != 3:
         shape = tuple(xs.shape) if isinstance(xs, torch.Tensor) else type(xs).__name__
@@ -144,19 +151,16 @@ def check_input(xs: torch.Tensor, ilens: torch.Tensor, input_size: int) -> None:
         raise ValueError(f"encoder input lengths must be integers, got {ilens.dtype}")
     if batch == 0:
         raise ValueError("encoder input is an empty batch (batch size 0)")
-    # one host sync for all three checks (each .item() would wait for the GPU)
-    low, high, empties = torch.stack([ilens.min(), ilens.max(), (ilens == 0).sum()]).tolist()
-    if low < 0 or high > frames:
+    finite = torch.isfinite(xs).all().to(device=ilens.device, dtype=torch.long)
+    *lengths, finite = torch.cat([ilens.long(), finite[None]]).tolist()  # the one sync
+    if min(lengths) < 0 or max(lengths) > frames:
         raise ValueError(f"encoder input lengths must lie in 0..{frames} (the padded number of "
-                         f"frames), got {ilens.tolist()}")
-    if empties:
-        empty = (ilens == 0).nonzero().flatten().tolist()
+                         f"frames), got {lengths}")
+    if 0 in lengths:
+        empty = [i for i, n in enumerate(lengths) if n == 0]
         raise sub.TooShortUttError(
             f"has 0 frames (empty audio) at batch index {empty}", 0, 1)
-
-
-def check_features(xs: torch.Tensor) -> None:
-    """Refuse NaN/inf features with a clear message instead of a NaN loss much later."""
-    if not torch.isfinite(xs).all():
+    if not finite:
         raise ValueError("encoder input contains NaN or inf features; check the front-end "
                          "and the feature statistics (feats_stats.npz)")
+    return lengths

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from espnet2.asr.encoder.abs_encoder import AbsEncoder
-from espnet_mamba.encoders.input_layer import InputLayer, check_features, check_input
+from espnet_mamba.encoders.input_layer import InputLayer, check_input
 from espnet_mamba.modules.factory import check_options, mixer_options, MIXERS
 from espnet_mamba.modules.block import Stream
 from espnet_mamba.modules.norm import RMSNorm
@@ -106,13 +106,12 @@ class StackEncoder(StrictLoadMixin, AbsEncoder):
     def forward(self, xs_pad: torch.Tensor, ilens: torch.Tensor,
                 prev_states: torch.Tensor = None, ctc=None,
                 ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-        check_input(xs_pad, ilens, self.embed.input_size)
-        check_features(xs_pad)
+        host_lengths = check_input(xs_pad, ilens, self.embed.input_size)
         ilens = ilens.to(xs_pad.device)
         packing = None
         if self.pack_sequences and len(xs_pad) > 1:
             # the input layer too runs on the valid frames only (encoders/input_layer.py)
-            xs, packing = self.embed.packed(xs_pad, ilens)
+            xs, packing = self.embed.packed(xs_pad, host_lengths)
             lengths = packing.lengths
             valid = lengths_to_mask(lengths, packing.max_len)  # for layers that unpack
         else:
