@@ -53,6 +53,7 @@ setup(
     cmdclass={"build_py": BuildPyWithHook, "editable_wheel": EditableWheelWithHook},
     install_requires=[
         "torch>=2.4",
+        "numpy",  # packed batches' index maps (espnet_mamba/modules/packing.py)
         "espnet>=202611",
         "typeguard",
         # asr_train's defaults need these but espnet does not declare them

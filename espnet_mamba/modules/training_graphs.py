@@ -74,8 +74,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from espnet_mamba.modules.cuda_graph import (ENV, enabled_by_env, parameter_signature,
-                                              recover_from_failed_capture)
+from espnet_mamba.modules.cuda_graph import ENV, enabled_by_env, recover_from_failed_capture
 from espnet_mamba.modules.packing import RowPacking
 
 OPTIONS = {"frame_step": 64, "batch_step": 1, "max_shapes": 8, "warmup": 3}
@@ -137,8 +136,10 @@ class TrainingGraphs:
         """Drop every graph and its memory (e.g. before a different workload)."""
         self._reset()
 
-    def why_eager(self, module: torch.nn.Module, xs: torch.Tensor) -> Optional[str]:
-        """Why this call cannot replay a graph (None: it can)."""
+    def why_eager(self, module: torch.nn.Module, xs: torch.Tensor,
+                  tree: Optional["_Tree"] = None) -> Optional[str]:
+        """Why this call cannot replay a graph (None: it can).  ``tree``: ``_Tree(module)``,
+        if the caller has it already."""
         if xs.device.type not in self.devices:
             return "not on CUDA"
         if self.disabled is not None:
@@ -155,10 +156,10 @@ class TrainingGraphs:
             # nn.DataParallel (ESPnet's --ngpu > 1 without DDP): a replica's weights are
             # broadcast copies, not parameters; a graph would freeze them in
             return "a DataParallel replica"
-        params = list(module.parameters())
-        if not any(p.requires_grad for p in params):
+        tree = tree or _Tree(module)
+        if not any(p.requires_grad for p in tree.params):
             return "no trainable parameters"
-        if any(p.grad is not None for p in params):
+        if any(p.grad is not None for p in tree.params):
             return "gradients are being accumulated"
         if self.pending is not None:
             node, record = self.pending
@@ -166,7 +167,7 @@ class TrainingGraphs:
                 # a second forward before the first one's backward (two encoder passes in one
                 # loss): a replay would overwrite the first one's saved activations
                 return "an earlier replay's backward has not run"
-        if _has_hooks(module):
+        if tree.has_hooks():
             return "module hooks (a graph would run them only at capture)"
         return None
 
@@ -206,7 +207,11 @@ class TrainingGraphs:
 
     def _run(self, module, make_layers, xs, layout, shape, pad, unsupported=None):
         """``shape``: the graph's (frames, rows); ``pad(key, xs)``: its inputs."""
-        reason = self.why_eager(module, xs)
+        # one walk over the module tree serves every check of this step (on a 23-block
+        # encoder, walking it once per check cost ~3 ms of host time, which the GPU waits for
+        # when its work is short: packed batches, trace of 2026-11-22)
+        tree = _Tree(module) if xs.device.type in self.devices else None
+        reason = self.why_eager(module, xs, tree)
         if reason is None:
             reason = unsupported
         if reason is not None:
@@ -215,7 +220,7 @@ class TrainingGraphs:
                 logging.warning("encoder cuda_graphs: running eagerly (%s)", reason)
                 self.warned.add(reason)
             return None
-        signature = _signature(module)
+        signature = tree.signature()
         if signature != self.signature:
             self._reset()
             self.signature = signature
@@ -334,19 +339,29 @@ def _thread_local_capture():
             torch.cuda.graph = original
 
 
-def _has_hooks(module: torch.nn.Module) -> bool:
-    from torch.nn.modules import module as nn_module
+class _Tree:
+    """A module's sub-modules and parameters, walked once (``module.parameters()`` and
+    ``module.modules()`` are recursive generators, slow in Python)."""
 
-    if (nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks
-            or nn_module._global_backward_hooks or nn_module._global_backward_pre_hooks):
-        return True
-    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
-               or m._backward_pre_hooks for m in module.modules())
+    def __init__(self, module: torch.nn.Module):
+        self.modules = list(module.modules())
+        # a parameter shared by two sub-modules appears twice: harmless for the checks here
+        self.params = [p for m in self.modules for p in m._parameters.values() if p is not None]
 
+    def has_hooks(self) -> bool:
+        from torch.nn.modules import module as nn_module
 
-def _signature(module: torch.nn.Module) -> tuple:
-    """What a graph bakes in besides the input shape: where the parameters live and whether
-    they train, and each sub-module's training flag and dropout rate."""
-    return (parameter_signature(module), tuple(p.requires_grad for p in module.parameters()),
-            tuple((m.training, m.p if isinstance(m, torch.nn.modules.dropout._DropoutNd)
-                   else None) for m in module.modules()))
+        if (nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks
+                or nn_module._global_backward_hooks or nn_module._global_backward_pre_hooks):
+            return True
+        return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+                   or m._backward_pre_hooks for m in self.modules)
+
+    def signature(self) -> tuple:
+        """What a graph bakes in besides the input shape: where the parameters live and
+        whether they train, and each sub-module's training flag and dropout rate."""
+        dropout = torch.nn.modules.dropout._DropoutNd
+        return (tuple([(p.data_ptr(), p.dtype, p.device, p.requires_grad)
+                       for p in self.params]),
+                tuple([(m.training, m.p if isinstance(m, dropout) else None)
+                       for m in self.modules]))
