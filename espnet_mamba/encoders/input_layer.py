@@ -97,19 +97,22 @@ class InputLayer(nn.Module):
         stride = math.prod(s for _, s in self.time_convs)
         slots = [-(-n // stride) * stride for n in lengths]  # rounded up to whole strides
         frames = -(-xs.shape[1] // stride) * stride
-        row = Packing(slots, frames, xs.device).pack(F.pad(xs, (0, 0, 0, frames - xs.shape[1])))
+        # every index map first, while the GPU is idle (their copies then wait for nothing)
+        inp = Packing(slots, frames, xs.device)
+        out = Packing([self.output_lengths(n) for n in lengths], self.output_lengths(xs.shape[1]),
+                      xs.device)
+        where = None  # per-frame layers: every output frame is already in place
+        if self.time_convs:
+            starts = [0]
+            for n in slots[:-1]:
+                starts.append(starts[-1] + n // stride)
+            where = out.positions(starts)
+        row = inp.pack(F.pad(xs, (0, 0, 0, frames - xs.shape[1])))
         if self.name in CONV_LAYERS:
             row = self.embed(row, None)[0]
         elif self.embed is not None:
             row = self.embed(row)
-        out = Packing([self.output_lengths(n) for n in lengths], self.output_lengths(xs.shape[1]),
-                      xs.device)
-        if not self.time_convs:  # per-frame layers: every frame already in place
-            return row, out
-        starts = [0]
-        for n in slots[:-1]:
-            starts.append(starts[-1] + n // stride)
-        return row.index_select(1, out.positions(starts)), out
+        return (row if where is None else row.index_select(1, where)), out
 
 
 def _time_convs(embed: nn.Module):

@@ -22,9 +22,9 @@ class Packing:
     """Index maps between a right-padded (batch, max_len, ...) tensor and (1, total, ...).
 
     Built on the host from the lengths as Python ints (a tensor of lengths is read once) and
-    copied to ``device`` in one transfer: no wait for the GPU and a handful of launches, where
-    building them on the GPU took two dozen small kernels and a wait (for ``nonzero``) in the
-    middle of every training step."""
+    copied to ``device`` in one transfer, where building them on the GPU took two dozen small
+    kernels and a wait (for ``nonzero``).  Build them before the step's first kernel: the copy
+    then waits for nothing."""
 
     def __init__(self, lengths, max_len: int, device=None):
         if isinstance(lengths, torch.Tensor):
@@ -72,12 +72,12 @@ class Packing:
 
 
 def _to_device(arrays, device) -> list:
-    """int64 numpy arrays as tensors on ``device``, in one copy (from pinned memory on CUDA, so
-    that it does not wait for the GPU)."""
+    """int64 numpy arrays as tensors on ``device``, in one copy.  Plain (pageable) memory: the
+    maps are built at the start of a step, while the GPU has nothing to do, and pinning cost
+    4.1 ms per step on the H100 machine's host (trace, 2026-11-22) for a ~0.1 ms copy."""
     flat = torch.from_numpy(np.concatenate(arrays))
     if device is not None and torch.device(device).type != "cpu":
-        flat = flat.pin_memory() if torch.device(device).type == "cuda" else flat
-        flat = flat.to(device, non_blocking=True)
+        flat = flat.to(device)
     return list(flat.split([a.size for a in arrays]))
 
 
