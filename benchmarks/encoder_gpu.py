@@ -24,11 +24,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
+import gzip
 import json
 import math
 import platform
+import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -312,7 +313,9 @@ def profile_run(run, device, path: Path, title: str, steps: int = 3):
     # the timeline too (chrome://tracing, or tools/gpu/trace_gaps.py: where the GPU waits)
     trace = path.with_suffix(".trace.json")
     prof.export_chrome_trace(str(trace))
-    subprocess.run(["gzip", "-f", str(trace)], check=False)
+    with open(trace, "rb") as src, gzip.open(f"{trace}.gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    trace.unlink()
     print(f"profile: {path} (device busy {busy_ms:.2f} ms per step)", flush=True)
 
 
@@ -333,6 +336,7 @@ def packed_vs_padded(args, device, timer, report):
     vocab = 64 if args.tiny else 5000
     out = report.setdefault("packed", [])
     for name in args.packed_models:
+        torch.manual_seed(0)  # the same weights in every run
         padded, conf = build(name, args.tiny, dropout_rate=0.0)
         packed, _ = build(name, args.tiny, dropout_rate=0.0, pack_sequences=True)
         packed.load_state_dict(padded.state_dict())
@@ -346,7 +350,8 @@ def packed_vs_padded(args, device, timer, report):
 
             def loss_fn(amp):
                 # the CTC under autocast too, as ESPnet's trainer runs the whole model (its
-                # projection in bf16, log-softmax and loss in fp32); hs.float(): a fp32 loss
+                # projection in bf16, log-softmax and loss in fp32); hs.float(): ESPnet's CTC
+                # casts its loss to hs's dtype, and a bf16 loss would keep 3 digits
                 with autocast(device, amp):
                     hs, hlens, _ = enc(x, ilens)
                     return ctc(hs.float(), hlens, ys, ylens)

@@ -113,8 +113,12 @@ def test_trace_gaps_sums_idle_time_per_host_cause(tmp_path):
     threshold); overlapping kernels merge into one busy span."""
     import gzip
     import json
-    events = [{"ph": "X", "cat": "kernel", "name": "a", "ts": 0, "dur": 50},
-              {"ph": "X", "cat": "kernel", "name": "b", "ts": 40, "dur": 60},
+    events = [{"ph": "X", "cat": "kernel", "name": "a", "ts": 0, "dur": 50,
+               "args": {"correlation": 7}},
+              {"ph": "X", "cat": "kernel", "name": "b", "ts": 40, "dur": 60,
+               "args": {"correlation": 7}},
+              {"ph": "X", "cat": "cuda_runtime", "name": "cudaGraphLaunch", "ts": -5, "dur": 4,
+               "args": {"correlation": 7}},
               {"ph": "X", "cat": "kernel", "name": "c", "ts": 200, "dur": 10},
               {"ph": "X", "cat": "kernel", "name": "d", "ts": 215, "dur": 10},
               {"ph": "X", "cat": "cpu_op", "name": "aten::item", "ts": 90, "dur": 150},
@@ -129,3 +133,4 @@ def test_trace_gaps_sums_idle_time_per_host_cause(tmp_path):
     assert found == [(100, "cudaStreamSynchronize")]
     text = trace_gaps.report(str(path), steps=1, min_us=20)
     assert "idle in gaps >= 20 us 0.10 ms (1 gaps)" in text and "cudaStreamSynchronize" in text
+    assert "by launching call: cudaGraphLaunch 2, (unmatched) 2" in text

@@ -55,14 +55,44 @@ def test_packed_input_layer_reads_only_its_utterance():
     layer = InputLayer("conv2d6", 20, 16, 0.0).double()
     x = torch.randn(3, 40, 20, dtype=torch.float64)
     il = torch.tensor([17, 40, 25])
-    row, packing = layer.packed(x, il)
+    row, packing = layer.packed(x, il.tolist())
     assert packing.lengths.tolist() == [2, 5, 3]  # ((L - 3) // 2 + 1 - 5) // 3 + 1
     x2 = x.clone()
     x2[0] += 1.0
     x2[2, 25:] = 7.0  # padding
-    row2, _ = layer.packed(x2, il)
+    row2, _ = layer.packed(x2, il.tolist())
     assert not torch.equal(row[0, :2], row2[0, :2])
     assert torch.equal(row[0, 2:], row2[0, 2:])
+
+
+def test_input_layer_of_unknown_geometry_is_run_padded_then_packed(monkeypatch):
+    """An input layer whose convolutions pad or dilate (none of ESPnet's today) has no packed
+    geometry: ``packed`` runs it on the padded batch and packs its output, still exact."""
+    from espnet_mamba.encoders.input_layer import InputLayer
+    torch.manual_seed(0)
+    layer = InputLayer("conv2d", 20, 16, 0.0).double()
+    x = torch.randn(3, 40, 20, dtype=torch.float64)
+    lengths = [17, 40, 25]
+    row, packing = layer.packed(x, lengths)
+    monkeypatch.setattr(layer, "time_convs", None)
+    row_padded, packing_padded = layer.packed(x, lengths)
+    assert packing_padded.lengths.tolist() == packing.lengths.tolist() == [3, 9, 5]
+    assert torch.allclose(row_padded, row, rtol=0, atol=1e-12)
+
+
+def test_packed_batch_with_no_frame_left_takes_the_padded_route():
+    """Every utterance shorter than the subsampling's receptive field: ESPnet's zero lengths,
+    as without packing (a packed row of no frames has nothing to run)."""
+    from model_checks import ENCODERS, MIXER_CONF
+    kw = dict(output_size=32, num_blocks=1, mixer="mamba2", d_state=16,
+              mixer_conf=MIXER_CONF["mamba2"], dropout_rate=0.0)
+    torch.manual_seed(0)
+    padded = ENCODERS["samba_asr"](20, **kw)
+    packed = ENCODERS["samba_asr"](20, pack_sequences=True, **kw)
+    packed.load_state_dict(padded.state_dict())
+    x, il = torch.randn(2, 10, 20), torch.tensor([5, 3])
+    (y_a, len_a, _), (y_b, len_b, _) = padded(x, il), packed(x, il)
+    assert len_a.tolist() == len_b.tolist() == [0, 0] and torch.equal(y_a, y_b)
 
 
 LENGTHS = [5, 1, 9, 3, 7]  # a one-step utterance, and utterances across chunk boundaries

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from espnet2.legacy.nets.pytorch_backend.transformer import subsampling as sub
-from espnet_mamba.modules.packing import Packing
+from espnet_mamba.modules.packing import Packing, to_device
+from espnet_mamba.modules.padding import lengths_to_mask
 
 # name -> (class, frames the class needs at least).  No positional encoding: Mamba layers
 # carry position through their recurrence.
@@ -90,29 +91,33 @@ class InputLayer(nn.Module):
         self._check_frames(xs)
         if self.time_convs is None:  # an input layer of unknown geometry: padded, then packed
             ilens = torch.tensor(lengths, device=xs.device)
-            masks = (torch.arange(xs.shape[1], device=xs.device)[None] < ilens[:, None])[:, None]
-            xs, masks = self.forward(xs, masks)
+            xs, masks = self.forward(xs, lengths_to_mask(ilens, xs.shape[1])[:, None])
             packing = Packing(masks.squeeze(1).sum(-1).tolist(), xs.shape[1], xs.device)
             return packing.pack(xs), packing
         stride = math.prod(s for _, s in self.time_convs)
-        slots = [-(-n // stride) * stride for n in lengths]  # rounded up to whole strides
-        frames = -(-xs.shape[1] // stride) * stride
-        # every index map first, while the GPU is idle (their copies then wait for nothing)
-        inp = Packing(slots, frames, xs.device)
-        out = Packing([self.output_lengths(n) for n in lengths], self.output_lengths(xs.shape[1]),
-                      xs.device)
-        where = None  # per-frame layers: every output frame is already in place
+        slots = [_round_up(n, stride) for n in lengths]
+        frames = _round_up(xs.shape[1], stride)
+        # every index map first, in one copy while the GPU is idle (it then waits for nothing)
+        inp = Packing.host(slots, frames)
+        out = Packing.host([self.output_lengths(n) for n in lengths],
+                           self.output_lengths(xs.shape[1]))
+        extra = []  # per-frame layers: every output frame is already in place
         if self.time_convs:
             starts = [0]
             for n in slots[:-1]:
                 starts.append(starts[-1] + n // stride)
-            where = out.positions(starts)
+            extra = [out.positions(starts)]
+        where = to_device([inp, out], xs.device, extra)
         row = inp.pack(F.pad(xs, (0, 0, 0, frames - xs.shape[1])))
         if self.name in CONV_LAYERS:
             row = self.embed(row, None)[0]
         elif self.embed is not None:
             row = self.embed(row)
-        return (row if where is None else row.index_select(1, where)), out
+        return (row.index_select(1, where[0]) if where else row), out
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
 
 
 def _time_convs(embed: nn.Module):

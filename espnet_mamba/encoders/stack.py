@@ -3,10 +3,10 @@
 input layer (conv subsampling) -> layers(x, lengths, mask, packing) -> final RMSNorm, plus
 ESPnet's intermediate-CTC options.  Subclasses only say how to build one layer.
 
-``pack_sequences``: the input layer and the layers see the valid frames of the batch end to end
-(1, total, d) instead of a padded batch (see modules/packing.py, encoders/input_layer.py
-``packed``); outputs are unpacked again.  Exact either way.  Mamba2 mixers run the packed row natively (``seq_idx``: modules/mamba2.py);
-Mamba v1 and attention unpack it.
+``pack_sequences``: the input layer and the layers see the valid frames of the batch end to
+end (1, total, d) instead of a padded batch (see modules/packing.py, encoders/input_layer.py
+``packed``); outputs are unpacked again.  Exact either way.  Mamba2 mixers run the packed row
+natively (``seq_idx``: modules/mamba2.py); Mamba v1 and attention unpack it.
 
 ``cuda_graphs``: training steps replay the layers' forward and backward from CUDA graphs, one
 per (batch, bucketed length) shape (modules/training_graphs.py; ``cuda_graph_conf``:
@@ -107,15 +107,18 @@ class StackEncoder(StrictLoadMixin, AbsEncoder):
                 prev_states: torch.Tensor = None, ctc=None,
                 ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         host_lengths = check_input(xs_pad, ilens, self.embed.input_size)
-        ilens = ilens.to(xs_pad.device)
         packing = None
-        if self.pack_sequences and len(xs_pad) > 1:
-            # the input layer too runs on the valid frames only (encoders/input_layer.py)
+        # packed: the input layer too runs on the valid frames only (encoders/input_layer.py);
+        # a batch with no frame left after the subsampling takes the padded route (ESPnet's
+        # zero lengths; a packed row of no frames has nothing to run)
+        if (self.pack_sequences and len(xs_pad) > 1
+                and any(self.embed.output_lengths(n) > 0 for n in host_lengths)):
             xs, packing = self.embed.packed(xs_pad, host_lengths)
             lengths = packing.lengths
             valid = lengths_to_mask(lengths, packing.max_len)  # for layers that unpack
         else:
             # (batch, 1, frames), True on valid frames; a broadcast compare, O(batch x frames)
+            ilens = ilens.to(xs_pad.device)
             xs, masks = self.embed(xs_pad, lengths_to_mask(ilens, xs_pad.shape[1])[:, None, :])
             valid = masks.squeeze(1)
             lengths = valid.sum(-1)

@@ -87,9 +87,12 @@ def _max_rel(a, b) -> float:
     return ((a - b).abs().max() / b.abs().max().clamp(min=1e-30)).item()
 
 
-def parameter_signature(module: torch.nn.Module) -> tuple:
-    """Where and how the parameters live: a graph reads them from these addresses."""
-    return tuple((p.data_ptr(), p.dtype, p.device) for p in module.parameters())
+def parameter_signature(params) -> tuple:
+    """Where and how the parameters (of a module, or a list) live: a graph reads them from
+    these addresses."""
+    if isinstance(params, torch.nn.Module):
+        params = params.parameters()
+    return tuple([(p.data_ptr(), p.dtype, p.device) for p in params])
 
 
 class StepGraphs:

@@ -22,16 +22,27 @@ class Packing:
     """Index maps between a right-padded (batch, max_len, ...) tensor and (1, total, ...).
 
     Built on the host from the lengths as Python ints (a tensor of lengths is read once) and
-    copied to ``device`` in one transfer, where building them on the GPU took two dozen small
-    kernels and a wait (for ``nonzero``).  Build them before the step's first kernel: the copy
-    then waits for nothing."""
+    copied to ``device``, where building them on the GPU took two dozen small kernels and a
+    wait (for ``nonzero``).  ``Packing.host`` + :func:`to_device` copy the maps of several
+    packings in one transfer; before the step's first kernel, that copy waits for nothing."""
 
     def __init__(self, lengths, max_len: int, device=None):
         if isinstance(lengths, torch.Tensor):
             device = lengths.device if device is None else device
             lengths = lengths.tolist()
-        # numpy, not torch on the CPU: torch's CPU advanced indexing took 4-6 ms per call on
-        # the H100 machine's host (trace, 2026-11-22), more than the packed layers' forward
+        self._build(lengths, max_len)
+        self._place(_to_device(self._host, device))
+
+    @classmethod
+    def host(cls, lengths: list, max_len: int) -> "Packing":
+        """The maps on the host only; :func:`to_device` places them."""
+        packing = cls.__new__(cls)
+        packing._build(lengths, max_len)
+        return packing
+
+    def _build(self, lengths, max_len):
+        # numpy, not torch on the CPU: torch's CPU advanced indexing cost 9 ms per step on the
+        # H100 machine's host (profile, 2026-11-22), more than the packed layers' forward
         lens = np.asarray(lengths, dtype=np.int64).reshape(-1)
         self.batch, self.max_len = lens.size, max_len
         self.total = int(lens.sum())
@@ -42,8 +53,10 @@ class Packing:
         index = self.seq_host * max_len + self.offset_host
         # the same frame counted from its utterance's end (an involution)
         reverse = np.repeat(starts + lens - 1, lens) - self.offset_host
-        self.index, seq, self.reverse_index, self.lengths = _to_device(
-            [index, self.seq_host, reverse, lens], device)
+        self._host = [index, self.seq_host, reverse, lens]
+
+    def _place(self, tensors):
+        self.index, seq, self.reverse_index, self.lengths = tensors
         self.seq_idx = seq.to(torch.int32)[None]  # (1, total): the utterance of each frame
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
@@ -55,12 +68,11 @@ class Packing:
         flat = x.new_zeros(self.batch * self.max_len, *x.shape[2:])
         return flat.index_copy(0, self.index, x[0]).unflatten(0, (self.batch, self.max_len))
 
-    def positions(self, starts) -> torch.Tensor:
+    def positions(self, starts) -> np.ndarray:
         """(total,) where each packed frame sits in a row whose utterance k starts at
         ``starts[k]`` (ints; a row with gaps between utterances, e.g. a subsampled packed
-        input), on the device of the maps."""
-        host = np.repeat(np.asarray(starts, dtype=np.int64), self.lens_host) + self.offset_host
-        return _to_device([host], self.index.device)[0]
+        input), on the host: an ``extra`` of :func:`to_device`."""
+        return np.repeat(np.asarray(starts, dtype=np.int64), self.lens_host) + self.offset_host
 
     def reverse(self, x: torch.Tensor) -> torch.Tensor:
         """Reverse every utterance of a packed (1, total, ...) tensor within itself."""
@@ -71,10 +83,20 @@ class Packing:
         return self.pack(fn(self.unpack(x), *args, **kwargs))
 
 
+def to_device(packings: list, device, extra: list = ()) -> list:
+    """Place the maps of ``packings`` (``Packing.host``) and the int64 arrays ``extra`` on
+    ``device`` in one copy; returns ``extra`` as tensors."""
+    tensors = _to_device([a for p in packings for a in p._host] + list(extra), device)
+    for p in packings:
+        p._place(tensors[:4])
+        tensors = tensors[4:]
+    return tensors
+
+
 def _to_device(arrays, device) -> list:
     """int64 numpy arrays as tensors on ``device``, in one copy.  Plain (pageable) memory: the
-    maps are built at the start of a step, while the GPU has nothing to do, and pinning cost
-    4.1 ms per step on the H100 machine's host (trace, 2026-11-22) for a ~0.1 ms copy."""
+    maps are built at the start of a step, while the GPU has nothing to do, and pinning them
+    cost 3.3 ms per step on the H100 machine's host (trace, 2026-11-22) for a ~0.3 MB copy."""
     flat = torch.from_numpy(np.concatenate(arrays))
     if device is not None and torch.device(device).type != "cpu":
         flat = flat.to(device)

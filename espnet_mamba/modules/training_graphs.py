@@ -51,11 +51,12 @@ capture leaves the thread on the capture's stream and CUDA's random-number gener
 mode (torch raises before restoring either), and every later random op of the process fails with
 "Offset increment outside graph capture" (seen on the H100, session 6).  So after a failure
 ``cuda_graph.recover_from_failed_capture`` puts both right (the generator's part checked on the
-H100 with a forced failure, session 6; the stream's part added after that run), the failure is logged once and the graphs are off for this stack from then on (it runs
-eagerly, unchanged); if the process cannot be put right, a RuntimeError says so and how to turn
-the option off.  Out of memory during a capture is raised, as it would be eagerly, without
-turning the graphs off.  Each capture is logged (INFO: ESPnet's train.log).  Not checked: whether
-a failed capture also leaves the graphs' memory pool reserved.
+H100 with a forced failure, session 6; the stream's part added after that run), the failure is
+logged once and the graphs are off for this stack from then on (it runs eagerly, unchanged);
+if the process cannot be put right, a RuntimeError says so and how to turn the option off.  Out
+of memory during a capture is raised, as it would be eagerly, without turning the graphs off.
+Each capture is logged (INFO: ESPnet's train.log).  Not checked: whether a failed capture also
+leaves the graphs' memory pool reserved.
 
 ``cuda_graph_conf`` (encoder_conf) sets ``frame_step`` (64 subsampled frames, 2.56 s at 40 ms),
 ``batch_step`` (1), ``max_shapes`` (8) and ``warmup``, the eager runs before a capture (3).
@@ -74,7 +75,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from espnet_mamba.modules.cuda_graph import ENV, enabled_by_env, recover_from_failed_capture
+from espnet_mamba.modules.cuda_graph import (ENV, enabled_by_env, parameter_signature,
+                                              recover_from_failed_capture)
 from espnet_mamba.modules.packing import RowPacking
 
 OPTIONS = {"frame_step": 64, "batch_step": 1, "max_shapes": 8, "warmup": 3}
@@ -326,10 +328,11 @@ _CAPTURE_LOCK = threading.Lock()
 @contextlib.contextmanager
 def _thread_local_capture():
     """``make_graphed_callables`` captures with ``torch.cuda.graph``'s default mode, ``global``,
-    and gives callers no way to change it; this makes ``thread_local`` that default while our capture
-    runs.  ``torch.cuda.graph`` is a module attribute, seen by every thread: the lock keeps two
-    captures of ours from interleaving their patch and restore (a capture of another library
-    in another thread meanwhile would also get ``thread_local``, which only relaxes it)."""
+    and gives callers no way to change it; this makes ``thread_local`` that default while our
+    capture runs.  ``torch.cuda.graph`` is a module attribute, seen by every thread: the lock
+    keeps two captures of ours from interleaving their patch and restore (a capture of another
+    library in another thread meanwhile would also get ``thread_local``, which only relaxes
+    it)."""
     with _CAPTURE_LOCK:
         original = torch.cuda.graph
         torch.cuda.graph = functools.partial(original, capture_error_mode="thread_local")
@@ -361,7 +364,6 @@ class _Tree:
         """What a graph bakes in besides the input shape: where the parameters live and
         whether they train, and each sub-module's training flag and dropout rate."""
         dropout = torch.nn.modules.dropout._DropoutNd
-        return (tuple([(p.data_ptr(), p.dtype, p.device, p.requires_grad)
-                       for p in self.params]),
+        return (parameter_signature(self.params), tuple([p.requires_grad for p in self.params]),
                 tuple([(m.training, m.p if isinstance(m, dropout) else None)
                        for m in self.modules]))

@@ -6,7 +6,8 @@ benchmarks/encoder_gpu.py ``--profile-dir`` writes such traces.  A step's wall t
 busy time plus the gaps in which nothing runs on it; in a gap the GPU waits for the host (a
 launch, Python work, a host sync).  For every gap of at least ``--min-us``, the innermost host
 op (``cpu_op`` or CUDA runtime call) running at the gap's middle is its cause; the report sums
-the gaps per cause, per step.
+the gaps per cause, per step, and counts the device events by the host call that launched
+them (how many a CUDA graph replays).
 """
 
 from __future__ import annotations
@@ -61,9 +62,19 @@ def gaps(events: list, min_us: float) -> tuple:
     return sum(b - a for a, b in busy), out
 
 
+def launchers(events: list) -> collections.Counter:
+    """Device events by the host call that launched them (``cudaGraphLaunch``: replayed from a
+    CUDA graph), matched through the trace's correlation ids."""
+    calls = {e["args"]["correlation"]: e["name"] for e in events
+             if e.get("cat") == "cuda_runtime" and "correlation" in e.get("args", {})}
+    return collections.Counter(calls.get(e.get("args", {}).get("correlation"), "(unmatched)")
+                               for e in events if e.get("cat") in DEVICE_CATS)
+
+
 def report(path: str, steps: int, min_us: float, top: int = 25) -> str:
     events = load(path)
     busy, found = gaps(events, min_us)
+    launched = launchers(events)
     by_cause = collections.Counter()
     counts = collections.Counter()
     for dur, cause in found:
@@ -72,6 +83,8 @@ def report(path: str, steps: int, min_us: float, top: int = 25) -> str:
     idle = sum(d for d, _ in found)
     lines = [f"{path}: per step, device busy {busy / steps / 1e3:.2f} ms, idle in gaps >= "
              f"{min_us:g} us {idle / steps / 1e3:.2f} ms ({len(found) / steps:.0f} gaps)",
+             "device events per step by launching call: " + ", ".join(
+                 f"{name} {n / steps:.0f}" for name, n in launched.most_common()),
              f"{'idle ms/step':>12}  {'gaps/step':>9}  host op at the gap's middle"]
     for cause, dur in by_cause.most_common(top):
         lines.append(f"{dur / steps / 1e3:12.3f}  {counts[cause] / steps:9.1f}  {cause[:90]}")
