@@ -73,6 +73,9 @@ class InputLayer(nn.Module):
     def output_lengths(self, lengths):
         """Frames out for ``lengths`` frames in (ints or a tensor), as ESPnet's subsampled mask
         counts them: only outputs whose convolutions read valid frames alone."""
+        if self.time_convs is None:
+            raise NotImplementedError(f"input_layer={self.name}: padded or dilated "
+                                      "convolutions, output lengths unknown")
         for kernel, stride in self.time_convs:
             lengths = (lengths - kernel) // stride + 1
         return lengths.clamp(min=0) if isinstance(lengths, torch.Tensor) else max(lengths, 0)

@@ -112,7 +112,8 @@ class StackEncoder(StrictLoadMixin, AbsEncoder):
         # a batch with no frame left after the subsampling takes the padded route (ESPnet's
         # zero lengths; a packed row of no frames has nothing to run)
         if (self.pack_sequences and len(xs_pad) > 1
-                and any(self.embed.output_lengths(n) > 0 for n in host_lengths)):
+                and (self.embed.time_convs is None
+                     or any(self.embed.output_lengths(n) > 0 for n in host_lengths))):
             xs, packing = self.embed.packed(xs_pad, host_lengths)
             lengths = packing.lengths
             valid = lengths_to_mask(lengths, packing.max_len)  # for layers that unpack
