@@ -91,6 +91,7 @@ def test_packed_batch_with_no_frame_left_takes_the_padded_route():
     packed = ENCODERS["samba_asr"](20, pack_sequences=True, **kw)
     packed.load_state_dict(padded.state_dict())
     x, il = torch.randn(2, 10, 20), torch.tensor([5, 3])
+    assert packed.embed.packed(x, [5, 3]) is None
     (y_a, len_a, _), (y_b, len_b, _) = padded(x, il), packed(x, il)
     assert len_a.tolist() == len_b.tolist() == [0, 0] and torch.equal(y_a, y_b)
 

@@ -84,7 +84,9 @@ class InputLayer(nn.Module):
         """forward() on the valid frames of a padded batch laid end to end.
 
         ``lengths``: the utterances' frames, as Python ints (check_input returns them).
-        Returns (row (1, total, output_size), the :class:`Packing` of the output frames).  The
+        Returns (row (1, total, output_size), the :class:`Packing` of the output frames), or
+        None when no utterance keeps a frame after the subsampling (a packed row of no frames
+        has nothing to run: the caller takes the padded route, ESPnet's zero lengths).  The
         frames and their gradients are those of forward() on the padded batch, packed: each
         utterance's input starts at a multiple of the subsampling's stride, and an output frame
         of the row reads the same input frames as its counterpart in the padded batch (the
@@ -96,14 +98,16 @@ class InputLayer(nn.Module):
             ilens = torch.tensor(lengths, device=xs.device)
             xs, masks = self.forward(xs, lengths_to_mask(ilens, xs.shape[1])[:, None])
             packing = Packing(masks.squeeze(1).sum(-1).tolist(), xs.shape[1], xs.device)
-            return packing.pack(xs), packing
+            return (packing.pack(xs), packing) if packing.total else None
+        out_lengths = [self.output_lengths(n) for n in lengths]
+        if not any(out_lengths):
+            return None
         stride = math.prod(s for _, s in self.time_convs)
         slots = [_round_up(n, stride) for n in lengths]
         frames = _round_up(xs.shape[1], stride)
         # every index map first, in one copy while the GPU is idle (it then waits for nothing)
         inp = Packing.host(slots, frames)
-        out = Packing.host([self.output_lengths(n) for n in lengths],
-                           self.output_lengths(xs.shape[1]))
+        out = Packing.host(out_lengths, self.output_lengths(xs.shape[1]))
         extra = []  # per-frame layers: every output frame is already in place
         if self.time_convs:
             starts = [0]

@@ -107,14 +107,13 @@ class StackEncoder(StrictLoadMixin, AbsEncoder):
                 prev_states: torch.Tensor = None, ctc=None,
                 ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         host_lengths = check_input(xs_pad, ilens, self.embed.input_size)
+        # packed: the input layer too runs on the valid frames only (encoders/input_layer.py;
+        # None: no frame left after the subsampling, the padded route)
+        packed = (self.embed.packed(xs_pad, host_lengths)
+                  if self.pack_sequences and len(xs_pad) > 1 else None)
         packing = None
-        # packed: the input layer too runs on the valid frames only (encoders/input_layer.py);
-        # a batch with no frame left after the subsampling takes the padded route (ESPnet's
-        # zero lengths; a packed row of no frames has nothing to run)
-        if (self.pack_sequences and len(xs_pad) > 1
-                and (self.embed.time_convs is None
-                     or any(self.embed.output_lengths(n) > 0 for n in host_lengths))):
-            xs, packing = self.embed.packed(xs_pad, host_lengths)
+        if packed is not None:
+            xs, packing = packed
             lengths = packing.lengths
             valid = lengths_to_mask(lengths, packing.max_len)  # for layers that unpack
         else:
