@@ -132,9 +132,12 @@ def apply_variant(name) -> float:
             else math.inf)
 
 
-def build(name, tiny, **extra):
+def build(name, tiny, recompute_input_layer=False, **extra):
+    """``recompute_input_layer``: our encoders' option of that name (ESPnet's have none)."""
     cls, conf = model_table()[name]
     conf = {**conf, **extra}
+    if recompute_input_layer and cls.__module__.startswith("espnet_mamba."):
+        conf["recompute_input_layer"] = True
     if tiny:
         conf.update(TINY)
         if "linear_units" in conf:
@@ -337,8 +340,9 @@ def packed_vs_padded(args, device, timer, report):
     out = report.setdefault("packed", [])
     for name in args.packed_models:
         torch.manual_seed(0)  # the same weights in every run
-        padded, conf = build(name, args.tiny, dropout_rate=0.0)
-        packed, _ = build(name, args.tiny, dropout_rate=0.0, pack_sequences=True)
+        padded, conf = build(name, args.tiny, args.recompute_input_layer, dropout_rate=0.0)
+        packed, _ = build(name, args.tiny, args.recompute_input_layer, dropout_rate=0.0,
+                          pack_sequences=True)
         packed.load_state_dict(padded.state_dict())
         ctc = CTC(vocab, padded.output_size()).to(device)
         torch.manual_seed(1)
@@ -442,6 +446,9 @@ def setting_parser(doc: str, models, lengths) -> argparse.ArgumentParser:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--tiny", action="store_true", help="tiny models: a smoke run on CPU")
+    ap.add_argument("--recompute-input-layer", action="store_true",
+                    help="our encoders with recompute_input_layer: true (the conv "
+                         "subsampling's activations recomputed in the backward pass)")
     return ap
 
 
@@ -504,7 +511,7 @@ def main(argv=None):
 
     if not args.packed_only:
         for name in args.models:
-            enc, conf = build(name, args.tiny)
+            enc, conf = build(name, args.tiny, args.recompute_input_layer)
             enc.to(device)
             params = sum(p.numel() for p in enc.parameters())
             report["models"][name] = {"params": params, "class": type(enc).__name__,

@@ -101,7 +101,7 @@ def main(argv=None):
               "models": {}, "results": []}
     encs = {}
     for name in args.models:
-        enc, conf = eg.build(name, args.tiny)
+        enc, conf = eg.build(name, args.tiny, args.recompute_input_layer)
         encs[name] = enc.to(device)
         report["models"][name] = {"params": sum(p.numel() for p in enc.parameters()),
                                   "class": type(enc).__name__, "conf": conf}

@@ -113,19 +113,27 @@ def packed_vs_padded_error(name, mixer, device="cpu", dtype=torch.float64, backe
                            bidirectional=True, idim=20, input_layer="conv2d"):
     """Rel. error of outputs and of every parameter's gradient: ``pack_sequences`` on vs off,
     same weights."""
+    return variant_error(name, mixer, {"pack_sequences": True}, device, dtype, backend,
+                         bidirectional, idim, input_layer)
+
+
+def variant_error(name, mixer, variant: dict, device="cpu", dtype=torch.float64, backend=None,
+                  bidirectional=True, idim=20, input_layer="conv2d"):
+    """Rel. error of outputs and of every parameter's gradient: an encoder with the options
+    ``variant`` vs one without, same weights (loaded strictly: the same state-dict keys)."""
     kw = dict(output_size=64, num_blocks=2, mixer=mixer, d_state=16, dropout_rate=0.0,
               mixer_conf=MIXER_CONF[mixer], bidirectional=bidirectional, backend=backend,
               input_layer=input_layer)
-    padded = ENCODERS[name](idim, **kw)
-    packed = ENCODERS[name](idim, pack_sequences=True, **kw)
-    packed.load_state_dict(padded.state_dict())
+    base = ENCODERS[name](idim, **kw)
+    other = ENCODERS[name](idim, **variant, **kw)
+    other.load_state_dict(base.state_dict())
     x = torch.randn(4, 70, idim, device=device, dtype=dtype)
     il = torch.tensor([70, 23, 51, 9], device=device)
     outs = []
-    for enc in (padded, packed):
+    for enc in (base, other):
         enc.to(device=device, dtype=dtype).train()
         y, ol, _ = enc(x, il)
-        if enc is packed:  # the same frames out, counted alike
+        if enc is other:  # the same frames out, counted alike
             assert torch.equal(ol, outs[0][2]) and y.shape == outs[0][0].shape
         mask = (torch.arange(y.shape[1], device=device)[None] < ol[:, None])[..., None]
         projection_loss(y * mask).backward()

@@ -166,6 +166,24 @@ def test_every_benchmark_model_builds_and_runs_tiny():
         assert conf.get("cuda_graphs", False) == name.endswith("_graphed"), name
 
 
+def test_recompute_flag_reaches_our_encoders_only(tmp_path):
+    """--recompute-input-layer sets our encoders' option (recorded in the report's conf) and
+    leaves ESPnet's encoders, which have no such option, as they are."""
+    import encoder_gpu
+
+    from espnet_mamba.encoders.input_layer import RecomputedConvs
+
+    report = encoder_gpu.main(
+        ["--device", "cpu", "--tiny", "--out", str(tmp_path / "r.json"), "--models",
+         "conformer_sdpa", "speech_mamba", "--lengths", "1", "--batches", "1", "--modes",
+         "train", "--repeats", "1", "--warmup", "1", "--recompute-input-layer"])
+    assert report["models"]["speech_mamba"]["conf"]["recompute_input_layer"] is True
+    assert "recompute_input_layer" not in report["models"]["conformer_sdpa"]["conf"]
+    assert all("median_ms" in r for r in report["results"])
+    enc, _ = encoder_gpu.build("samba_asr", True, recompute_input_layer=True)
+    assert isinstance(enc.embed.embed.conv, RecomputedConvs)
+
+
 def test_report_of_one_process_per_model(tmp_path, capsys):
     """encoder_report.py merges several JSONs (tools/gpu/plan_issue6_7.sh step `fresh`: one
     process per model) into one table, the ratios taken across them."""

@@ -8,6 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from espnet2.legacy.nets.pytorch_backend.transformer import subsampling as sub
 from espnet_mamba.modules.packing import Packing, to_device
@@ -27,10 +28,13 @@ INPUT_LAYERS = (*CONV_LAYERS, "linear", None)
 
 
 class InputLayer(nn.Module):
-    """forward(xs (b, t, idim), masks (b, 1, t)) -> (xs (b, t', odim), masks (b, 1, t'))."""
+    """forward(xs (b, t, idim), masks (b, 1, t)) -> (xs (b, t', odim), masks (b, 1, t')).
+
+    ``recompute``: a conv subsampling keeps no activation of its convolutions for the backward
+    pass but its input, and recomputes them there (:class:`RecomputedConvs`)."""
 
     def __init__(self, name: str | None, input_size: int, output_size: int,
-                 dropout_rate: float):
+                 dropout_rate: float, recompute: bool = False):
         super().__init__()
         if name not in INPUT_LAYERS:
             raise ValueError(f"unknown input_layer {name!r}; valid: {INPUT_LAYERS}")
@@ -39,6 +43,10 @@ class InputLayer(nn.Module):
         if input_size < 1 or output_size < 1:
             raise ValueError(f"input_size and output_size must be positive, got {input_size} "
                              f"and {output_size}")
+        if recompute and name not in CONV_LAYERS:
+            raise ValueError(f"recompute_input_layer: true needs a conv subsampling input layer "
+                             f"({', '.join(CONV_LAYERS)}); input_layer={name} has no "
+                             f"activations to recompute")
         if name in CONV_LAYERS:
             cls, self.min_frames = CONV_LAYERS[name]
             # 2-D convolutions subsample the feature axis as they do time: same minimum
@@ -48,6 +56,8 @@ class InputLayer(nn.Module):
                                  f"got {input_size}; use conv1d2 or linear for fewer")
             self.embed = cls(input_size, output_size, dropout_rate, pos_enc=nn.Identity())
             self.time_convs = _time_convs(self.embed)
+            if recompute:  # same children, same state-dict keys
+                self.embed.conv = RecomputedConvs(*self.embed.conv)
         elif name == "linear":
             self.embed = nn.Sequential(nn.Linear(input_size, output_size),
                                        nn.LayerNorm(output_size), nn.Dropout(dropout_rate))
@@ -121,6 +131,24 @@ class InputLayer(nn.Module):
         elif self.embed is not None:
             row = self.embed(row)
         return (row.index_select(1, where[0]) if where else row), out
+
+
+class RecomputedConvs(nn.Sequential):
+    """ESPnet's subsampling convolutions (``embed.conv``) under activation checkpointing.
+
+    The first convolution runs at half the frame rate with ``output_size`` channels: for
+    conv2d at 300 s and d512 its output is 512 x 15k x 39 values, 0.6 GB in bf16, which the
+    second convolution keeps for its backward pass, as much as several Mamba layers keep.  Here
+    only the features are kept and the convolutions run again in the backward pass (about one
+    more forward of the subsampling: cheap next to the layers).  Gradients are the same; the
+    second forward has the same autocast state (torch.utils.checkpoint records it).
+    """
+
+    def forward(self, x):
+        if torch.is_grad_enabled() and (x.requires_grad or any(
+                p.requires_grad for p in self.parameters())):
+            return checkpoint(super().forward, x, use_reentrant=False)
+        return super().forward(x)
 
 
 def _round_up(n: int, multiple: int) -> int:

@@ -42,6 +42,7 @@ class SambaASREncoder(StackEncoder):
         backend: Optional[str] = None,
         cuda_graphs: bool = False,
         cuda_graph_conf: Optional[dict] = None,
+        recompute_input_layer: bool = False,
     ):
         conf = resolve_mixer_conf(mixer, d_state, d_conv, expand, mixer_conf)
         layers = [
@@ -51,4 +52,4 @@ class SambaASREncoder(StackEncoder):
         ]
         super().__init__(input_size, output_size, input_layer, dropout_rate, layers,
                          interctc_layer_idx, interctc_use_conditioning, pack_sequences,
-                         backend, cuda_graphs, cuda_graph_conf)
+                         backend, cuda_graphs, cuda_graph_conf, recompute_input_layer)

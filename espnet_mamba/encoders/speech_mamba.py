@@ -56,6 +56,7 @@ class SpeechMambaEncoder(StackEncoder):
         backend: Optional[str] = None,
         cuda_graphs: bool = False,
         cuda_graph_conf: Optional[dict] = None,
+        recompute_input_layer: bool = False,
     ):
         conf = resolve_mixer_conf(mixer, d_state, d_conv, expand, mixer_conf)
 
@@ -69,4 +70,4 @@ class SpeechMambaEncoder(StackEncoder):
         ]
         super().__init__(input_size, output_size, input_layer, dropout_rate, layers,
                          interctc_layer_idx, interctc_use_conditioning, pack_sequences,
-                         backend, cuda_graphs, cuda_graph_conf)
+                         backend, cuda_graphs, cuda_graph_conf, recompute_input_layer)

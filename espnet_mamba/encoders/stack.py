@@ -8,6 +8,10 @@ end (1, total, d) instead of a padded batch (see modules/packing.py, encoders/in
 ``packed``); outputs are unpacked again.  Exact either way.  Mamba2 mixers run the packed row
 natively (``seq_idx``: modules/mamba2.py); Mamba v1 and attention unpack it.
 
+``recompute_input_layer``: the conv subsampling's activations are recomputed in the backward
+pass instead of kept (encoders/input_layer.py ``RecomputedConvs``): less memory for long inputs,
+one more forward of the subsampling per step.  Off by default.
+
 ``cuda_graphs``: training steps replay the layers' forward and backward from CUDA graphs, one
 per (batch, bucketed length) shape (modules/training_graphs.py; ``cuda_graph_conf``:
 frame_step, batch_step, max_shapes, warmup).  Off by default.  With ``pack_sequences`` too, one
@@ -72,10 +76,12 @@ class StackEncoder(StrictLoadMixin, AbsEncoder):
     def __init__(self, input_size: int, output_size: int, input_layer: Optional[str],
                  dropout_rate: float, layers: List[nn.Module], interctc_layer_idx: List[int],
                  interctc_use_conditioning: bool, pack_sequences: bool, backend: Optional[str],
-                 cuda_graphs: bool = False, cuda_graph_conf: Optional[dict] = None):
+                 cuda_graphs: bool = False, cuda_graph_conf: Optional[dict] = None,
+                 recompute_input_layer: bool = False):
         super().__init__()
         self._output_size = output_size
-        self.embed = InputLayer(input_layer, input_size, output_size, dropout_rate)
+        self.embed = InputLayer(input_layer, input_size, output_size, dropout_rate,
+                                recompute=recompute_input_layer)
         self.encoders = nn.ModuleList(layers)
         self.after_norm = RMSNorm(output_size, backend=backend)
         bad = [i for i in interctc_layer_idx if not 0 < i < len(layers)]

@@ -4,7 +4,8 @@ gradient) over three steps of one length bucket (capture at the second, replay o
 and lengths at the third; 3 rows padded to 4), in fp32 and under bf16 autocast with its weight
 cache on (as in ESPnet's trainer), with the triton add+RMSNorm the full sizes use; accumulated
 gradients; with dropout, replays draw new masks; two graphs in one pool replayed in turn;
-packed rows (``pack_sequences``) replayed from one graph per packed-length bucket."""
+packed rows (``pack_sequences``) replayed from one graph per packed-length bucket; the input
+layer recomputed (``recompute_input_layer``) before the graphed layers."""
 
 import pytest
 import torch
@@ -23,11 +24,11 @@ BUCKETS = {"frame_step": 16, "batch_step": 2}
 UNPADDED = {"frame_step": 1, "batch_step": 1}
 
 
-def build(name, mixer="mamba", graphs=False, dropout_rate=0.0, conf=BUCKETS):
+def build(name, mixer="mamba", graphs=False, dropout_rate=0.0, conf=BUCKETS, **options):
     torch.manual_seed(0)
     return ENCODERS[name](20, output_size=64, num_blocks=2, mixer=mixer, d_state=16,
                           mixer_conf=MIXER_CONF[mixer], dropout_rate=dropout_rate,
-                          cuda_graphs=graphs, cuda_graph_conf=conf).cuda().train()
+                          cuda_graphs=graphs, cuda_graph_conf=conf, **options).cuda().train()
 
 
 def assert_grads_close(test, ref, tol):
@@ -189,3 +190,43 @@ def test_packed_rows_replay_one_graph_cuda(bidirectional):
     graphs = graphed.training_graphs
     assert graphs.captures == 1 and graphs.capture_error is None
     assert [key[:2] for key in graphs.graphs] == [(128, 1)]
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_recomputed_input_layer_before_graphed_layers_cuda(amp):
+    """recompute_input_layer on CUDA (cuDNN convolutions run again in the backward pass, under
+    autocast as in training) in front of graphed layers: the outputs and gradients of the
+    encoder that keeps the activations, over three steps (capture at the second)."""
+    kept = build("speech_mamba", "mamba2", graphs=True, conf=UNPADDED)
+    recomputed = build("speech_mamba", "mamba2", graphs=True, conf=UNPADDED,
+                       recompute_input_layer=True)
+    tol = 1e-3 if amp else 1e-5
+    for _ in range(3):
+        x = torch.randn(3, 120, 20, device="cuda")
+        ilens = torch.tensor([120, 97, 60], device="cuda")
+        y_k, len_k, g_k = train_step(kept, x, ilens, amp)
+        y_r, len_r, g_r = train_step(recomputed, x, ilens, amp)
+        assert torch.equal(len_k, len_r)
+        assert (y_r - y_k).abs().max() <= tol * y_k.abs().max()
+        assert_grads_close(g_r, g_k, tol)
+    assert recomputed.training_graphs.captures == 1
+
+
+def test_recomputed_input_layer_holds_less_cuda():
+    """What the conv2d subsampling holds on the GPU for its backward pass, bf16 autocast: the
+    first convolution's output (256 x 2999 x 39 values) is not held when recomputed."""
+    from espnet_mamba.encoders.input_layer import InputLayer
+
+    held = {}
+    x = torch.randn(1, 6000, 80, device="cuda")
+    first_conv_out = 256 * 2999 * 39 * 2  # bf16
+    for recompute in (False, True):
+        layer = InputLayer("conv2d", 80, 256, 0.0, recompute=recompute).cuda()
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y = layer(x, None)[0]
+        held[recompute] = torch.cuda.memory_allocated() - before
+        y.float().square().mean().backward()
+        del y, layer
+    assert held[False] - held[True] >= first_conv_out, held

@@ -22,7 +22,8 @@
 #            --profile-dir "$OUT/profiles")
 #   fresh    benchmarks/encoder_gpu.py once per model of FRESH_MODELS, each in its own process
 #            (FRESH_ARGS; default B1 300 s training): a graphed model's peak without the ~0.06 GiB
-#            per capture that earlier settings' captures leave allocated in the process
+#            per capture that earlier settings' captures leave allocated in the process;
+#            FRESH_TAG names the files apart (e.g. a second pass with other FRESH_ARGS)
 #   interleaved  benchmarks/encoder_interleaved.py: 15/30/60 s with the models timed in turn
 #            (host noise hits all alike); INTERLEAVED_MODELS picks them (default: conformer_sdpa
 #            samba_asr speech_mamba samba_asr_wide), INTERLEAVED_ARGS adds options (~3 min)
@@ -120,9 +121,9 @@ if want fresh; then
     step "encoder benchmark, one process per model (no memory left over from other settings)"
     # shellcheck disable=SC2086  # word lists
     for model in ${FRESH_MODELS:-conformer_sdpa samba_asr_mamba2_graphed speech_mamba_mamba2_graphed}; do
-        python3 benchmarks/encoder_gpu.py --out "$OUT/encoder_fresh_$model.json" \
+        python3 benchmarks/encoder_gpu.py --out "$OUT/encoder_fresh_$model${FRESH_TAG:-}.json" \
             --models "$model" ${FRESH_ARGS:---lengths 300 --batches 1 --modes train} 2>&1 |
-            tee -a "$OUT/encoder_fresh.log" | grep -E "train|infer|rror"
+            tee -a "$OUT/encoder_fresh${FRESH_TAG:-}.log" | grep -E "train|infer|rror"
         echo "$model: exit ${PIPESTATUS[0]}"
     done
 fi
