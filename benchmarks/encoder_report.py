@@ -212,6 +212,18 @@ def plots(report, idx, prefix):
         plt.close(fig)
 
 
+def labelled(report: dict) -> dict:
+    """Models run with ``--recompute-input-layer`` renamed ``NAME+recompute``, so that a table
+    can show them beside the same model without it."""
+    renamed = {m: f"{m}+recompute" for m, v in report["models"].items()
+               if v.get("conf", {}).get("recompute_input_layer")}
+    if not renamed:
+        return report
+    return dict(report, models={renamed.get(m, m): v for m, v in report["models"].items()},
+                results=[dict(r, model=renamed.get(r["model"], r["model"]))
+                         for r in report["results"]])
+
+
 def merged(reports: list) -> dict:
     """Several runs as one: their models and results in order, the first run's environment
     with every run's command."""
@@ -238,7 +250,7 @@ def main(argv=None):
                     help="one run's JSON, or several (e.g. one process per model) as one table")
     ap.add_argument("--plot-prefix", help="write PREFIX_time.png and PREFIX_memory.png")
     args = ap.parse_args(argv)
-    report = merged([json.loads(f.read_text()) for f in args.json])
+    report = merged([labelled(json.loads(f.read_text())) for f in args.json])
     idx = index(report)
     env = report["environment"]
     lines = [f"Device: {env.get('gpu', env['device'])}; date {env['date']}; torch {env['torch']}; "

@@ -202,6 +202,27 @@ def test_report_of_one_process_per_model(tmp_path, capsys):
     assert "| train B1 300 s: >= 4x, memory <= 0.25x | PASS 8.00x, memory 0.200x |" in out
 
 
+def test_report_shows_a_recomputed_run_beside_the_plain_one(tmp_path, capsys):
+    """The same model run with and without --recompute-input-layer: two columns, the
+    recomputed one named NAME+recompute, each with its own ratios."""
+    env = {"device": "cuda", "date": "2026-11-23", "torch": "2.11", "command": "run"}
+    files = []
+    for i, (model, conf, ms, gib) in enumerate((
+            ("conformer_sdpa", {}, 400.0, 20.0),
+            ("speech_mamba", {}, 70.0, 5.1),
+            ("speech_mamba", {"recompute_input_layer": True}, 75.0, 4.4))):
+        f = tmp_path / f"{i}.json"
+        f.write_text(json.dumps({"environment": env,
+                                 "models": {model: {"params": 8e7, "conf": conf}},
+                                 "results": [result(model, "train", 1, 300, ms, gib)]}))
+        files.append(str(f))
+    encoder_report.main(files)
+    out = capsys.readouterr().out
+    assert "| target | speech_mamba | speech_mamba+recompute |" in out
+    assert ("| train B1 300 s: >= 4x, memory <= 0.25x | FAIL 5.71x, memory 0.255x | "
+            "PASS 5.33x, memory 0.220x |") in out
+
+
 def test_report_refuses_runs_of_different_settings():
     """Runs with another amp setting (or GPU, torch, repeats) are not merged into one table."""
     runs = [{"environment": {"command": "a"}, "settings": {"amp": amp}, "models": {},
