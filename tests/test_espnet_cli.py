@@ -56,8 +56,10 @@ SAMBA_ENCODER = {"output_size": 64, "num_blocks": 2, **TINY_MAMBA}
 CONFIGS = {
     "samba_samba": (
         "samba_asr", SAMBA_ENCODER, "samba_asr", {"num_blocks": 1, **TINY_MAMBA}, 0.3),
+    # recompute_input_layer: the option through ESPnet's encoder_conf, trainer and packing
     "speechmamba_speechmamba": (
-        "speech_mamba", {"output_size": 64, "attention_heads": 4, "num_blocks": 1, **TINY_MAMBA},
+        "speech_mamba", {"output_size": 64, "attention_heads": 4, "num_blocks": 1,
+                         "recompute_input_layer": True, **TINY_MAMBA},
         "speech_mamba", {"attention_heads": 4, "num_blocks": 1, **TINY_MAMBA}, 0.3),
     "samba_transformer": (
         "samba_asr", SAMBA_ENCODER,

@@ -16,6 +16,14 @@ def test_recomputed_input_layer_equals_kept(input_layer):
                          input_layer=input_layer) < 1e-12
 
 
+@pytest.mark.parametrize("name", ["samba_asr", "speech_mamba"])
+def test_encoders_pass_the_option_to_their_input_layer(name):
+    on = ENCODERS[name](20, output_size=32, num_blocks=1, recompute_input_layer=True)
+    off = ENCODERS[name](20, output_size=32, num_blocks=1)
+    assert isinstance(on.embed.embed.conv, RecomputedConvs)
+    assert not isinstance(off.embed.embed.conv, RecomputedConvs)
+
+
 def test_recomputed_input_layer_packed_equals_padded():
     assert variant_error("speech_mamba", "mamba2",
                          {"recompute_input_layer": True, "pack_sequences": True}) < 1e-10
@@ -63,17 +71,24 @@ def test_recomputed_input_layer_without_gradients_runs_plainly(monkeypatch):
     layer = InputLayer("conv2d", 80, 32, 0.0, recompute=True)
     assert isinstance(layer.embed.conv, RecomputedConvs)
     calls = []
-    monkeypatch.setattr("espnet_mamba.encoders.input_layer.checkpoint",
-                        lambda *a, **k: calls.append(1))
+    def counted(fn, *args, **kwargs):
+        calls.append(1)
+        return fn(*args)
+
+    monkeypatch.setattr("espnet_mamba.encoders.input_layer.checkpoint", counted)
     with torch.no_grad():
         layer(torch.randn(1, 50, 80), None)
     layer.requires_grad_(False)
     layer(torch.randn(1, 50, 80), None)
     assert calls == []
+    # frozen weights, but a trainable front-end before it: its gradient needs the backward pass
+    layer(torch.randn(1, 50, 80, requires_grad=True), None)
+    assert calls == [1]
 
 
 @pytest.mark.parametrize("input_layer", ["linear", None])
 def test_recompute_without_a_conv_input_layer_is_refused(input_layer):
-    with pytest.raises(ValueError, match="recompute_input_layer.*conv subsampling"):
+    with pytest.raises(ValueError, match="recompute_input_layer.*conv subsampling.*got "
+                                         f"input_layer: {input_layer or 'null'}"):
         ENCODERS["samba_asr"](32, output_size=32, num_blocks=1, input_layer=input_layer,
                               recompute_input_layer=True)

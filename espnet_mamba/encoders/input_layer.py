@@ -45,8 +45,8 @@ class InputLayer(nn.Module):
                              f"and {output_size}")
         if recompute and name not in CONV_LAYERS:
             raise ValueError(f"recompute_input_layer: true needs a conv subsampling input layer "
-                             f"({', '.join(CONV_LAYERS)}); input_layer={name} has no "
-                             f"activations to recompute")
+                             f"({', '.join(CONV_LAYERS)}), the only one that keeps large "
+                             f"activations; got input_layer: {name or 'null'}")
         if name in CONV_LAYERS:
             cls, self.min_frames = CONV_LAYERS[name]
             # 2-D convolutions subsample the feature axis as they do time: same minimum
@@ -139,9 +139,10 @@ class RecomputedConvs(nn.Sequential):
     The first convolution runs at half the frame rate with ``output_size`` channels: for
     conv2d at 300 s and d512 its output is 512 x 15k x 39 values, 0.6 GB in bf16, which the
     second convolution keeps for its backward pass, as much as several Mamba layers keep.  Here
-    only the features are kept and the convolutions run again in the backward pass (about one
-    more forward of the subsampling: cheap next to the layers).  Gradients are the same; the
-    second forward has the same autocast state (torch.utils.checkpoint records it).
+    only the features are kept and the convolutions run again in the backward pass: one more
+    forward of the subsampling, 3-11 % of a graphed training step on the H100
+    (docs/benchmarks.md, session 9).  Gradients are the same; the second forward has the same
+    autocast state and RNG state (torch.utils.checkpoint records both).
     """
 
     def forward(self, x):

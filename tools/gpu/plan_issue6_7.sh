@@ -23,7 +23,9 @@
 #   fresh    benchmarks/encoder_gpu.py once per model of FRESH_MODELS, each in its own process
 #            (FRESH_ARGS; default B1 300 s training): a graphed model's peak without the ~0.06 GiB
 #            per capture that earlier settings' captures leave allocated in the process;
-#            FRESH_TAG names the files apart (e.g. a second pass with other FRESH_ARGS)
+#            FRESH_TAG names the files apart for a second pass with other FRESH_ARGS, e.g.
+#            FRESH_TAG=_recomputed FRESH_ARGS="--lengths 300 --batches 1 --modes train
+#            --recompute-input-layer"
 #   interleaved  benchmarks/encoder_interleaved.py: 15/30/60 s with the models timed in turn
 #            (host noise hits all alike); INTERLEAVED_MODELS picks them (default: conformer_sdpa
 #            samba_asr speech_mamba samba_asr_wide), INTERLEAVED_ARGS adds options (~3 min)
