@@ -265,8 +265,10 @@ class TrainingGraphs:
                 f"({type(recover_err).__name__}: {recover_err}); this process cannot go on. "
                 f"Set encoder_conf cuda_graphs: false (or {ENV}=0) and resume") from err
         if not oom:
+            # with the traceback: a capture error often surfaces at a later op than the one
+            # that broke the capture ("operation failed due to a previous error during capture")
             logging.warning("encoder cuda_graphs: %s; the layers run eagerly from now on",
-                            self.disabled)
+                            self.disabled, exc_info=err)
             self.warned.add(self.disabled)  # said here, not again per step
 
     # CPU tests replace this (modules/cuda_graph.py: what a failed capture leaves behind)
