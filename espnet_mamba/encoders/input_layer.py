@@ -137,7 +137,7 @@ class RecomputedConvs(nn.Sequential):
     """ESPnet's subsampling convolutions (``embed.conv``) under activation checkpointing.
 
     The first convolution runs at half the frame rate with ``output_size`` channels: for
-    conv2d at 300 s and d512 its output is 512 x 15k x 39 values, 0.6 GB in bf16, which the
+    conv2d at 300 s and d512 its output is 512 x 15k x 39 values, 0.56 GiB in bf16, which the
     second convolution keeps for its backward pass, as much as several Mamba layers keep.  Here
     only the features are kept and the convolutions run again in the backward pass: one more
     forward of the subsampling, 3-11 % of a graphed training step on the H100
