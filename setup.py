@@ -48,13 +48,17 @@ setup(
     long_description=long_description,
     long_description_content_type="text/markdown",
     license="Apache-2.0",
+    license_files=["LICENSE"],
     python_requires=">=3.12",
     packages=find_packages(include=["espnet_mamba", "espnet_mamba.*"]),
     cmdclass={"build_py": BuildPyWithHook, "editable_wheel": EditableWheelWithHook},
     install_requires=[
-        "torch>=2.4",
+        # the ranges the plugin is tested in; constraints.txt pins the exact versions.  The plugin
+        # reaches into ESPnet internals, so a newer ESPnet release is a deliberate change.
+        "torch>=2.11,<2.12",
+        "torchaudio>=2.11,<2.12",
         "numpy",  # packed batches' index maps (espnet_mamba/modules/packing.py)
-        "espnet>=202611",
+        "espnet>=202611,<=202611",
         "typeguard",
         # asr_train's defaults need these but espnet does not declare them
         "tensorboard",

@@ -14,6 +14,7 @@ This module must stay importable without torch (it runs in every interpreter).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.abc
 import importlib.util
@@ -153,6 +154,13 @@ def guard_checkpoint_loading(module) -> list[str]:
     return wrapped
 
 
+@functools.cache
+def _check_install_once() -> None:
+    from espnet_mamba.install_check import check_torch_companions
+
+    check_torch_companions()
+
+
 class _RegisteringLoader(importlib.abc.Loader):
     """Wraps a task module's real loader: execute it, then register into it."""
 
@@ -163,6 +171,9 @@ class _RegisteringLoader(importlib.abc.Loader):
         return self._loader.create_module(spec)
 
     def exec_module(self, module):
+        # before ESPnet's task module runs: a torchaudio that cannot load fails there in words
+        # that name neither torch nor torchaudio
+        _check_install_once()
         self._loader.exec_module(module)
         if module.__name__ in POST_IMPORT:
             load_class(POST_IMPORT[module.__name__])(module)
@@ -261,6 +272,7 @@ def register(eager: bool = False) -> dict[str, dict[str, list[str]]]:
     with ``eager`` imports every task module now (slow: about 8 s).
     Returns {task module: {choices attribute: [names]}} for the modules registered so far.
     """
+    _check_install_once()
     install_import_hook(force=True)
     for name, target in POST_IMPORT.items():  # already imported: patch now (best effort)
         if name in sys.modules:

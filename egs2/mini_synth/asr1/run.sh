@@ -18,7 +18,10 @@
 # while a run is going cannot derail that run.
 {
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")"
+# the options block and the usage text are read from this file: keep its absolute path, since
+# the cd below would break a relative one (bash egs2/mini_synth/asr1/run.sh from the repository)
+SELF=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
+cd "$(dirname "$SELF")"
 RECIPE_DIR=$PWD
 REPO_ROOT=$(cd ../../.. && pwd)
 
@@ -31,7 +34,7 @@ stop_stage=100
 smoke=false          # tiny corpus, 1 epoch, short long-context sets, small beam: for CI
 nj=$(nproc 2>/dev/null || echo 2)  # parallel jobs (corpus, stats, decoding)
 ngpu=0
-nthreads=$(nproc 2>/dev/null || echo 2)  # torch threads of the training process
+nthreads=$(nproc 2>/dev/null || echo 2)  # torch threads of training (1 if other jobs share the cores)
 seed=0
 python=              # default: $VIRTUAL_ENV, ../../../.venv, or tools/find_python.sh
 # corpus
@@ -62,9 +65,9 @@ valid_set=dev
 test_sets=           # default: test + one test_<N>s per long duration
 # end of options
 
-options_block() { sed -n '/^# -* options$/,/^# end of options$/p' "$0" | grep -E '^[a-z_]+='; }
+options_block() { sed -n '/^# -* options$/,/^# end of options$/p' "$SELF" | grep -E '^[a-z_]+='; }
 usage() {
-    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,17p' "$SELF" | sed 's/^# \{0,1\}//'
     echo; echo "Options (default):"
     options_block | sed -E 's/^([a-z_]+)=(.*)/  --\1 \2/'
 }
@@ -375,6 +378,13 @@ if stage_on 6; then
     "$python" local/score.py --exp "${asr_exp}" --decode_tag "${inference_tag}" \
         --dumpdir "${dumpdir}/raw" --test_sets ${test_sets} --out "${asr_exp}/RESULTS.md"
     cat "${asr_exp}/RESULTS.md" >&2
+    # one table (and plot) over every model scored in ${expdir}: after the README's three
+    # trainings it is the README's results table
+    "$python" local/plot_results.py "${expdir}"/asr_*/results.json \
+        --out "${expdir}/wer_vs_length.png" > "${expdir}/RESULTS.md" \
+        || die "combined results table failed (local/plot_results.py)"
+    log "all models scored in ${expdir} (WER / CER %, also in ${expdir}/RESULTS.md):"
+    grep '^|' "${expdir}/RESULTS.md" >&2
     stage_end
 fi
 

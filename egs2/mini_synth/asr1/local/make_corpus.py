@@ -201,10 +201,12 @@ def synth_all(jobs, nj: int, desc: str):
     durs = {}
     if not jobs:
         return durs
-    try:
-        from tqdm import tqdm
-    except ImportError:  # a plain counter instead
-        tqdm = None
+    tqdm = None
+    if sys.stderr.isatty():  # a bar on a terminal; in a log file, a line every 10 %
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            pass
     t0 = time.time()
     ctx = mp.get_context("fork")
     with ctx.Pool(nj) as pool:
@@ -214,7 +216,7 @@ def synth_all(jobs, nj: int, desc: str):
                       mininterval=1.0, dynamic_ncols=True)
         for i, (utt, d) in enumerate(it, 1):
             durs[utt] = d
-            if tqdm is None and (i % 200 == 0 or i == len(jobs)):
+            if tqdm is None and (i % max(1, len(jobs) // 10) == 0 or i == len(jobs)):
                 print(f"{desc}: {i}/{len(jobs)}", file=sys.stderr, flush=True)
     total = sum(durs.values())
     print(f"{desc}: {len(jobs)} utterances, {total / 3600:.2f} h of audio, "

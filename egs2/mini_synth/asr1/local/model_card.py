@@ -85,12 +85,14 @@ def card(exp: Path, model_file: str, asr_config: str | None, inference_config: s
     lines += [
         "",
         "```bash",
-        f'pip install "espnet>=202611" espnet_model_zoo{" " + PLUGIN if uses_plugin else ""}',
+        *([f"git clone <the {PLUGIN} repository> {PLUGIN}  # not on a package index",
+           f"pip install -c {PLUGIN}/constraints.txt espnet_model_zoo ./{PLUGIN}"]
+          if uses_plugin else ['pip install "espnet==202611" espnet_model_zoo']),
         "```",
         "",
         "Its import hook registers the classes when ESPnet loads its ASR task: no import in your "
         "code.  No GPU, CUDA or mamba-ssm is needed (on a CPU the plugin runs its PyTorch path "
-        f'with the same weights; `pip install "{PLUGIN}[cuda]"` adds the CUDA kernels).',
+        f'with the same weights; `pip install "./{PLUGIN}[cuda]"` adds the CUDA kernels).',
         "",
         "```python",
         "from espnet2.bin.asr_inference import Speech2Text",

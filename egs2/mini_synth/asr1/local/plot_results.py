@@ -10,6 +10,7 @@ mean recording length of each test set (test: single utterances, test_<N>s: conc
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 LABELS = {"samba_asr": "Samba-ASR", "speech_mamba": "Speech-Mamba", "conformer": "Conformer + Transformer"}
@@ -62,7 +63,7 @@ def main():
     fig.suptitle("mini_synth: error rate vs length", fontsize=10)
     fig.tight_layout()
     fig.savefig(args.out)
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":
