@@ -16,6 +16,7 @@ from typeguard import typechecked
 
 from espnet_mamba.decoders.memory import SpeechMemory
 from espnet_mamba.decoders.recurrent import RecurrentDecoder
+from espnet_mamba.encoders.espnet_options import espnet_counterparts
 from espnet_mamba.encoders.stack import resolve_mixer_conf
 from espnet_mamba.modules.attention import MultiHeadAttention
 from espnet_mamba.modules.block import Residual
@@ -48,7 +49,7 @@ class SpeechMambaDecoderLayer(nn.Module):
         return x, (s_in, s_out)
 
 
-@named_options
+@named_options("decoder_conf", others=espnet_counterparts)
 class SpeechMambaDecoder(RecurrentDecoder):
     @typechecked
     def __init__(

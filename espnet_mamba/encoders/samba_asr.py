@@ -12,6 +12,7 @@ from typeguard import typechecked
 
 from espnet_mamba.encoders.stack import StackEncoder, resolve_mixer_conf
 from espnet_mamba.modules.block import Residual
+from espnet_mamba.encoders.espnet_options import espnet_counterparts
 from espnet_mamba.modules.factory import build_mixer, named_options
 
 
@@ -20,7 +21,7 @@ class _MambaLayer(Residual):
         return super().forward(x, lengths, packing=packing)
 
 
-@named_options
+@named_options("encoder_conf", others=espnet_counterparts)
 class SambaASREncoder(StackEncoder):
     @typechecked
     def __init__(

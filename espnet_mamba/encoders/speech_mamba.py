@@ -13,6 +13,7 @@ from typeguard import typechecked
 from espnet_mamba.encoders.stack import StackEncoder, resolve_mixer_conf
 from espnet_mamba.modules.attention import MultiHeadAttention
 from espnet_mamba.modules.block import Residual
+from espnet_mamba.encoders.espnet_options import espnet_counterparts
 from espnet_mamba.modules.factory import build_mixer, named_options
 
 
@@ -32,7 +33,7 @@ class SpeechMambaEncoderLayer(nn.Module):
         return self.mamba_out(x, lengths, packing=packing)
 
 
-@named_options
+@named_options("encoder_conf", others=espnet_counterparts)
 class SpeechMambaEncoder(StackEncoder):
     @typechecked
     def __init__(

@@ -1,9 +1,20 @@
-"""Build a mixer from a name and a dict of options, with errors that name the bad option."""
+"""Build a mixer from a name and a dict of options, with errors that name the bad option.
+
+Also the one place where every unknown option of our encoders/decoders/mixers is reported
+(:func:`check_options`, :func:`named_options`).  A config written for another architecture
+(ESPnet's Conformer ``encoder_conf`` under ``encoder: samba_asr``) is told, line by line, what
+to delete and what to keep; a misspelt key gets the closest valid option.  Nothing here imports
+ESPnet: what ESPnet's own classes take comes from the caller (``others``, see
+``espnet_mamba/encoders/espnet_options.py``), read only when an error is raised.
+"""
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
+import json
+from typing import Callable, Collection, Sequence
 
 from torch import nn
 
@@ -13,33 +24,120 @@ from espnet_mamba.modules.mamba2 import Mamba2
 
 MIXERS = {"mamba": Mamba, "mamba2": Mamba2}
 
+# (label, option names) of classes a config may have been written for, best guess first
+Others = Sequence[tuple[str, Collection[str]]]
+
+
+def did_you_mean(key: str, valid: Collection[str]) -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
 
 def check_options(owner: str, options: dict, valid) -> None:
-    """Raise a ValueError naming unknown keys of ``options`` and listing the valid ones."""
-    unknown = sorted(set(options) - set(valid))
+    """Raise a ValueError naming unknown keys of ``options`` (with the closest valid key) and
+    listing the valid ones."""
+    unknown = [k for k in options if k not in valid]
     if unknown:
-        raise ValueError(f"{owner}: unknown option(s) {', '.join(map(repr, unknown))}; "
-                         f"valid: {', '.join(sorted(valid))}")
+        named = ", ".join(f"{k!r}{did_you_mean(k, valid)}" for k in unknown)
+        raise ValueError(f"{owner}: unknown option(s) {named}; valid: {', '.join(sorted(valid))}")
 
 
-def named_options(cls):
-    """Class decorator: an unknown keyword of the constructor (a misspelt key in ESPnet's
-    encoder_conf / decoder_conf) raises a TypeError that names it *and* lists the valid ones,
-    instead of Python's bare "unexpected keyword argument".  The signature seen by ESPnet's
+class UnknownOptionsError(TypeError):
+    """A constructor got keys it does not take.  ``delete``: {key: label of the other class it
+    belongs to}; ``keep``: given keys it takes; ``unknown``: {key: closest valid key or None}."""
+
+    def __init__(self, message: str, delete: dict | None = None, keep: list | None = None,
+                 unknown: dict | None = None):  # defaults: unpickling passes the message only
+        super().__init__(message)
+        self.delete, self.keep, self.unknown = delete or {}, keep or [], unknown or {}
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _yaml_value(value) -> str:
+    """A config value as it reads in YAML (the user looks for that line)."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, default=str)  # true/false/null, numbers, flow lists and dicts
+
+
+def unknown_options_error(owner: str, conf: str, given: dict, valid: Sequence[str],
+                          settable: Sequence[str], others: Others) -> UnknownOptionsError:
+    """The error for ``given`` options of ``owner`` (a class name) of which some are not in
+    ``valid``.  An unknown key that is an option of one of ``others`` is to be deleted (the
+    config was written for that class), credited to the one of them that has most of the given
+    keys (the first on a tie); the given keys ``owner`` takes are kept; the rest are typos."""
+    kind = conf[:-len("_conf")] if conf.endswith("_conf") else conf
+    unknown = [k for k in given if k not in valid]
+    others = [(label, set(options)) for label, options in others]
+    scored = [(sum(k in options for k in given), i) for i, (_, options) in enumerate(others)
+              if options & set(unknown)]
+    best = others[max(scored, key=lambda s: (s[0], -s[1]))[1]] if scored else None
+    delete, typos = {}, {}
+    for k in unknown:
+        owners = ([best] if best and k in best[1] else []) + [o for o in others if k in o[1]]
+        if owners:
+            delete[k] = owners[0][0]
+        else:
+            close = difflib.get_close_matches(k, list(settable), n=1)
+            typos[k] = close[0] if close else None
+    keep = [k for k in given if k in settable]
+
+    def lines(keys, note=lambda k: ""):
+        return [f"    {k}: {_yaml_value(given[k])}{note(k)}" for k in keys]
+
+    out = [f"{conf} of {owner}: {_n(len(unknown), 'option')} that {owner} does not take"]
+    for label in dict.fromkeys(delete.values()):  # one section per other class, best first
+        keys = [k for k in delete if delete[k] == label]
+        out.append(f"  delete {_n(len(keys), 'line')} of {conf}, options of {label} that "
+                   f"{owner} does not have:")
+        out += lines(keys)
+    if typos:
+        espnet = f" nor of ESPnet's {kind}s" if others else ""
+        out.append(f"  {_n(len(typos), 'unknown option')}, of neither {owner}{espnet}; "
+                   f"fix or delete:")
+        out += lines(typos, lambda k: f"    <- did you mean {typos[k]!r}?" if typos[k] else
+                     "    <- no option of this name is close")
+    if keep:
+        out.append(f"  keep {_n(len(keep), 'line')} (options of {owner} too):")
+        out += lines(keep)
+    out.append(f"  every option of {owner} ({conf}): {', '.join(settable)}")
+    return UnknownOptionsError("\n".join(out), delete, keep, typos)
+
+
+def named_options(conf: str, others: Callable[[type], Others] | None = None):
+    """Class decorator for our encoders/decoders: an unknown keyword of the constructor (a key
+    in ESPnet's ``encoder_conf`` / ``decoder_conf``, named by ``conf``) raises an
+    :class:`UnknownOptionsError` that says which lines to delete, which to keep and which are
+    typos, instead of Python's bare "unexpected keyword argument".  ``others(cls)`` gives the
+    classes a config may have been written for (ESPnet's own); it is called only then, and
+    if it fails the error is still raised, without that part.  The signature seen by ESPnet's
     --print_config (inspect.signature follows __wrapped__) is unchanged."""
-    init = cls.__init__
-    valid = [p for p in inspect.signature(init).parameters if p != "self"]
 
-    @functools.wraps(init)
-    def __init__(self, *args, **kwargs):
-        unknown = sorted(set(kwargs) - set(valid))
-        if unknown:
-            raise TypeError(f"{cls.__name__}: unknown option(s) "
-                            f"{', '.join(map(repr, unknown))}; valid: {', '.join(valid)}")
-        init(self, *args, **kwargs)
+    def decorate(cls):
+        init = cls.__init__
+        params = {k: p for k, p in inspect.signature(init).parameters.items() if k != "self"}
+        valid = list(params)
+        # what a config can hold: ESPnet itself passes the required ones (input_size...)
+        settable = [k for k, p in params.items() if p.default is not inspect.Parameter.empty]
 
-    cls.__init__ = __init__
-    return cls
+        @functools.wraps(init)
+        def __init__(self, *args, **kwargs):
+            if any(k not in params for k in kwargs):
+                try:
+                    known = list(others(cls)) if others else []
+                except Exception:  # the advice must never hide the error itself
+                    known = []
+                raise unknown_options_error(cls.__name__, conf, kwargs, valid, settable,
+                                            known)
+            init(self, *args, **kwargs)
+
+        cls.__init__ = __init__
+        return cls
+
+    return decorate
 
 
 def mixer_options(cls) -> list[str]:
