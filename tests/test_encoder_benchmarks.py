@@ -185,7 +185,7 @@ def test_recompute_flag_reaches_our_encoders_only(tmp_path):
 
 
 def test_report_of_one_process_per_model(tmp_path, capsys):
-    """encoder_report.py merges several JSONs (tools/gpu/plan_issue6_7.sh step `fresh`: one
+    """encoder_report.py merges several JSONs (tools/gpu/benchmarks.sh step `b1_300`: one
     process per model) into one table, the ratios taken across them."""
     env = {"device": "cuda", "date": "2026-11-22", "torch": "2.11", "command": "run"}
     files = []

@@ -1,16 +1,14 @@
-"""CPU tests of the helpers the GPU scripts rely on (tools/gpu): a wrong parse there would turn
-a device run into a wrong number in docs/."""
+"""CPU tests of the helpers of the GPU scripts (tools/gpu): a wrong parse there would put a wrong
+number into docs/performance.md."""
 
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools" / "gpu"))
-import nonfinite_probe  # noqa: E402
 import recipe_epoch_times  # noqa: E402
-import trace_gaps  # noqa: E402
+import train_check  # noqa: E402
 
 LOG = """\
 [vm] 2026-11-22 06:48:11,270 (trainer:392) INFO: 1epoch results: [train] iter_time=0.018, loss=51.109, train_time=0.639, time=1 minute and 19.92 seconds, total_count=125, [valid] loss=42.861, time=1.79 seconds, total_count=10
@@ -38,23 +36,6 @@ def test_recipe_table_and_exit_status(tmp_path, capsys):
     assert recipe_epoch_times.main([str(out), f"a={log}"]) == 0
     assert '"median_after_first": 14.65' in out.read_text()
     assert recipe_epoch_times.main([str(out), f"a={log}", f"b={tmp_path / 'missing.log'}"]) == 1
-
-
-class _Blowup(torch.nn.Module):
-    def forward(self, x):
-        return x * float("inf")
-
-
-def test_nonfinite_probe_names_the_first_module(capsys):
-    model = torch.nn.Sequential(torch.nn.Linear(4, 4), _Blowup(), torch.nn.Linear(4, 4)).train()
-    nonfinite_probe.install(model, report_every=2)
-    for _ in range(2):
-        model(torch.ones(2, 4))
-    err = capsys.readouterr().err
-    first = [ln for ln in err.splitlines() if "first non-finite" in ln]
-    assert len(first) == 2 and all("first non-finite output: 1 (_Blowup)" in ln for ln in first)
-    assert "input finite True" in first[0]
-    assert "largest outputs so far: 1 inf" in err or "largest outputs so far: 2 inf" in err
 
 
 def test_recipe_audio_survives_the_trip_to_the_gpu_machine(tmp_path):
@@ -108,29 +89,13 @@ def test_recipe_audio_unpack_names_a_missing_archive(tmp_path):
         pra.main(["unpack", str(tmp_path / "none.tar")])
 
 
-def test_trace_gaps_sums_idle_time_per_host_cause(tmp_path):
-    """Two kernels with a 100 µs gap in which the host syncs, and one 5 µs gap (below the
-    threshold); overlapping kernels merge into one busy span."""
-    import gzip
-    import json
-    events = [{"ph": "X", "cat": "kernel", "name": "a", "ts": 0, "dur": 50,
-               "args": {"correlation": 7}},
-              {"ph": "X", "cat": "kernel", "name": "b", "ts": 40, "dur": 60,
-               "args": {"correlation": 7}},
-              {"ph": "X", "cat": "cuda_runtime", "name": "cudaGraphLaunch", "ts": -5, "dur": 4,
-               "args": {"correlation": 7}},
-              {"ph": "X", "cat": "kernel", "name": "c", "ts": 200, "dur": 10},
-              {"ph": "X", "cat": "kernel", "name": "d", "ts": 215, "dur": 10},
-              {"ph": "X", "cat": "cpu_op", "name": "aten::item", "ts": 90, "dur": 150},
-              {"ph": "X", "cat": "cuda_runtime", "name": "cudaStreamSynchronize", "ts": 95,
-               "dur": 100},
-              {"ph": "i", "cat": "cpu_op", "name": "instant", "ts": 150}]
-    path = tmp_path / "t.trace.json.gz"
-    with gzip.open(path, "wt") as f:
-        json.dump({"traceEvents": events}, f)
-    busy, found = trace_gaps.gaps(trace_gaps.load(str(path)), min_us=20)
-    assert busy == 100 + 10 + 10
-    assert found == [(100, "cudaStreamSynchronize")]
-    text = trace_gaps.report(str(path), steps=1, min_us=20)
-    assert "idle in gaps >= 20 us 0.10 ms (1 gaps)" in text and "cudaStreamSynchronize" in text
-    assert "by launching call: cudaGraphLaunch 2, (unmatched) 2" in text
+def test_train_check_passes_only_a_clean_falling_run():
+    good = {"train_rc": 0, "decode_rc": 0, "epoch_losses": {1: 8.9, 2: 3.0, 3: 0.13},
+            "nan_in_log": False}
+    assert train_check.passed(good)
+    for bad in ({"train_rc": 1}, {"decode_rc": 2}, {"nan_in_log": True},
+                {"epoch_losses": {1: 8.9, 2: float("nan")}},
+                {"epoch_losses": {1: 3.0, 2: 3.5}}, {"epoch_losses": {}}):
+        assert not train_check.passed({**good, **bad}), bad
+    del good["decode_rc"]  # training failed before decoding
+    assert not train_check.passed(good)

@@ -1,4 +1,4 @@
-"""Mixed precision through the stock ``asr_train --use_amp true`` (issue 7): each model of
+"""Mixed precision through the stock ``asr_train --use_amp true``: each model of
 synth_runs.MODELS trained for ``--steps`` optimizer steps (default 2,000) in bf16 AND in fp16
 autocast, all runs in parallel on one GPU.
 
@@ -56,7 +56,7 @@ DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 # `python -c LAUNCHER <torch dtype name> <asr_train args...>`: asr_train's main() with the
 # trainer's autocast dtype set (the only thing changed).
 LAUNCHER = r"""
-import os, sys, torch
+import sys, torch
 import espnet2.train.trainer as trainer
 dtype = getattr(torch, sys.argv.pop(1))
 trainer.autocast_args = dict(dtype=dtype)
@@ -64,16 +64,6 @@ if not torch.cuda.is_available():  # CPU smoke: ESPnet's autocast("cuda") calls 
     import espnet2.asr.espnet_model as espnet_model
     for mod in (trainer, espnet_model):  # espnet_model: the front-end's autocast(enabled=False)
         mod.autocast = (lambda ac: lambda device_type, **kw: ac("cpu", **kw))(mod.autocast)
-if os.environ.get("AMP_CHECK_PROBE"):  # hook every module of the model asr_train builds
-    sys.path.insert(0, os.environ["AMP_CHECK_PROBE"])
-    import nonfinite_probe
-    from espnet2.tasks.asr import ASRTask
-    _build = ASRTask.build_model.__func__
-    def _build_probed(cls, *a, **kw):
-        model = _build(cls, *a, **kw)
-        nonfinite_probe.install(model)
-        return model
-    ASRTask.build_model = classmethod(_build_probed)
 print(f"[amp_check] espnet2.train.trainer.autocast_args = {trainer.autocast_args}, "
       f"cuda: {torch.cuda.is_available()}", file=sys.stderr, flush=True)
 from espnet2.bin.asr_train import main
@@ -81,16 +71,12 @@ main()
 """
 
 
-def start_run(exp: Path, dtype: str, args: list, threads: int,
-              probe: bool = False) -> subprocess.Popen:
+def start_run(exp: Path, dtype: str, args: list, threads: int) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
-    if probe:  # tools/gpu/nonfinite_probe.py hooks the model (see LAUNCHER)
-        env["AMP_CHECK_PROBE"] = str(Path(__file__).resolve().parent)
     log = open(exp / "train.log", "w")
     # own process group: at the deadline the run and its data-loader workers are stopped together
     return subprocess.Popen([sys.executable, "-c", LAUNCHER, DTYPES[dtype], *map(str, args)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
+                            stdout=log, stderr=subprocess.STDOUT, env=env, process_group=0)
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -230,10 +216,6 @@ def main():
                     help="seconds for all training: runs still going then are stopped and "
                          "reported with the steps they reached")
     ap.add_argument("--num-workers", type=int, default=1, help="data-loader workers per run")
-    ap.add_argument("--probe-nonfinite", action="store_true",
-                    help="hook every module (tools/gpu/nonfinite_probe.py): log the largest "
-                         "outputs and the first module whose output is inf/NaN ([probe] lines "
-                         "in each run's train.log; slow, for diagnosis)")
     ap.add_argument("--threads", type=int, default=None,
                     help="OMP_NUM_THREADS per run (default: cores / parallel, at least 1)")
     a = ap.parse_args()
@@ -263,7 +245,7 @@ def main():
             args = ["--config", exp / "train.yaml", *common, "--ngpu", a.ngpu,
                     "--use_amp", "true", "--num_iters_per_epoch", ipe, "--log_interval", 50,
                     *shape_args(stats), "--output_dir", exp]
-            active[(m, d)] = start_run(exp, d, args, threads, a.probe_nonfinite)
+            active[(m, d)] = start_run(exp, d, args, threads)
             info[(m, d)] = {"exp": exp, "start": time.time(), "stopped_at_deadline": False}
         time.sleep(2)
         for key, proc in list(active.items()):
@@ -328,8 +310,6 @@ def main():
             and entry["skipped_steps"] <= 0.05 * entry["iterations"])
         if entry["rc"] != 0:
             entry["log_tail"] = log[-2500:]
-        if a.probe_nonfinite:
-            entry["probe"] = [ln for ln in log.splitlines() if ln.startswith("[probe]")][:40]
         summary["runs"][f"{m}-{d}"] = entry
     summary["all_ok"] = all(r["ok"] for r in summary["runs"].values())
     summary["total_wall_s"] = round(time.time() - t0, 1)

@@ -1,4 +1,4 @@
-"""ESPnet's own distributed data-parallel training with the plugin's models (issue 7).
+"""ESPnet's own distributed data-parallel training with the plugin's models.
 
     python tools/gpu/ddp_check.py OUT_DIR                  # 2 GPUs: parts A and B, nccl
     python tools/gpu/ddp_check.py OUT_DIR --ngpu 0         # CPU smoke: both parts, gloo, tiny
@@ -309,7 +309,7 @@ def train_ddp(out: Path, names, size, ngpu, epochs, iters, port_base, parallel, 
             exp, cmd, env = jobs[name]
             log = open(exp / "train.log", "w")
             running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                              env=env, start_new_session=True), time.time())
+                                              env=env, process_group=0), time.time())
         time.sleep(2)
         for name, (proc, t0) in list(running.items()):
             if proc.poll() is None and time.time() - t_start > timeout:

@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Pack the kernels built on this GPU machine so that a later machine of the same GPU
-# architecture and image skips their build:  export_kernels.sh OUT_DIR
-# Writes OUT_DIR/<package>.tar.xz.partNN (<= 15 MiB each: what a device call may return), one
-# archive per package (mamba_ssm, causal_conv1d): the unpacked wheel of tools/build_kernels.sh
-# (site-packages layout, its extension stripped of symbols) plus KERNEL_WHEELS naming the
-# torch/CUDA/arch it was built for.  Back here: cat each package's parts into
-# .gpu/kernels/<package>.tar.xz.  tools/gpu/session.sh unpacks what is there, checks the label,
-# and builds only what is missing.  Why per package: a call carries at most 64 MiB; both
-# archives (~57 MiB) plus the wheels do not fit, one of them does (mamba_ssm alone builds in
-# ~3 min, causal_conv1d in ~7: carry causal_conv1d).
+# architecture, torch and CUDA skips their build (causal-conv1d alone takes 6-8 minutes):
+#   bash tools/gpu/export_kernels.sh OUT_DIR
+# Writes OUT_DIR/<package>.tar.xz for mamba_ssm and causal_conv1d: the unpacked wheel that
+# tools/build_kernels.sh built (site-packages layout, its extension stripped of symbols) plus a
+# KERNEL_WHEELS file naming the torch/CUDA/arch it was built for.  Put the archives into
+# .gpu/kernels/ of the next machine's copy: tools/gpu/offline_run.sh installs those whose label
+# fits and builds only what is missing.  PART_MIB=15 splits each archive into
+# <package>.tar.xz.partNN of at most 15 MiB (for transfers with a file-size limit): join them
+# with `cat <package>.tar.xz.part* > .gpu/kernels/<package>.tar.xz`.
 set -euo pipefail
 out=$1
+mkdir -p "$out"
 WHEEL_DIR=${WHEEL_DIR:-/tmp/espnet_mamba_kernels}
 shopt -s nullglob
 exported=0
@@ -24,9 +25,13 @@ for name in mamba_ssm causal_conv1d; do
     basename "${wheels[0]}" > "$tmp/site/KERNEL_WHEELS.$name"
     t0=$SECONDS
     tar -C "$tmp" -cf - site | xz -9e -T0 > "$tmp/$name.tar.xz"
-    split -b 15M -d "$tmp/$name.tar.xz" "$out/$name.tar.xz.part"
+    if [[ -n ${PART_MIB:-} ]]; then
+        split -b "${PART_MIB}M" -d "$tmp/$name.tar.xz" "$out/$name.tar.xz.part"
+    else
+        cp "$tmp/$name.tar.xz" "$out/"
+    fi
     echo "$name: $(du -sh "$tmp/site" | cut -f1) unpacked -> $(du -h "$tmp/$name.tar.xz" | cut -f1) xz in $((SECONDS - t0)) s"
     rm -rf "$tmp"
 done
 ((exported)) || { echo "no kernel wheels in $WHEEL_DIR: nothing exported"; exit 1; }
-ls -l "$out"/*.tar.xz.part*
+ls -l "$out"/*.tar.xz*

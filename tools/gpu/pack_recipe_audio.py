@@ -1,16 +1,16 @@
-"""The mini recipe's train and dev sets, carried to the offline GPU machine (issue 6).
+"""The mini recipe's train and dev sets, packed small for a GPU machine without network.
 
-The GPU machine has no TTS engines to synthesise egs2/mini_synth's corpus, and a device call
-carries at most 64 MiB: the 16-bit train + dev audio alone is 116 MB (FLAC: ~66 MB).  Opus at
+A machine without the TTS engines cannot synthesise egs2/mini_synth's corpus, and the 16-bit
+train + dev audio is 116 MB (FLAC: ~66 MB), too much to bring along easily.  Opus at
 libsndfile's default bit rate is ~12 % of it, so the sets travel as Opus and are decoded back to
-16-bit WAV of the same length on the device.  Lossy, but the recipe's GPU run measures seconds
+16-bit WAV of the same length on the GPU machine.  Lossy, but the recipe's GPU run measures seconds
 per epoch, which depend on the utterances' lengths (kept exactly: checked on unpacking), not on
 their samples.
 
-    here:    python tools/gpu/pack_recipe_audio.py pack .gpu/recipe/mini_synth.tar
-             (after egs2/mini_synth/asr1/run.sh --stop_stage 1; carry ".gpu/recipe")
-    device:  python tools/gpu/pack_recipe_audio.py unpack .gpu/recipe/mini_synth.tar
-             (tools/gpu/recipe_gpu.sh does it when the TTS engines are missing)
+    where the corpus is:  python tools/gpu/pack_recipe_audio.py pack .gpu/recipe/mini_synth.tar
+                          (after egs2/mini_synth/asr1/run.sh --stop_stage 1), then copy .gpu/
+    GPU machine:          python tools/gpu/pack_recipe_audio.py unpack .gpu/recipe/mini_synth.tar
+                          (tools/gpu/mini_synth_epochs.sh does it when the TTS engines are missing)
 
 The archive holds dump/raw/<set>/ (wav.scp with paths relative to the recipe directory) and
 one .ogg per utterance; ``unpack`` writes corpus/wav/<set>/<utt>.wav and dump/raw/<set>/ with
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
     p.add_argument("--recipe", type=Path, default=RECIPE, help="the recipe directory")
     args = p.parse_args(argv)
     if args.action == "unpack" and not args.archive.is_file():
-        sys.exit(f"no {args.archive}: make it with 'pack' where the corpus is, and carry it")
+        sys.exit(f"no {args.archive}: make it with 'pack' where the corpus is, and copy it here")
     counts = (pack if args.action == "pack" else unpack)(args.archive, args.recipe)
     size = args.archive.stat().st_size / 2**20
     print(f"{args.action}: {counts} utterances, {args.archive} {size:.1f} MiB")

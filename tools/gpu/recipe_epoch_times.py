@@ -1,7 +1,7 @@
 """Seconds per training epoch from ESPnet train.log files (the ``Nepoch results: ... time=...``
 line of each epoch), as a table and JSON: ``recipe_epoch_times.py OUT.json NAME=LOG ...``.
 
-Used by tools/gpu/recipe_gpu.sh for the mini recipe's ``asr_train --ngpu 1`` runs (issue 6).
+Used by tools/gpu/mini_synth_epochs.sh for the mini recipe's ``asr_train --ngpu 1`` runs.
 """
 
 from __future__ import annotations

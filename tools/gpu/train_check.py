@@ -5,7 +5,9 @@
 
 Data: tests/cli_data.py's synthetic tone set (one tone per character), 24 random transcripts
 repeated.  Writes OUT_DIR/train_check.json: per model the per-epoch train losses, steps, whether
-every loss was finite, and the CER of the decoded test set.
+every loss was finite, and the CER of the decoded test set.  A model passes if training and
+decoding exit 0, every epoch's loss is finite and the last is below the first, and the log has
+no NaN; the exit status is 1 if any model fails.
 """
 
 import argparse
@@ -25,6 +27,15 @@ def cer(hyp_file, ref):
     hyps = dict((line.split(maxsplit=1) + [""])[:2] for line in open(hyp_file).read().splitlines())
     errors = sum(editdistance.eval(hyps.get(u, "").replace(" ", ""), t) for u, t in ref.items())
     return errors / sum(len(t) for t in ref.values())
+
+
+def passed(entry: dict) -> bool:
+    """Training and decoding exited 0, every epoch's loss is finite and the last is below the
+    first, and the log has no NaN."""
+    losses = [entry["epoch_losses"][e] for e in sorted(entry["epoch_losses"])]
+    return bool(entry["train_rc"] == 0 and entry.get("decode_rc") == 0 and losses
+                and all(math.isfinite(v) for v in losses) and not entry["nan_in_log"]
+                and losses[-1] < losses[0])
 
 
 def main():
@@ -69,10 +80,14 @@ def main():
                 entry["test_cer"] = cer(exp / "decode/1best_recog/text", ref)
         else:
             entry["log_tail"] = log[-2500:]
+        entry["ok"] = passed(entry)
         summary[name] = entry
         print(name, json.dumps(entry)[:600], flush=True)
     (out / "train_check.json").write_text(json.dumps(summary, indent=1))
+    failed = [name for name, entry in summary.items() if not entry["ok"]]
+    print("all passed" if not failed else f"FAILED: {' '.join(failed)}", flush=True)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The single entry point of a device call on the offline GPU machine (repo root as working dir):
-#   carry [".gpu"]  (made here by tools/gpu/fetch_packages.sh)
-#   command: bash tools/gpu/session.sh pytest -m gpu tests -q
-# Stages: install the carried wheels into /tmp/site, build + install the CUDA kernels, install
-# this repo, then run the given command. Everything is also logged to $OUT/session.log if $OUT is
-# set ($OUT comes back from the device; the kernel wheels, 26-40 MB, are too big to come back).
-# The kernel build takes about 6.5 min of a device command's 10-min limit (one causal-conv1d file
-# alone ~4 min): the command run after it gets what is left. Run with timeout_s=600.
+# Set up a GPU machine without network access from the bundle in .gpu/, then run a command:
+#   bash tools/gpu/offline_run.sh COMMAND [ARG...]     (from anywhere; it runs in the repo root)
+# e.g. bash tools/gpu/offline_run.sh bash tools/gpu/gpu_tests.sh
+# .gpu/ is made by tools/gpu/fetch_packages.sh on a machine with PyPI and copied along with the
+# repository (tools/gpu/README.md).  Stages: install the bundled wheels into /tmp/site (on
+# PYTHONPATH), install prebuilt kernels from .gpu/kernels where they fit this GPU and torch,
+# build the others from .gpu/sdist (tools/build_kernels.sh: ~6 min for causal-conv1d, ~2.5 for
+# mamba-ssm, in parallel), install this repository, print the versions, run COMMAND.
+# Everything is also logged to $OUT/offline_run.log if OUT is set.
+# Exit status: COMMAND's; 3 if COMMAND passed but the kernels could not be built.
 # Env: SKIP_KERNELS=1 skips the kernel build, for runs that need only the pure-PyTorch path.
 set -euo pipefail
 
@@ -16,7 +18,7 @@ KERNEL_DIR=/tmp/espnet_mamba_kernels
 export PYTHONUNBUFFERED=1
 if [[ -n ${OUT:-} ]]; then
     mkdir -p "$OUT"
-    exec > >(tee -a "$OUT/session.log") 2>&1
+    exec > >(tee -a "$OUT/offline_run.log") 2>&1
     TEE_PID=$!
 fi
 stage() { echo; echo "=== [$(date -u +%H:%M:%S) +${SECONDS}s] $*"; }
@@ -24,7 +26,7 @@ die() { echo "=== ERROR: $*" >&2; exit 1; }
 on_exit() {
     [[ -n ${OUT:-} ]] || return 0
     if [[ -f $KERNEL_DIR/build_times.txt ]]; then cp "$KERNEL_DIR/build_times.txt" "$OUT/"; fi
-    exec >&- 2>&-; wait "$TEE_PID" 2>/dev/null || true  # let tee finish session.log
+    exec >&- 2>&-; wait "$TEE_PID" 2>/dev/null || true  # let tee finish the log
 }
 trap on_exit EXIT
 
@@ -37,8 +39,8 @@ echo "nproc $(nproc) | nvcc: $(command -v nvcc || echo none)"
 stage "install carried wheels into $SITE"
 shopt -s nullglob
 wheels=(.gpu/wheels/*.whl)
-((${#wheels[@]})) || die "no .gpu/wheels/*.whl: run tools/gpu/fetch_packages.sh here and carry .gpu"
-# --no-compile: byte-code is written lazily on first import; --upgrade: reuse on a warm machine.
+((${#wheels[@]})) || die "no .gpu/wheels/*.whl: run tools/gpu/fetch_packages.sh where PyPI is reachable and copy .gpu/ here"
+# --no-compile: byte-code is written lazily on first import; --upgrade: a second run reuses /tmp/site.
 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$SITE" "${wheels[@]}"
 export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
 echo "${#wheels[@]} wheels installed; PYTHONPATH=$PYTHONPATH"
@@ -72,8 +74,8 @@ if [[ ${SKIP_KERNELS:-0} == 1 ]]; then
     stage "kernels: not built (SKIP_KERNELS=1)"
 else
     stage "build + install mamba-ssm and causal-conv1d kernels"
-    # A failed build does not stop the session: the command still runs (tests of the pure-PyTorch
-    # path are worth the device time already spent), but the session's exit status says so.
+    # A failed build does not stop here: the command still runs (the pure-PyTorch path can be
+    # tested without the kernels), and the exit status says so.
     if bash tools/build_kernels.sh --sdist-dir .gpu/sdist --wheel-dir "$KERNEL_DIR" --target "$SITE" \
         "${SKIP_BUILD[@]}" &&
         python3 -c 'import causal_conv1d, mamba_ssm, selective_scan_cuda, causal_conv1d_cuda

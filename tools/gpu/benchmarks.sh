@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The GPU benchmarks behind docs/performance.md, one step per table:
+#   bash tools/gpu/benchmarks.sh STEP...          (kernels installed)
+#   bash tools/gpu/offline_run.sh bash tools/gpu/benchmarks.sh STEP...   (offline machine)
+# Steps (and the docs/performance.md section each reproduces):
+#   fast_b8    1. batch 8, 15-60 s: the Conformer and both encoders with mixer mamba2 and
+#                 cuda_graphs, timed in turn, without and with recompute_input_layer
+#   fast_b1    1. the same at batches 8 and 1, without recompute_input_layer
+#   b1_300     2. batch 1, 300 s, one process per model, graphed and eager, without and with
+#                 recompute_input_layer
+#   default    3. the default configuration (Mamba v1, eager) at every length, training and
+#                 inference, with the plots
+#   v1_graphs  4. the Mamba v1 mixer with cuda_graphs
+#   packed     5. padded vs packed batch, graphed and eager
+#   baselines  6. ESPnet's Conformer and E-Branchformer, each attention kind
+#   decode     7. decoder step and whole beam search, graphs on and off
+#   recipe     8. the mini recipe's seconds per epoch (tools/gpu/mini_synth_epochs.sh; needs the
+#                 corpus or .gpu/recipe/mini_synth.tar)
+# Each step writes its JSON and an encoder_report.py table (STEP.md) to $OUT (default
+# /tmp/benchmarks).  EXTRA_ARGS is added to every benchmark's options (e.g. "--device cpu --tiny"
+# for a smoke run on a CPU).  Exit status: 0 only if every step ran to the end.
+set -uo pipefail
+(($#)) || { sed -n '2,21p' "${BASH_SOURCE[0]}"; exit 2; }
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+OUT=${OUT:-/tmp/benchmarks}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+read -r -a EXTRA <<< "${EXTRA_ARGS:-}"
+FAST=(conformer_sdpa samba_asr_mamba2_graphed speech_mamba_mamba2_graphed)
+stage() { echo; echo "=== [$(date -u +%H:%M:%S)] $*"; }
+failed=()
+run() {  # run NAME COMMAND...: a failing command marks the step, the next ones still run
+    local name=$1; shift
+    "$@" || { echo "$name: exit $?"; [[ " ${failed[*]} " == *" $name "* ]] || failed+=("$name"); }
+}
+report() {  # report STEP JSON...: the tables of one step
+    run "$1" python3 benchmarks/encoder_report.py "${@:2}" > "$OUT/$1.md" && cat "$OUT/$1.md"
+}
+interleaved() { python3 benchmarks/encoder_interleaved.py "$@" "${EXTRA[@]}"; }
+encoder() { python3 benchmarks/encoder_gpu.py "$@" "${EXTRA[@]}"; }
+
+for step in "$@"; do
+    stage "$step"
+    case $step in
+    fast_b8)
+        run "$step" interleaved --models "${FAST[@]}" --modes train --batches 8 \
+            --out "$OUT/fast_b8.json"
+        run "$step" interleaved --models "${FAST[@]}" --modes train --batches 8 \
+            --recompute-input-layer --out "$OUT/fast_b8_recompute.json"
+        report fast_b8 "$OUT/fast_b8.json"
+        report fast_b8_recompute "$OUT/fast_b8_recompute.json" ;;
+    fast_b1)
+        run "$step" interleaved --models "${FAST[@]}" --modes train --out "$OUT/fast_b1.json"
+        report fast_b1 "$OUT/fast_b1.json" ;;
+    b1_300)
+        # one process per model: graph captures leave ~0.06 GiB allocated in a process
+        jsons=()
+        for model in conformer_sdpa samba_asr_mamba2_graphed speech_mamba_mamba2_graphed \
+                     samba_asr_mamba2 speech_mamba_mamba2; do
+            for recompute in "" --recompute-input-layer; do
+                [[ $model == conformer_sdpa && -n $recompute ]] && continue
+                json=$OUT/b1_300_$model${recompute:+_recompute}.json
+                # shellcheck disable=SC2086  # $recompute: the flag or nothing
+                run "$step" encoder --models "$model" --lengths 300 --batches 1 --modes train \
+                    $recompute --out "$json"
+                jsons+=("$json")
+            done
+        done
+        report b1_300 "${jsons[@]}" ;;
+    default)
+        run "$step" encoder --models conformer_sdpa samba_asr speech_mamba \
+            --out "$OUT/default.json"
+        run "$step" python3 benchmarks/encoder_report.py "$OUT/default.json" \
+            --plot-prefix "$OUT/default" > "$OUT/default.md" && cat "$OUT/default.md" ;;
+    v1_graphs)
+        run "$step" interleaved --models conformer_sdpa samba_asr_graphed speech_mamba_graphed \
+            samba_asr_wide_graphed --modes train --out "$OUT/v1_graphs.json"
+        run "$step" encoder --models conformer_sdpa samba_asr_graphed --lengths 300 --batches 1 \
+            --modes train --out "$OUT/v1_graphs_300.json"
+        report v1_graphs "$OUT/v1_graphs.json"
+        report v1_graphs_300 "$OUT/v1_graphs_300.json" ;;
+    packed)
+        run "$step" encoder --packed-only --packed-models samba_asr_mamba2_graphed \
+            samba_asr_mamba2 speech_mamba_mamba2 --packed-paths fused --repeats 20 \
+            --out "$OUT/packed.json"
+        report packed "$OUT/packed.json" ;;
+    baselines)
+        run "$step" encoder --models conformer conformer_sdpa e_branchformer e_branchformer_sdpa \
+            --modes train --out "$OUT/baselines.json"
+        report baselines "$OUT/baselines.json" ;;
+    decode)
+        run "$step" python3 benchmarks/decode_gpu.py \
+            --decoders transformer,samba_asr,speech_mamba,samba_asr_eager,speech_mamba_eager \
+            --out "$OUT/decode.json" --plot "$OUT/decode.png" "${EXTRA[@]}" ;;
+    recipe)
+        run "$step" env OUT="$OUT" bash tools/gpu/mini_synth_epochs.sh ;;
+    *)
+        echo "unknown step '$step' (see: bash $0)"; failed+=("$step") ;;
+    esac
+done
+
+if ((${#failed[@]})); then
+    stage "FAILED: ${failed[*]} (output in $OUT)"
+    exit 1
+fi
+stage "done: $* (output in $OUT)"
