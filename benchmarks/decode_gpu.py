@@ -5,9 +5,8 @@ of a whole joint CTC/attention decode of a 60 s utterance.
 Made for one run on a GPU (NVIDIA H100, mamba-ssm / causal-conv1d kernels installed); ``--tiny``
 runs the same code at toy sizes on a CPU in seconds (tests/test_decode_benchmark.py).
 
-    # GPU (inside tools/gpu/session.sh, which installs the wheels and builds the kernels):
-    python3 benchmarks/decode_gpu.py --device cuda --out $OUT/decode_gpu.json \
-        --plot $OUT/decode_gpu.png
+    # GPU (on an offline machine: bash tools/gpu/offline_run.sh python3 benchmarks/...)
+    python3 benchmarks/decode_gpu.py --device cuda --out decode_gpu.json --plot decode_gpu.png
     # CPU smoke run
     python benchmarks/decode_gpu.py --device cpu --tiny --out /tmp/d.json --plot /tmp/d.png
 
@@ -50,10 +49,8 @@ keeps what it measured).  ``--plot`` draws ms per step vs prefix length (matplot
 step, kernel launches per step into the JSON).  A decoder that fails is recorded with its error
 and the others still run; the exit status is then 1.
 
-On the H100 (2026-11-22) the whole default run took 65 s (bf16) / 105 s (fp32) after start-up;
-the kernel build of tools/gpu/session.sh takes 410-490 s of a 600-s device call, so run the
-benchmark in a second call on the still-warm machine (``SKIP_KERNELS=1``: the kernels built by
-the first call stay installed in /tmp/site) or with ``timeout`` in the same call.
+On an H100 a run with the default settings took about 65 s (bf16) / 105 s (fp32) after
+start-up.  Results: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -98,8 +95,8 @@ EOS_BIAS = -1.0e4
 
 FULL = dict(vocab=5000, d_model=512, heads=8, linear_units=2048, transformer_blocks=6,
             d_state=16, expand=2.0, beam=10, seconds=60.0, prefix_lengths=[10, 20, 40, 80, 160],
-            # 7 whole decodes each: on the lent machine's noisy host one decoder's three
-            # decodes spread 3.40-4.02 s (session 5), too wide for a median of 3
+            # 7 whole decodes each: on a noisy host one decoder's three decodes spread
+            # 3.40-4.02 s (H100), too wide for a median of 3
             repeats=40, warmup=5, decode_steps=200, decode_repeats=7)
 TINY = dict(vocab=40, d_model=32, heads=4, linear_units=64, transformer_blocks=2,
             d_state=4, expand=2.0, beam=10, seconds=2.0, prefix_lengths=[2, 4, 8],
@@ -533,7 +530,7 @@ def bench_decode(decoders: dict, cfg: dict, device, amp: str, seed: int,
     that fails gets {"error": ...} and the others still run.
 
     The decoders take turns, one decode each per round (the order rotating), so that host
-    noise of the machine falls on all of them alike (session 6: one decoder's 7 decodes in a
+    noise of the machine falls on all of them alike (on an H100 one decoder's 7 decodes in a
     row spread 3.8-4.8 s); each decoder's ratio to the Transformer is also taken per round."""
     gen = torch.Generator().manual_seed(seed + 3)
     x = torch.randn(cfg["frames"], cfg["d_model"], generator=gen).to(device)
@@ -791,7 +788,7 @@ def settings_from_args(args) -> dict:
 def graph_checks(decoders: dict) -> dict:
     """Each captured graph's first replay vs the eager step, (rows, logits, states) max rel.
     errors, and why graphs were switched off, per decoder that has any: JSON-ready (the checks
-    are kept in a deque, which json cannot write: session 5's H100 run lost its summary to it)."""
+    are kept in a deque, which json cannot write)."""
     graphs = {n: {"checks": [list(c) for c in dec.step_graphs.checks],
                   "disabled": dec.step_graphs.disabled}
               for n, (dec, _) in decoders.items() if hasattr(dec, "step_graphs")}

@@ -1,9 +1,9 @@
 """Encoder speed and memory vs audio length, our Mamba encoders beside ESPnet's own, in one run.
 
-    python benchmarks/encoder_gpu.py --out docs/benchmarks/encoder_h100.json
+    python benchmarks/encoder_gpu.py --out encoder_h100.json   # results: docs/performance.md
     python benchmarks/encoder_gpu.py --device cpu --tiny --out /tmp/enc.json   # a smoke run
 
-What it measures (issue 6): ESPnet's LibriSpeech-960 Conformer (512, 8 heads, 2048 units, 12
+What it measures: ESPnet's LibriSpeech-960 Conformer (512, 8 heads, 2048 units, 12
 blocks, rel-pos, macaron, conv kernel 31) and E-Branchformer (512, 17 blocks), each with the
 recipe's default attention and with ``use_sdpa=True``, against ``samba_asr`` and
 ``speech_mamba`` encoders sized to the Conformer's parameter count.  80-dim random features at
@@ -66,7 +66,7 @@ SAMBA = dict(output_size=512, num_blocks=22, input_layer="conv2d", d_state=16, e
 SPEECH_MAMBA = dict(output_size=512, attention_heads=8, num_blocks=10, input_layer="conv2d",
                     d_state=16, expand=2)
 # The same parameter budget in fewer, wider blocks (84.4M): at 15-30 s a Mamba encoder is bound
-# by the host's launch work per layer (docs/benchmarks.md), so 9 blocks of width 768 launch
+# by the host's launch work per layer (docs/performance.md), so 9 blocks of width 768 launch
 # 18 bidirectional mixers where 22 of width 512 launch 44.
 SAMBA_WIDE = dict(output_size=768, num_blocks=9, input_layer="conv2d", d_state=16, expand=2)
 SAMBA_M2 = dict(output_size=512, num_blocks=23, input_layer="conv2d", mixer="mamba2",
@@ -106,7 +106,7 @@ def model_table():
         "samba_asr_wide": (SambaASREncoder, SAMBA_WIDE),
         "samba_asr_graphed": (SambaASREncoder, SAMBA),
         "speech_mamba_graphed": (SpeechMambaEncoder, SPEECH_MAMBA),
-        # fewer, wider blocks (B8 60 s 1.47x eagerly, session 5) and graphs for the short ones
+        # fewer, wider blocks and graphs for the short lengths
         "samba_asr_wide_graphed": (SambaASREncoder, SAMBA_WIDE),
         # the mamba2 mixer (SSD: matmul-based chunked scan) graphed
         "samba_asr_mamba2_graphed": (SambaASREncoder, SAMBA_M2),
@@ -313,7 +313,7 @@ def profile_run(run, device, path: Path, title: str, steps: int = 3):
                     f"device events (kernels, copies)\n\n== by self CPU time (host)\n"
                     + avg.table(sort_by="self_cpu_time_total", row_limit=45)
                     + "\n== by self device time\n" + avg.table(sort_by=sort_dev, row_limit=40))
-    # the timeline too (chrome://tracing, or tools/gpu/trace_gaps.py: where the GPU waits)
+    # the timeline too (chrome://tracing or perfetto: where the GPU waits for the host)
     trace = path.with_suffix(".trace.json")
     prof.export_chrome_trace(str(trace))
     with open(trace, "rb") as src, gzip.open(f"{trace}.gz", "wb") as dst:

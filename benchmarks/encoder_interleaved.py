@@ -4,10 +4,10 @@
         --models conformer_sdpa samba_asr samba_asr_wide --lengths 15 30 60
     python benchmarks/encoder_report.py OUT.json > OUT.md
 
-Why: up to ~60 s of audio our encoders are bound by host work, and the lent GPU machine's host
-is noisy: in session 4 one model's ten runs of one setting spread over 150-219 ms, and its
-times jumped between settings, while encoder_gpu.py measures the models one after the other,
-minutes apart.  Here every model is built once and kept on the device; per setting each one is
+Why: up to ~60 s of audio our encoders are bound by host work, and a GPU machine's host can be
+noisy: on an H100 one model's ten runs of one setting spread over 150-219 ms, and its times
+jumped between settings, while encoder_gpu.py measures the models one after the other, minutes
+apart.  Here every model is built once and kept on the device; per setting each one is
 warmed up, then the timed runs go round-robin (model 1, 2, 3, 1, 2, 3, ...), so a slow
 period of the host hits all of them alike and the ratios in one setting compare like with like.
 

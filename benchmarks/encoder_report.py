@@ -1,7 +1,7 @@
 """Tables, target checks and plots from benchmarks/encoder_gpu.py's JSON.
 
-    python benchmarks/encoder_report.py docs/benchmarks/encoder_h100.json \
-        --plot-prefix docs/benchmarks/encoder_h100 > docs/benchmarks/encoder_h100.md
+    python benchmarks/encoder_report.py encoder_h100.json --plot-prefix encoder_h100 \
+        > encoder_h100.md
 
 Ratios compare each Mamba encoder with the better of ESPnet's two Conformer settings (default
 attention, ``use_sdpa``) at the same length, batch and mode, from the same run.
@@ -106,10 +106,11 @@ def ratios(report, idx):
 
 
 def targets(report, idx):
-    """The issue's targets, each with the measured value and pass/fail."""
+    """The speed and memory targets against the Conformer, each with the measured value and
+    pass/fail."""
     ours = [m for m in report["models"] if m not in BASELINES and "branchformer" not in m]
-    lines = ["\n**Targets (issue 6)**\n", "| target | " + " | ".join(ours) + " |",
-             "|---" * (len(ours) + 1) + "|"]
+    lines = ["\n**Targets** (speed and memory against the better Conformer setting)\n",
+             "| target | " + " | ".join(ours) + " |", "|---" * (len(ours) + 1) + "|"]
 
     def speed(m, mode, batch, s):
         r, base = idx.get((m, mode, batch, s)), best_baseline(idx, mode, batch, s)

@@ -1,4 +1,4 @@
-"""Distributed data-parallel training of the plugin's models, on the CPU (issue 7, DDP part B).
+"""Distributed data-parallel training of the plugin's models, on the CPU (ddp_check's part B).
 
 tools/gpu/ddp_check.py's gradient-equality check with 2 processes and the gloo backend: each
 model (ASRTask.build_model, tiny, dropout 0) wrapped as ESPnet's trainer wraps it

@@ -178,8 +178,8 @@ def test_eager_variants_are_ours_without_graphs(one_thread):
 
 
 def test_graph_checks_are_json_ready():
-    """On CUDA the decoders' graph checks fill a deque; the JSON must still be written (session
-    5's H100 run lost its summary and plot to a deque)."""
+    """On CUDA the decoders' graph checks fill a deque; the JSON must still be written (json
+    cannot write a deque: a run would lose its summary and plot)."""
     from espnet_mamba.modules.cuda_graph import StepGraphs
 
     class Dec:

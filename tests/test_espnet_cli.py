@@ -114,7 +114,7 @@ def run_espnet(module: str, args, cwd: Path, log: Path) -> int:
         f.flush()
         with _live_lock:
             if _stopping.is_set():
-                f.write("<not started: the session is ending>\n")
+                f.write("<not started: the test run is ending>\n")
                 return -1
             proc = subprocess.Popen(cmd, cwd=cwd, env=cli_env(), stdout=f,
                                     stderr=subprocess.STDOUT)
@@ -269,7 +269,7 @@ def feats_stats(dataset) -> Path:
 
 @pytest.fixture(scope="session")
 def runs(request, dataset, feats_stats):
-    """{config name: Future[Run]}, submitted at once for every configuration the session
+    """{config name: Future[Run]}, submitted at once for every configuration the test run
     selected (so -k picks one without training the others)."""
     wanted = []
     for item in request.session.items:

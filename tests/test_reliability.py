@@ -1,8 +1,8 @@
-"""Reliability on CPU (issue 7): bad input, mixed precision, determinism, fuzzing, long input.
+"""Reliability on CPU: bad input, mixed precision, determinism, fuzzing, long input
+(docs/reliability.md lists the cases).
 
-Each test asserts something that fails if the feature breaks.  What ESPnet itself does (and what
-this plugin cannot change) is pinned with strict xfails, so that a change on ESPnet's side shows.
-Budget: the whole file well under 90 s on a 2-core CPU (see docs/reliability.md).
+Each test asserts something that fails if the feature breaks.  Budget: the whole file well
+under 90 s on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def test_empty_utterance_is_too_short(name):
     enc = tiny_encoder(name)
     with pytest.raises(TooShortUttError, match=r"0 frames \(empty audio\) at batch index \[0\]"):
         enc(torch.randn(1, 0, 20), torch.tensor([0]))
-    # one empty utterance in a padded batch: no longer a silent zero-length output
+    # one empty utterance in a padded batch: refused too, not a silent zero-length output
     with pytest.raises(TooShortUttError, match=r"empty audio\) at batch index \[1\]"):
         enc(torch.randn(3, 30, 20), torch.tensor([30, 0, 12]))
 

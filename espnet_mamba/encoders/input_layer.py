@@ -140,8 +140,8 @@ class RecomputedConvs(nn.Sequential):
     conv2d at 300 s and d512 its output is 512 x 15k x 39 values, 0.56 GiB in bf16, which the
     second convolution keeps for its backward pass, as much as several Mamba layers keep.  Here
     only the features are kept and the convolutions run again in the backward pass: one more
-    forward of the subsampling, 3-11 % of a graphed training step on the H100
-    (docs/benchmarks.md, session 9).  Gradients are the same; the second forward has the same
+    forward of the subsampling, 3-11 % of a graphed training step on an H100
+    (docs/performance.md).  Gradients are the same; the second forward has the same
     autocast state and RNG state (torch.utils.checkpoint records both).
     """
 

@@ -1,10 +1,11 @@
 """CUDA graphs of a recurrent decoder's one-token ``step`` during beam search.
 
-Why: one decoding step of a 13-layer samba_asr decoder (beam 10, d 512) is ~0.6 ms of GPU work
-and ~9 ms of host work on an H100 (docs/benchmarks.md): every small kernel costs its launch.  A
-step has fixed shapes for a given number of hypotheses, because the recurrent state does not
-grow with the prefix, so it can be captured once per shape and replayed as one launch (plus
-copying the tokens and states into the graph's input buffers and cloning its outputs).
+Why: one eager decoding step of a 13-layer samba_asr decoder (beam 10, d 512) is ~0.6 ms of GPU
+work and ~9 ms of host work on an H100: every small kernel costs its launch (graphed vs eager
+step: docs/performance.md, "Decoding").  A step has fixed shapes for a given number of
+hypotheses, because the recurrent state does not grow with the prefix, so it can be captured
+once per shape and replayed as one launch (plus copying the tokens and states into the graph's
+input buffers and cloning its outputs).
 mamba-ssm's own generation captures its decoding step the same way.
 
 When a graph is used (everything else runs the eager step, unchanged):
@@ -51,7 +52,7 @@ def recover_from_failed_capture(device: torch.device, stream) -> None:
     capture was invalidated), ``torch.cuda.graph.__exit__`` stops there: the thread stays on the
     capture's side stream, and CUDA's random-number generator stays in capture mode, so every
     later random op of the process raises "Offset increment outside graph capture" (seen on
-    the H100, session 6).  This puts ``stream`` back and runs one trivial capture, whose
+    an H100).  This puts ``stream`` back and runs one trivial capture, whose
     prologue and epilogue reset the generator; a random draw checks it.  Raises if the process
     cannot be put right.  Off CUDA (``stream`` None) there is nothing to undo."""
     if stream is None or device.type != "cuda":

@@ -25,8 +25,8 @@ from espnet_mamba.ops.selective_scan import (
 
 # Right-padded batches without a final state run as mamba-ssm's single ``mamba_inner_fn`` call
 # on CUDA (it recomputes the conv and dt in backward: less memory).  Its Python-level forward and
-# backward cost ~1.1 ms and ~2.5 ms of host time per call on the H100 (2026-11-22 profile),
-# which bounds training at short lengths; the composed path below (the same kernels called one
+# backward cost ~1.1 ms and ~2.5 ms of host time per call on an H100 (torch.profiler), which
+# bounds training at short lengths; the composed path below (the same kernels called one
 # by one, backward in autograd's engine) is the alternative measured by benchmarks/
 # encoder_gpu.py's ``samba_asr_composed`` variant, which sets this to False.
 FUSED_INNER = True

@@ -28,12 +28,12 @@ from espnet_mamba.ops.ssd import (
 #   "unfused": the convolution and the chunk scan, each with ``seq_idx`` (CUDA kernels or the
 #              PyTorch path), then the gated norm;
 #   "padded":  unpack, run the padded batch, pack again (no speed-up; for comparisons).
-# Checked on the H100 (2026-11-22, mamba-ssm 2.3.2.post1, causal-conv1d 1.7.0): each seq_idx
-# kernel and the whole mixer equal each utterance run alone (< 1e-5, fp32;
-# tools/gpu/packed_diag.py), and a packed encoder's outputs the padded one's (< 1e-6).  The
-# 0.4-2 % "mismatch" of earlier sessions was the test's loss: the sum of squares of an RMSNorm
-# output with unit weights is nearly constant, so the gradients it compared were mostly rounding
-# noise (tools/gpu/packed_encoder_diag.py).  ESPNET_MAMBA_PACKED_MIXER picks a path (benchmarks).
+# On an H100 (mamba-ssm 2.3.2.post1, causal-conv1d 1.7.0) each seq_idx kernel and the whole
+# mixer equal each utterance run alone (< 1e-5, fp32), and a packed encoder's outputs and
+# gradients equal the padded one's (tests/gpu/test_models_cuda.py::test_packed_encoder_cuda,
+# under a random-projection loss: a sum of squares after an RMSNorm with unit weights is nearly
+# constant, and its gradients would be mostly rounding noise).  ESPNET_MAMBA_PACKED_MIXER picks
+# a path (benchmarks).
 PACKED_PATHS = ("fused", "unfused", "padded")
 PACKED_PATH = os.environ.get("ESPNET_MAMBA_PACKED_MIXER", "fused")
 if PACKED_PATH not in PACKED_PATHS:

@@ -41,8 +41,8 @@ class Packing:
         return packing
 
     def _build(self, lengths, max_len):
-        # numpy, not torch on the CPU: torch's CPU advanced indexing cost 9 ms per step on the
-        # H100 machine's host (profile, 2026-11-22), more than the packed layers' forward
+        # numpy, not torch on the CPU: torch's CPU advanced indexing cost 9 ms per step on an
+        # H100 machine's host (torch.profiler), more than the packed layers' forward
         lens = np.asarray(lengths, dtype=np.int64).reshape(-1)
         self.batch, self.max_len = lens.size, max_len
         self.total = int(lens.sum())
@@ -96,7 +96,7 @@ def to_device(packings: list, device, extra: list = ()) -> list:
 def _to_device(arrays, device) -> list:
     """int64 numpy arrays as tensors on ``device``, in one copy.  Plain (pageable) memory: the
     maps are built at the start of a step, while the GPU has nothing to do, and pinning them
-    cost 3.3 ms per step on the H100 machine's host (trace, 2026-11-22) for a ~0.3 MB copy."""
+    cost 3.3 ms per step on an H100 machine's host (torch.profiler) for a ~0.3 MB copy."""
     flat = torch.from_numpy(np.concatenate(arrays))
     if device is not None and torch.device(device).type != "cpu":
         flat = flat.to(device)

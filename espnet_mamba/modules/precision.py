@@ -2,10 +2,10 @@
 
 Why: fp16 ends at 65504.  A selective scan sums its inputs over as many steps as the state
 remembers (about 1 / (dt |A|): thousands of frames for a small dt), so its output can leave
-fp16's range while every input is small.  Measured on an H200 (2026-11-22, tools/gpu/
-amp_check.py --probe-nonfinite): samba_asr's speech-summary mixer returned inf from step ~49 of
-fp16 training on inputs of |x| < 3, and ESPnet then skipped every step; bf16 (fp32's range) was
-clean for 2,000 steps.  Autocast keeps ops of that kind (cumsum, exp, softmax) in fp32; the
+fp16's range while every input is small.  Without this policy, on an H200, samba_asr's
+speech-summary mixer returned inf from step ~49 of fp16 training on inputs of |x| < 3, and
+ESPnet then skipped every step; bf16 (fp32's range) was clean for 2,000 steps
+(docs/reliability.md).  Autocast keeps ops of that kind (cumsum, exp, softmax) in fp32; the
 mixers here do the same for everything after their input projection when autocast's dtype is
 fp16: ``in_proj`` (the largest matmul) stays fp16, the convolution, the scan and the output
 projection run in fp32 and return fp32.  bf16 autocast and no autocast are untouched.

@@ -2,16 +2,15 @@
 
 Why: below ~60 s of audio a training step of our encoders is bound by host work, not by the
 GPU: 22 bidirectional blocks launch a few thousand small kernels, and mamba-ssm's Python-level
-``mamba_inner_fn`` costs ~3.6 ms of host time per mixer (docs/benchmarks.md, session 3).
+``mamba_inner_fn`` costs ~3.6 ms of host time per mixer (forward and backward, H100).
 ``torch.cuda.make_graphed_callables`` captures the layers' forward and backward for one input
-shape and replays each as one launch.  On the H100 (session 6, docs/benchmarks.md) this option
-takes samba_asr's B8 15 s training step to 52 ms with v1 mixers (eager: 178 ms) and 37 ms with
-Mamba2 mixers (eager Mamba2: 300-490 ms per step from 60 to 600 s); the Conformer with SDPA:
-95-98 ms.
+shape and replays each as one launch.  On an H100 this option takes samba_asr's B8 15 s training
+step from 178 ms eagerly to 52 ms with v1 mixers and 31 ms with Mamba2 mixers, against 90-98 ms
+for ESPnet's Conformer with SDPA (docs/performance.md).
 
 How ESPnet's varying batches get fixed shapes: the subsampled frames are padded up to a multiple
-of ``frame_step`` (padding never changes a valid frame's result: invariant 2 of ARCHITECTURE.md,
-tested in fp32; under bf16 autocast the padded shapes round differently, 0.3-0.7 % of the output
+of ``frame_step`` (padding never changes a valid frame's result: the encoders' padding
+invariance, tests/test_models.py, fp32; under bf16 autocast the padded shapes round differently, 0.3-0.7 % of the output
 on the CPU, as any other batch shape would) and the output is cut back, so one graph serves
 every batch of that size whose length falls in the bucket.  ``batch_step`` > 1 also pads the
 batch up to a multiple of it with one-frame rows: ``batch_type: numel``/``length`` vary the
@@ -49,10 +48,9 @@ Captures run in CUDA's ``thread_local`` capture mode (torch's default, ``global`
 of any other thread, e.g. a DataLoader's pin-memory thread, invalidate the capture).  A failed
 capture leaves the thread on the capture's stream and CUDA's random-number generator in capture
 mode (torch raises before restoring either), and every later random op of the process fails with
-"Offset increment outside graph capture" (seen on the H100, session 6).  So after a failure
-``cuda_graph.recover_from_failed_capture`` puts both right (the generator's part checked on the
-H100 with a forced failure, session 6; the stream's part added after that run), the failure is
-logged once and the graphs are off for this stack from then on (it runs eagerly, unchanged);
+"Offset increment outside graph capture" (seen on an H100).  So after a failure
+``cuda_graph.recover_from_failed_capture`` puts both right (checked on an H100 with a forced
+failure: tests/gpu/test_graphed_encoder_cuda.py), the failure is logged once and the graphs are off for this stack from then on (it runs eagerly, unchanged);
 if the process cannot be put right, a RuntimeError says so and how to turn the option off.  Out
 of memory during a capture is raised, as it would be eagerly, without turning the graphs off.
 Each capture is logged (INFO: ESPnet's train.log).  Not checked: whether a failed capture also
@@ -211,7 +209,7 @@ class TrainingGraphs:
         """``shape``: the graph's (frames, rows); ``pad(key, xs)``: its inputs."""
         # one walk over the module tree serves every check of this step (a 23-block encoder
         # walked once per check: ~3.5 ms of host time per step on a 2-core CPU, one walk
-        # ~0.9 ms; the GPU waits for it when its work is short: packed batches, 2026-11-22)
+        # ~0.9 ms; the GPU waits for it when its work is short, as with packed batches)
         tree = _Tree(module) if xs.device.type in self.devices else None
         reason = self.why_eager(module, xs, tree)
         if reason is None:

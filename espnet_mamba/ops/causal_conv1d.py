@@ -66,7 +66,7 @@ def causal_conv1d_step(x, conv_state, weight, bias=None, activation=None,
     """
     _check_activation(activation)
     # One step is width multiply-adds per channel: in 'auto' mode the few elementwise ops below
-    # cost less host time than the kernel's call (~85 us measured on the H100) plus a clone.
+    # cost less host time than the kernel's call (~85 us measured on an H100) plus a clone.
     if check_backend(backend) != "auto" and use_kernels(backend, "causal_conv1d", x, conv_state):
         new_state = conv_state.clone()  # the kernel rolls the state in place
         fn = kernel_module("causal_conv1d").causal_conv1d_update

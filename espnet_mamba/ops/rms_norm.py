@@ -15,7 +15,7 @@ from espnet_mamba.ops.backend import check_backend, kernel_module, use_kernels
 
 # In 'auto' mode the triton kernels serve inputs of at least this many elements.  Below it
 # (decoding steps: a few hypotheses x d_model) a call's host-side cost (~220 us per triton
-# call measured on the H100 vs ~2 us of GPU work) dominates, and torch's rms_norm is cheaper.
+# call measured on an H100 vs ~2 us of GPU work) dominates, and torch's rms_norm is cheaper.
 TRITON_MIN_NUMEL = 1 << 16
 
 

@@ -145,9 +145,9 @@ def _finish(y, u, D, z, cdt, out_dtype, last_state, return_last_state):
 def _scan_no_grad(u, delta, A_g, B, C):
     """Inference: one time step per iteration, three fused ops each, on contiguous time-major
     slices that stay in cache.  Without autograd the blocked scan's second pass (there only to
-    keep the graph short) is pure extra arithmetic: this does half of it.  Measured on the 2-core
-    CPU, B8 T1000 d512 N16: 0.16 s vs 0.25 s for the plain reference loop and 0.45 s blocked
-    (docs/benchmarks.md).  Memory: the state (b, d, n) and copies of the inputs, never (b, d, l, n).
+    keep the graph short) is pure extra arithmetic: this does half of it.  Measured on a 2-core
+    CPU, B8 T1000 d512 N16: 0.18 s vs 0.27 s for the plain reference loop (docs/performance.md).
+    Memory: the state (b, d, n) and copies of the inputs, never (b, d, l, n).
     delta: after bias and softplus; A_g (G, d/G, n); B, C (b, G, n, l).
     Returns y (b, d, l) and the last state (b, d, n)."""
     batch, d_inner, length = u.shape

@@ -33,7 +33,7 @@ def build(name, mixer="mamba", graphs=False, dropout_rate=0.0, conf=BUCKETS, **o
 
 def assert_grads_close(test, ref, tol):
     """Each gradient within tol of its own size plus 1e-5 of the largest one (the key biases'
-    gradients are 0 up to rounding): the rule the H100 checked (session 7, run 4)."""
+    gradients are 0 up to rounding)."""
     floor = 1e-5 * max(g.abs().max() for g in ref.values())
     for n, g in ref.items():
         assert (test[n] - g).abs().max() <= tol * g.abs().max() + floor, n
