@@ -74,10 +74,12 @@ for step in "$@"; do
     v1_graphs)
         run "$step" interleaved --models conformer_sdpa samba_asr_graphed speech_mamba_graphed \
             samba_asr_wide_graphed --modes train --out "$OUT/v1_graphs.json"
-        run "$step" encoder --models conformer_sdpa samba_asr_graphed --lengths 300 --batches 1 \
-            --modes train --out "$OUT/v1_graphs_300.json"
+        for model in conformer_sdpa samba_asr_graphed; do  # one process each, as b1_300
+            run "$step" encoder --models "$model" --lengths 300 --batches 1 --modes train \
+                --out "$OUT/v1_graphs_300_$model.json"
+        done
         report v1_graphs "$OUT/v1_graphs.json"
-        report v1_graphs_300 "$OUT/v1_graphs_300.json" ;;
+        report v1_graphs_300 "$OUT"/v1_graphs_300_{conformer_sdpa,samba_asr_graphed}.json ;;
     packed)
         run "$step" encoder --packed-only --packed-models samba_asr_mamba2_graphed \
             samba_asr_mamba2 speech_mamba_mamba2 --packed-paths fused --repeats 20 \
