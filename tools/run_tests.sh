@@ -3,7 +3,7 @@
 # Debian/PyPI dependencies), then run the CPU tests.
 #   bash tools/run_tests.sh [pytest args...]
 # GPU tests are marked `gpu` and deselected here; on a GPU machine run them with
-#   bash tools/gpu/session.sh bash tools/gpu/checks.sh   (see README).
+#   bash tools/gpu/offline_run.sh bash tools/gpu/gpu_tests.sh   (tools/gpu/README.md).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash tools/setup_env.sh .venv
