@@ -32,11 +32,11 @@ def git(directory: Path, *args: str) -> str | None:
     return p.stdout.strip() if p.returncode == 0 else None
 
 
-def git_commit(directory: Path, toplevel_must_have: str) -> str | None:
-    """`<hash>` (`<date>`) of the git tree that holds `directory`, only if that tree's top has
-    `toplevel_must_have` (else git would report an unrelated repository above it)."""
+def git_commit(directory: Path, is_its_tree) -> str | None:
+    """`<hash>` (`<date>`) of the git tree that holds `directory`, only if `is_its_tree(top)`
+    for that tree's top directory (else git would report an unrelated repository above it)."""
     top = git(directory, "rev-parse", "--show-toplevel")
-    if not top or not (Path(top) / toplevel_must_have).exists():
+    if not top or not is_its_tree(Path(top)):
         return None
     commit = git(directory, "rev-parse", "HEAD")
     date = git(directory, "log", "-1", "--format=%cd")
@@ -52,7 +52,7 @@ def espnet_line() -> str:
     root_path = Path(root)
     version_file = root_path / "version.txt"
     version = version_file.read_text().strip() if version_file.is_file() else "unknown version"
-    commit = git_commit(root_path, "egs2/TEMPLATE/asr1/asr.sh")
+    commit = git_commit(root_path, lambda top: top.resolve() == root_path.resolve())
     where = commit or "not a git checkout (e.g. ESPnet's source distribution)"
     return f"{ESPNET_LINE}: `{root}`, ESPnet {version}, {where}"
 
@@ -62,7 +62,8 @@ def plugin_lines(recipe_dir: Path) -> list[str]:
         version = f"`espnet-mamba {importlib.metadata.version('espnet-mamba')}`"
     except importlib.metadata.PackageNotFoundError:
         version = f"not installed in {sys.executable}"
-    commit = git_commit(recipe_dir, "egs2/espnet_root.sh") or "not in a git checkout"
+    commit = (git_commit(recipe_dir, lambda top: (top / "egs2" / "espnet_root.sh").is_file())
+              or "not in a git checkout")
     return [f"{OURS} version: {version}",
             f"{OURS} recipe: `{recipe_dir}`, {commit}"]
 
