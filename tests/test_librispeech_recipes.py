@@ -9,7 +9,8 @@ the parts present, RESULTS.md (WER table, the ESPnet and espnet-mamba lines that
 "Git hash"), the packed zip (config, model, that RESULTS.md); then the README's pack command and
 its upload command up to asr.sh's git-lfs check (a `git` without lfs on PATH: no network).
 Stage-1 errors (no corpus, no train or dev part, a file without transcript) and the LM text
-(used only when the user put it there) run through run.sh and asr.sh too.
+(used only when the user put it there) run through run.sh and asr.sh too; results_versions.py
+is checked in git trees (ESPnet's commit, the recipe's commit, ESPnet inside another git tree).
 
 The 960 h recipe is marked `librispeech_960` (deselect with -m "not librispeech_960"): it runs
 the same machinery, plus an LM trained on the transcripts.
