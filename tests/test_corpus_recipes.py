@@ -10,8 +10,10 @@
 * conf/train_asr.yaml / decode_asr.yaml / train_lm.yaml are links into conf/tuning/;
 * run.sh against a stand-in ESPnet checkout whose asr.sh records its arguments: the configs,
   the upstream options and the user's options (unchanged, last) reach asr.sh; TEMPLATE scripts
-  and the corpus's local/ are linked, not copied; path.sh finds the checkout; a missing checkout
-  is a clear error naming --espnet_root and ESPNET_ROOT.
+  and the corpus's local/ (gigaspeech, spgispeech; librispeech has its own) are linked, not
+  copied; path.sh finds the checkout; a missing checkout is a clear error naming --espnet_root
+  and ESPNET_ROOT.  (tests/test_librispeech_recipes.py runs the LibriSpeech recipes with the
+  real asr.sh.)
 """
 
 from __future__ import annotations
@@ -35,7 +37,10 @@ UPSTREAM = {
                     "--nbpe": "5000", "--speed_perturb_factors": "0.9 1.0 1.1",
                     "--max_wav_duration": "30", "--use_lm": "true",
                     "--bpe_train_text": "data/train_960/text",
-                    "--lm_train_text": "data/train_960/text data/local/other_text/text"},
+                    # no LM corpus in data/local/other_text: the transcripts only
+                    "--lm_train_text": "data/train_960/text", "--skip_packing": "false",
+                    "--local_data_opts": "--train_set train_960 --train_parts "
+                                         "train-clean-100,train-clean-360,train-other-500"},
     "gigaspeech": {"--train_set": "train", "--valid_set": "dev", "--test_sets": "dev test",
                    "--nbpe": "5000", "--speed_perturb_factors": "", "--max_wav_duration": "30",
                    "--use_lm": "false", "--audio_format": "flac.ark",
@@ -46,6 +51,7 @@ UPSTREAM = {
                    "--bpe_train_text": "data/train_nodev/text"},
 }
 LINKED = ("asr.sh", "utils", "steps", "pyscripts", "scripts", "db.sh", "cmd.sh")
+OWN_LOCAL = ("librispeech",)  # recipes with their own local/ (not ESPnet's)
 
 
 def recipe(corpus: str) -> Path:
@@ -237,8 +243,11 @@ def copy_recipe(tmp: Path, corpus: str) -> Path:
     dst.mkdir(parents=True)
     for f in EGS2.glob("*.sh"):
         shutil.copy(f, dst / f.name)
-    shutil.copytree(recipe(corpus), dst / corpus / "asr1", symlinks=True,
-                    ignore=shutil.ignore_patterns(*LINKED, "local", "data", "dump*", "exp*"))
+    def ignore(directory, names):  # what run.sh links, and asr.sh's outputs
+        made = shutil.ignore_patterns(*LINKED, "data", "dump*", "exp*")(directory, names)
+        return made | {n for n in names if n == "local" and Path(directory, n).is_symlink()}
+
+    shutil.copytree(recipe(corpus), dst / corpus / "asr1", symlinks=True, ignore=ignore)
     return dst / corpus / "asr1"
 
 
@@ -295,20 +304,25 @@ def test_run_sh_calls_asr_sh_with_recipe_configs(corpus, tmp_path):
     for name in LINKED:
         assert (rdir / name).is_symlink(), name
         assert (rdir / name).resolve() == template / name, name
-    assert (rdir / "local").is_symlink()
-    assert (rdir / "local").resolve() == root.resolve() / "egs2" / corpus / "asr1" / "local"
-    # path.sh: ESPnet's TEMPLATE path.sh sees the checkout as MAIN_ROOT, reads our local/path.sh
+    if corpus in OWN_LOCAL:
+        assert (rdir / "local").is_dir() and not (rdir / "local").is_symlink()
+    else:
+        assert (rdir / "local").is_symlink()
+        assert (rdir / "local").resolve() == root.resolve() / "egs2" / corpus / "asr1" / "local"
+    # path.sh: ESPnet's TEMPLATE path.sh sees the checkout as MAIN_ROOT, reads the recipe's
+    # local/path.sh (the stand-in checkout's one sets CORPUS_LOCAL_PATH_SH)
     main_root = Path(record.with_suffix(".txt.main_root").read_text().strip())
     assert main_root.resolve() == root.resolve()
-    assert record.with_suffix(".txt.local_path").read_text().strip() == corpus
+    assert record.with_suffix(".txt.local_path").read_text().strip() == (
+        "unset" if corpus in OWN_LOCAL else corpus)
 
 
 def test_run_sh_uses_env_root_and_equals_form_and_keeps_own_files(tmp_path):
-    corpus = "librispeech"
+    corpus = "gigaspeech"
     root = make_standin(tmp_path / "espnet", corpus)
     other = make_standin(tmp_path / "espnet2", corpus)
     rdir = copy_recipe(tmp_path, corpus)
-    (rdir / "db.sh").write_text("LIBRISPEECH=/my/data\n")  # the user's own db.sh
+    (rdir / "db.sh").write_text("GIGASPEECH=/my/data\n")  # the user's own db.sh
     record = tmp_path / "args.txt"
     proc = run_sh(rdir, ["--stage", "1"], env_root=root, record=record)
     assert proc.returncode == 0, proc.stderr
