@@ -15,7 +15,7 @@ Models (random weights, seeded, eval mode, fp32 weights; ``--amp bf16`` autocast
                 8 heads, 2048 linear units (the baseline);
   samba_asr     espnet_mamba's samba_asr decoder, d_model 512;
   speech_mamba  espnet_mamba's speech_mamba decoder, d_model 512, 8 heads;
-  (ours step as CUDA graphs on a GPU, as shipped: espnet_mamba/modules/cuda_graph.py)
+  (ours step as CUDA graphs on a GPU, as shipped: espnet_mamba/graphs/decoding.py)
   samba_asr_eager, speech_mamba_eager  (only if named in ``--decoders``) the same decoders and
                 weights with ``cuda_graphs = False``: the step launched op by op;
   the number of blocks of ours is chosen so that the parameter count is closest to the

@@ -146,7 +146,7 @@ def build(name, tiny, recompute_input_layer=False, **extra):
             conf["cgmlp_linear_units"] = 128
         if conf.get("mixer") == "mamba2":
             conf.update(d_state=16, mixer_conf={"headdim": 16})
-    if name.endswith("_graphed"):  # training steps as CUDA graphs (modules/training_graphs.py)
+    if name.endswith("_graphed"):  # training steps as CUDA graphs (graphs/training.py)
         conf["cuda_graphs"] = True
     return cls(FEATS, **conf), conf
 

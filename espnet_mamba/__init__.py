@@ -1,9 +1,16 @@
 """espnet-mamba: Mamba (selective state-space) encoders and decoders for ESPnet.
 
-Importing this package is cheap and needs neither CUDA nor mamba-ssm: the models live in
-``espnet_mamba.encoders`` / ``espnet_mamba.decoders`` and are imported when used.
+Importing this package costs nothing and needs neither CUDA nor mamba-ssm (the ``.pth`` hook
+imports it in every interpreter): the models live in ``espnet_mamba.encoders`` /
+``espnet_mamba.decoders``, ESPnet's machinery in ``espnet_mamba.integration``.
 """
 
-from espnet_mamba.registry import register  # noqa: F401
-
 __version__ = "0.1.0"
+
+
+def register(eager: bool = False) -> dict:
+    """Register the encoders/decoders into ESPnet's tasks now (e.g. with the hook disabled by
+    ESPNET_MAMBA_DISABLE_HOOK=1); see ``espnet_mamba.integration.registration.register``."""
+    from espnet_mamba.integration.registration import register as _register
+
+    return _register(eager)

@@ -160,10 +160,10 @@ def check_message(err, text: str, part: str, name: str, espnet: str, delete, kee
 
 
 def our_options(part: str, name: str) -> set:
-    from espnet_mamba import registry
+    from espnet_mamba.integration import names, registration
 
-    table = registry.ENCODERS if part == "encoder" else registry.DECODERS
-    return set(inspect.signature(registry.load_class(table[name])).parameters)
+    table = names.ENCODERS if part == "encoder" else names.DECODERS
+    return set(inspect.signature(registration.load_class(table[name])).parameters)
 
 
 # ------------------------------------------------------------------------------------ tests

@@ -44,11 +44,11 @@ UPSTREAM = {
     "gigaspeech": {"--train_set": "train", "--valid_set": "dev", "--test_sets": "dev test",
                    "--nbpe": "5000", "--speed_perturb_factors": "", "--max_wav_duration": "30",
                    "--use_lm": "false", "--audio_format": "flac.ark",
-                   "--bpe_train_text": "data/train/text"},
+                   "--bpe_train_text": "data/train/text", "--skip_packing": "false"},
     "spgispeech": {"--train_set": "train_nodev", "--valid_set": "dev_4k",
                    "--test_sets": "dev_4k val", "--nbpe": "5000",
                    "--speed_perturb_factors": "", "--score_opts": "-s",
-                   "--bpe_train_text": "data/train_nodev/text"},
+                   "--bpe_train_text": "data/train_nodev/text", "--skip_packing": "false"},
 }
 LINKED = ("asr.sh", "utils", "steps", "pyscripts", "scripts", "db.sh", "cmd.sh")
 OWN_LOCAL = ("librispeech",)  # recipes with their own local/ (not ESPnet's)

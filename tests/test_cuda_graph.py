@@ -1,4 +1,4 @@
-"""espnet_mamba/modules/cuda_graph.py on the CPU: the bookkeeping around the graphs (keys,
+"""espnet_mamba/graphs/decoding.py on the CPU: the bookkeeping around the graphs (keys,
 input copies, output clones, the speech memory of an utterance, the first-replay check and the
 fall-back to the eager step), with a stand-in for torch.cuda.CUDAGraph that replays by calling
 the step on the graph's input buffers.  Real captures: tests/gpu/test_models_cuda.py."""
@@ -10,8 +10,8 @@ import weakref
 import pytest
 import torch
 
-from espnet_mamba.modules import cuda_graph
-from espnet_mamba.modules.cuda_graph import StepGraphs
+from espnet_mamba.graphs import decoding as cuda_graph
+from espnet_mamba.graphs.decoding import StepGraphs
 from espnet_mamba.modules.state import map_state
 from model_checks import run_beam_searches, tiny_decoder
 

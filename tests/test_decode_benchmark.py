@@ -180,7 +180,7 @@ def test_eager_variants_are_ours_without_graphs(one_thread):
 def test_graph_checks_are_json_ready():
     """On CUDA the decoders' graph checks fill a deque; the JSON must still be written (json
     cannot write a deque: a run would lose its summary and plot)."""
-    from espnet_mamba.modules.cuda_graph import StepGraphs
+    from espnet_mamba.graphs.decoding import StepGraphs
 
     class Dec:
         def __init__(self):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from espnet_mamba.install_check import release, torch_companion_problem
+from espnet_mamba.integration.install_check import release, torch_companion_problem
 
 REPO = Path(__file__).resolve().parents[1]
 

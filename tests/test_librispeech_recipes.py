@@ -12,7 +12,7 @@ Stage-1 errors (no corpus, no train or dev part, a file without transcript) and 
 (used only when the user put it there) run through run.sh and asr.sh too; results_versions.py
 is checked in git trees (ESPnet's commit, the recipe's commit, ESPnet inside another git tree).
 
-The 960 h recipe is marked `librispeech_960` (deselect with -m "not librispeech_960"): it runs
+The 960 h recipe is marked `librispeech_960` (CI runs it; -m "not librispeech_960" skips it): it runs
 the same machinery, plus an LM trained on the transcripts.
 """
 

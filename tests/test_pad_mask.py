@@ -1,4 +1,4 @@
-"""espnet_mamba/compat/pad_mask.py: ESPnet's make_pad_mask in linear memory, same masks."""
+"""espnet_mamba/integration/pad_mask.py: ESPnet's make_pad_mask in linear memory, same masks."""
 
 import itertools
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from espnet2.legacy.nets.pytorch_backend import nets_utils
-from espnet_mamba.compat.pad_mask import linear_pad_mask
+from espnet_mamba.integration.pad_mask import linear_pad_mask
 
 ORIGINAL = getattr(nets_utils.make_pad_mask, "_espnet_original", nets_utils.make_pad_mask)
 
@@ -54,7 +54,7 @@ def test_long_input_is_linear_in_memory():
 
 def test_tracing_uses_espnets_function(monkeypatch):
     """While tracing / exporting to ONNX, ESPnet's own (traceable) function runs."""
-    from espnet_mamba.compat import pad_mask
+    from espnet_mamba.integration import pad_mask
 
     def fail(*args):
         raise AssertionError("linear path taken while tracing")

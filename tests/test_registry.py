@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from espnet_mamba import registry
+from espnet_mamba.integration import checkpoint_guard, names, registration
 
-ENV = {k: v for k, v in os.environ.items() if k != registry.DISABLE_ENV}
+ENV = {k: v for k, v in os.environ.items() if k != names.DISABLE_ENV}
 
 
 def run(code=None, args=None, env=ENV, timeout=300):
@@ -35,7 +35,7 @@ def test_hook_costs_nothing_at_startup():
 
 CHECK_ALL = """
 import importlib
-from espnet_mamba.registry import REGISTRY, ENCODERS, DECODERS
+from espnet_mamba.integration.names import REGISTRY, ENCODERS, DECODERS
 for task, attrs in REGISTRY.items():
     mod = importlib.import_module(task)
     for attr, names in attrs.items():
@@ -48,7 +48,7 @@ print("registered", len(REGISTRY))
 
 
 def test_registered_into_every_task_on_import():
-    assert run(CHECK_ALL).strip() == f"registered {len(registry.REGISTRY)}"
+    assert run(CHECK_ALL).strip() == f"registered {len(names.REGISTRY)}"
 
 
 def test_stock_print_config_sees_plugin_classes():
@@ -66,7 +66,7 @@ def test_asr_inference_module_sees_plugin_classes():
 
 
 def test_disabled_hook_and_explicit_register():
-    env = dict(ENV, **{registry.DISABLE_ENV: "1"})
+    env = dict(ENV, **{names.DISABLE_ENV: "1"})
     out = run("import espnet2.tasks.asr as t; print('samba_asr' in t.encoder_choices.classes);"
               "import espnet_mamba; espnet_mamba.register();"
               "print('samba_asr' in t.encoder_choices.classes)", env=env)
@@ -81,20 +81,20 @@ def test_name_clash_is_an_error(monkeypatch):
 
     fake = types.ModuleType("fake_task")
     fake.encoder_choices = ClassChoices("encoder", {"samba_asr": Other})
-    monkeypatch.setitem(registry.REGISTRY, "fake_task", {"encoder_choices": registry.ENCODERS})
-    with pytest.raises(registry.RegistrationError, match="already has .*Other"):
-        registry.register_into(fake)
+    monkeypatch.setitem(names.REGISTRY, "fake_task", {"encoder_choices": names.ENCODERS})
+    with pytest.raises(registration.RegistrationError, match="already has .*Other"):
+        registration.register_into(fake)
 
 
 def test_registering_twice_is_harmless():
     import espnet2.tasks.asr as asr
-    registry.register_into(asr)
-    registry.register_into(asr)
+    registration.register_into(asr)
+    registration.register_into(asr)
     assert asr.encoder_choices.classes["samba_asr"].__name__ == "SambaASREncoder"
 
 
 # --------------------------------------------------------------------------------------------
-# whole-model checkpoint key guard (registry.guard_checkpoint_loading, modules/strict_load.py)
+# whole-model checkpoint key guard (checkpoint_guard.guard_checkpoint_loading, modules/strict_load.py)
 
 TOKENS = ["<blank>", "<unk>", "a", "b", "c", "<space>", "<sos/eos>"]
 
@@ -146,14 +146,14 @@ def test_checkpoint_guard_wraps_each_task_class_once():
 
     for cls in (asr.ASRTask, slu.SLUTask):
         for name in ("build_model_from_file", "build_model"):
-            assert getattr(getattr(cls, name).__func__, registry._GUARD_MARK, False), (cls, name)
+            assert getattr(getattr(cls, name).__func__, checkpoint_guard._GUARD_MARK, False), (cls, name)
     # SLUTask inherits ASRTask's build_model_from_file wrapper: not wrapped a second time
     assert slu.SLUTask.build_model_from_file.__func__ is asr.ASRTask.build_model_from_file.__func__
-    assert registry.guard_checkpoint_loading(asr) == []
-    assert registry.guard_checkpoint_loading(slu) == []
-    registry.register_into(asr)
+    assert checkpoint_guard.guard_checkpoint_loading(asr) == []
+    assert checkpoint_guard.guard_checkpoint_loading(slu) == []
+    registration.register_into(asr)
     assert not getattr(asr.ASRTask.build_model_from_file.__func__.__wrapped__,
-                       registry._GUARD_MARK, False)  # one layer of wrapping only
+                       checkpoint_guard._GUARD_MARK, False)  # one layer of wrapping only
 
 
 def test_plugin_model_refuses_a_mismatch_anywhere(tmp_path):

@@ -1,4 +1,4 @@
-"""The encoders' ``cuda_graphs`` option (modules/training_graphs.py) on the CPU, with a stand-in
+"""The encoders' ``cuda_graphs`` option (graphs/training.py) on the CPU, with a stand-in
 capture that records what it was given and runs the layers: which calls replay a graph, the
 length buckets (exact on the valid frames, gradients included), capture at the second sighting,
 the shape limit, failed captures, accumulation, parameter changes and option errors.  The real
@@ -10,8 +10,8 @@ import logging
 import pytest
 import torch
 
-from espnet_mamba.modules import training_graphs
-from espnet_mamba.modules.training_graphs import TrainingGraphs
+from espnet_mamba.graphs import training as training_graphs
+from espnet_mamba.graphs.training import TrainingGraphs
 from helpers import grad_error, projection_loss
 from model_checks import ENCODERS
 

@@ -7,6 +7,6 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash tools/setup_env.sh .venv
-bash tools/install_recipe_deps.sh .venv  # the recipe smoke test needs espeak-ng, flite, sox
+bash tools/install_recipe_deps.sh .venv  # recipe tests: TTS engines, sox, flac, sclite (sctk)
 echo "=== [run_tests $(date +%H:%M:%S)] pytest (CPU)"
 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} exec .venv/bin/python -m pytest -m "not gpu" -q "$@"

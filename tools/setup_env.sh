@@ -28,6 +28,7 @@ pip_install --upgrade pip wheel setuptools \
 step "torch and torchaudio (constraints.txt; about 3 GB the first time)"
 pip_install torch torchaudio || { echo "error: torch install failed" >&2; exit 1; }
 step "espnet-mamba with its dependencies (espnet, constraints.txt) and the test tools"
+rm -rf build  # setuptools' staging folder: files of an earlier version there would be installed too
 pip_install ".[test]" || { echo "error: pip install -c constraints.txt .[test] failed" >&2; exit 1; }
 "$VENV/bin/python" -m pip --disable-pip-version-check check \
     || { echo "error: the environment has conflicting requirements (above)" >&2; exit 1; }

@@ -10,7 +10,7 @@ A subclass implements three things:
 Per hypothesis the state is (recurrent rows of batch 1, reference to its utterance's memory).
 The recurrent part has the same size after 2 tokens and after 400, so a decoding step costs the
 same at any prefix length.  The memory is shared, never copied, by the hypotheses of one utterance.
-On CUDA, beam search runs the step as a captured CUDA graph (modules/cuda_graph.py): set a
+On CUDA, beam search runs the step as a captured CUDA graph (graphs/decoding.py): set a
 decoder's ``cuda_graphs = False``, or ``ESPNET_MAMBA_CUDA_GRAPHS=0``, to run it eagerly.
 """
 
@@ -22,7 +22,7 @@ import torch
 
 from espnet2.asr.decoder.abs_decoder import AbsDecoder
 from espnet2.legacy.nets.scorer_interface import BatchScorerInterface
-from espnet_mamba.modules.cuda_graph import StepGraphs
+from espnet_mamba.graphs.decoding import StepGraphs
 from espnet_mamba.modules.state import map_state, select_row, stack_rows
 from espnet_mamba.modules.strict_load import StrictLoadMixin
 

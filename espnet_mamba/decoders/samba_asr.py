@@ -24,10 +24,8 @@ from torch import nn
 from typeguard import typechecked
 
 from espnet_mamba.decoders.recurrent import RecurrentDecoder
-from espnet_mamba.encoders.espnet_options import espnet_counterparts
-from espnet_mamba.encoders.stack import resolve_mixer_conf
 from espnet_mamba.modules.block import Residual
-from espnet_mamba.modules.factory import build_mixer, named_options
+from espnet_mamba.modules.factory import build_mixer, named_options, resolve_mixer_conf
 from espnet_mamba.modules.norm import RMSNorm
 from espnet_mamba.modules.padding import lengths_to_mask
 
@@ -42,7 +40,7 @@ def _right_to_left_aligned(x, lengths):
     return aligned * valid[..., None].to(x.dtype), valid
 
 
-@named_options("decoder_conf", others=espnet_counterparts)
+@named_options("decoder_conf")
 class SambaASRDecoder(RecurrentDecoder):
     @typechecked
     def __init__(

@@ -16,11 +16,9 @@ from typeguard import typechecked
 
 from espnet_mamba.decoders.memory import SpeechMemory
 from espnet_mamba.decoders.recurrent import RecurrentDecoder
-from espnet_mamba.encoders.espnet_options import espnet_counterparts
-from espnet_mamba.encoders.stack import resolve_mixer_conf
 from espnet_mamba.modules.attention import MultiHeadAttention
 from espnet_mamba.modules.block import Residual
-from espnet_mamba.modules.factory import build_mixer, named_options
+from espnet_mamba.modules.factory import build_mixer, named_options, resolve_mixer_conf
 from espnet_mamba.modules.norm import RMSNorm
 from espnet_mamba.modules.padding import lengths_to_mask
 
@@ -49,7 +47,7 @@ class SpeechMambaDecoderLayer(nn.Module):
         return x, (s_in, s_out)
 
 
-@named_options("decoder_conf", others=espnet_counterparts)
+@named_options("decoder_conf")
 class SpeechMambaDecoder(RecurrentDecoder):
     @typechecked
     def __init__(

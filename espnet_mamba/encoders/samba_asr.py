@@ -10,10 +10,9 @@ from typing import List, Optional
 
 from typeguard import typechecked
 
-from espnet_mamba.encoders.stack import StackEncoder, resolve_mixer_conf
+from espnet_mamba.encoders.stack import StackEncoder
 from espnet_mamba.modules.block import Residual
-from espnet_mamba.encoders.espnet_options import espnet_counterparts
-from espnet_mamba.modules.factory import build_mixer, named_options
+from espnet_mamba.modules.factory import build_mixer, named_options, resolve_mixer_conf
 
 
 class _MambaLayer(Residual):
@@ -21,7 +20,7 @@ class _MambaLayer(Residual):
         return super().forward(x, lengths, packing=packing)
 
 
-@named_options("encoder_conf", others=espnet_counterparts)
+@named_options("encoder_conf")
 class SambaASREncoder(StackEncoder):
     @typechecked
     def __init__(

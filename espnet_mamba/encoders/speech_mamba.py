@@ -10,11 +10,10 @@ from typing import List, Optional
 from torch import nn
 from typeguard import typechecked
 
-from espnet_mamba.encoders.stack import StackEncoder, resolve_mixer_conf
+from espnet_mamba.encoders.stack import StackEncoder
 from espnet_mamba.modules.attention import MultiHeadAttention
 from espnet_mamba.modules.block import Residual
-from espnet_mamba.encoders.espnet_options import espnet_counterparts
-from espnet_mamba.modules.factory import build_mixer, named_options
+from espnet_mamba.modules.factory import build_mixer, named_options, resolve_mixer_conf
 
 
 class SpeechMambaEncoderLayer(nn.Module):
@@ -33,7 +32,7 @@ class SpeechMambaEncoderLayer(nn.Module):
         return self.mamba_out(x, lengths, packing=packing)
 
 
-@named_options("encoder_conf", others=espnet_counterparts)
+@named_options("encoder_conf")
 class SpeechMambaEncoder(StackEncoder):
     @typechecked
     def __init__(

@@ -13,7 +13,7 @@ pass instead of kept (encoders/input_layer.py ``RecomputedConvs``): less memory 
 one more forward of the subsampling per step.  Off by default.
 
 ``cuda_graphs``: training steps replay the layers' forward and backward from CUDA graphs, one
-per (batch, bucketed length) shape (modules/training_graphs.py; ``cuda_graph_conf``:
+per (batch, bucketed length) shape (graphs/training.py; ``cuda_graph_conf``:
 frame_step, batch_step, max_shapes, warmup).  Off by default.  With ``pack_sequences`` too, one
 graph per bucketed packed length (every layer must run a packed row natively: Mamba2 mixers,
 no attention), whatever the batch's number of utterances.
@@ -28,25 +28,14 @@ from torch import nn
 
 from espnet2.asr.encoder.abs_encoder import AbsEncoder
 from espnet_mamba.encoders.input_layer import InputLayer, check_input
-from espnet_mamba.modules.factory import check_options, mixer_options, MIXERS
+from espnet_mamba.modules.factory import check_options
 from espnet_mamba.modules.block import Stream
 from espnet_mamba.modules.norm import RMSNorm
 from espnet_mamba.modules import mamba2
 from espnet_mamba.modules.packing import RowPacking
 from espnet_mamba.modules.padding import lengths_to_mask
 from espnet_mamba.modules.strict_load import StrictLoadMixin
-from espnet_mamba.modules.training_graphs import OPTIONS as GRAPH_OPTIONS, TrainingGraphs
-
-
-def resolve_mixer_conf(mixer: str, d_state: int, d_conv: int, expand: float,
-               extra: Optional[dict]) -> dict:
-    """Constructor options of the mixer: the common three plus ``mixer_conf`` extras."""
-    extra = dict(extra or {})
-    if mixer not in MIXERS:
-        raise ValueError(f"unknown mixer {mixer!r}; valid: {', '.join(MIXERS)}")
-    check_options(f"mixer_conf of {mixer}", extra,
-                  set(mixer_options(MIXERS[mixer])) - {"d_state", "d_conv", "expand", "backend"})
-    return {"d_state": d_state, "d_conv": d_conv, "expand": expand, **extra}
+from espnet_mamba.graphs.training import OPTIONS as GRAPH_OPTIONS, TrainingGraphs
 
 
 class _Layers(nn.Module):
@@ -102,7 +91,7 @@ class StackEncoder(StrictLoadMixin, AbsEncoder):
                 "cuda_graphs: true with pack_sequences: true needs layers that run a packed "
                 f"batch natively (mixer: mamba2, no attention); these unpack it: "
                 f"{', '.join(padding_kinds)}. Set one of the two options off")
-        # training steps' layers as CUDA graphs (modules/training_graphs.py); not a module, so
+        # training steps' layers as CUDA graphs (graphs/training.py); not a module, so
         # nothing of it is in the state dict
         self.training_graphs = TrainingGraphs(**(cuda_graph_conf or {})) if cuda_graphs else None
 

@@ -4,8 +4,9 @@ Also the one place where every unknown option of our encoders/decoders/mixers is
 (:func:`check_options`, :func:`named_options`).  A config written for another architecture
 (ESPnet's Conformer ``encoder_conf`` under ``encoder: samba_asr``) is told, line by line, what
 to delete and what to keep; a misspelt key gets the closest valid option.  Nothing here imports
-ESPnet: what ESPnet's own classes take comes from the caller (``others``, see
-``espnet_mamba/encoders/espnet_options.py``), read only when an error is raised.
+ESPnet: what ESPnet's own classes take comes from the class's ``config_counterparts``, which the
+ESPnet integration sets when it registers the class (``integration/espnet_options.py``), called
+only when an error is raised.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import difflib
 import functools
 import inspect
 import json
-from typing import Callable, Collection, Sequence
+from typing import Collection, Sequence
 
 from torch import nn
 
@@ -107,12 +108,13 @@ def unknown_options_error(owner: str, conf: str, given: dict, valid: Sequence[st
     return UnknownOptionsError("\n".join(out), delete, keep, typos)
 
 
-def named_options(conf: str, others: Callable[[type], Others] | None = None):
+def named_options(conf: str):
     """Class decorator for our encoders/decoders: an unknown keyword of the constructor (a key
     in ESPnet's ``encoder_conf`` / ``decoder_conf``, named by ``conf``) raises an
     :class:`UnknownOptionsError` that says which lines to delete, which to keep and which are
-    typos, instead of Python's bare "unexpected keyword argument".  ``others(cls)`` gives the
-    classes a config may have been written for (ESPnet's own); it is called only then, and
+    typos, instead of Python's bare "unexpected keyword argument".  ``cls.config_counterparts()``
+    (set at registration into ESPnet's tasks; absent, every unknown key counts as a typo) gives
+    the classes a config may have been written for (ESPnet's own); it is called only then, and
     if it fails the error is still raised, without that part.  The signature seen by ESPnet's
     --print_config (inspect.signature follows __wrapped__) is unchanged."""
 
@@ -126,8 +128,9 @@ def named_options(conf: str, others: Callable[[type], Others] | None = None):
         @functools.wraps(init)
         def __init__(self, *args, **kwargs):
             if any(k not in params for k in kwargs):
+                others = getattr(cls, "config_counterparts", None)
                 try:
-                    known = list(others(cls)) if others else []
+                    known = list(others()) if others else []
                 except Exception:  # the advice must never hide the error itself
                     known = []
                 raise unknown_options_error(cls.__name__, conf, kwargs, valid, settable,
@@ -158,3 +161,14 @@ def build_mixer(d_model: int, mixer: str = "mamba", bidirectional: bool = False,
         return cls(d_model, **options)
 
     return Bidirectional(make(), make()) if bidirectional else make()
+
+
+def resolve_mixer_conf(mixer: str, d_state: int, d_conv: int, expand: float,
+               extra: dict | None) -> dict:
+    """Constructor options of the mixer: the common three plus ``mixer_conf`` extras."""
+    extra = dict(extra or {})
+    if mixer not in MIXERS:
+        raise ValueError(f"unknown mixer {mixer!r}; valid: {', '.join(MIXERS)}")
+    check_options(f"mixer_conf of {mixer}", extra,
+                  set(mixer_options(MIXERS[mixer])) - {"d_state", "d_conv", "expand", "backend"})
+    return {"d_state": d_state, "d_conv": d_conv, "expand": expand, **extra}

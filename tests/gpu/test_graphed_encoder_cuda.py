@@ -1,4 +1,4 @@
-"""The encoders' ``cuda_graphs`` option (modules/training_graphs.py) on the GPU: training steps
+"""The encoders' ``cuda_graphs`` option (graphs/training.py) on the GPU: training steps
 with the layers replayed from CUDA graphs == the eager steps (outputs and every parameter's
 gradient) over three steps of one length bucket (capture at the second, replay on new inputs
 and lengths at the third; 3 rows padded to 4), in fp32 and under bf16 autocast with its weight

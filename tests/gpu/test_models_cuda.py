@@ -49,7 +49,7 @@ def test_packed_encoder_cuda(name, bidirectional, path, monkeypatch):
 @pytest.mark.parametrize("amp", [False, True])
 @pytest.mark.parametrize("name,mixer", PAIRS)
 def test_cuda_graph_batch_score_equals_eager_cuda(name, mixer, amp):
-    """espnet_mamba/modules/cuda_graph.py: batch_score with the step replayed from CUDA graphs
+    """espnet_mamba/graphs/decoding.py: batch_score with the step replayed from CUDA graphs
     == the eager step, over steps whose row count changes (a count is captured when seen the
     second time: one graph per count, 1, 4, 2), in fp32 and under bf16 autocast, and for two
     utterances in turn (speech_mamba's graphs read the utterance's memory: they are dropped and

@@ -34,6 +34,7 @@ speed_perturb_factors=""
     --max_wav_duration 30 \
     --speed_perturb_factors "${speed_perturb_factors}" \
     --use_lm false \
+    --skip_packing false \
     --asr_config "${asr_config}" \
     --inference_config "${inference_config}" \
     --lm_config "${lm_config}" \

@@ -36,9 +36,9 @@ def class_path(kind: str, name: str | None) -> str:
     name alone for ESPnet's own classes."""
     if not name:
         return "none"
-    from espnet_mamba import registry
+    from espnet_mamba.integration import names
 
-    target = (registry.ENCODERS if kind == "encoder" else registry.DECODERS).get(name)
+    target = (names.ENCODERS if kind == "encoder" else names.DECODERS).get(name)
     return f"`{name}` = `{target}` ({PLUGIN})" if target else f"`{name}` (ESPnet)"
 
 
@@ -141,9 +141,9 @@ def card(exp: Path, model_file: str, asr_config: str | None, inference_config: s
 
 
 def _names(kind: str) -> set[str]:
-    from espnet_mamba import registry
+    from espnet_mamba.integration import names
 
-    return set(registry.ENCODERS if kind == "encoder" else registry.DECODERS)
+    return set(names.ENCODERS if kind == "encoder" else names.DECODERS)
 
 
 def main(argv=None) -> None:

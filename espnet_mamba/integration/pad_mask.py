@@ -63,5 +63,6 @@ def patch(module) -> bool:
 
     make_pad_mask._espnet_mamba_linear = True
     make_pad_mask._espnet_original = original
+    # ESPnet's global, replaced: its O(frames^2) masks kill a 20-minute decode in the front-end
     module.make_pad_mask = make_pad_mask
     return True

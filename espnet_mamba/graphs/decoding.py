@@ -31,43 +31,15 @@ from __future__ import annotations
 import collections
 import logging
 import math
-import os
 import threading
 import warnings
 import weakref
 
 import torch
 
+from espnet_mamba.graphs.capture import (ENV, enabled_by_env, parameter_signature,
+                                          recover_from_failed_capture)
 from espnet_mamba.modules.state import map_state
-
-ENV = "ESPNET_MAMBA_CUDA_GRAPHS"
-
-
-def enabled_by_env() -> bool:
-    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
-
-
-def recover_from_failed_capture(device: torch.device, stream) -> None:
-    """Undo what a failed capture leaves behind.  When ``CUDAGraph.capture_end`` raises (the
-    capture was invalidated), ``torch.cuda.graph.__exit__`` stops there: the thread stays on the
-    capture's side stream, and CUDA's random-number generator stays in capture mode, so every
-    later random op of the process raises "Offset increment outside graph capture" (seen on
-    an H100).  This puts ``stream`` back and runs one trivial capture, whose
-    prologue and epilogue reset the generator; a random draw checks it.  Raises if the process
-    cannot be put right.  Off CUDA (``stream`` None) there is nothing to undo."""
-    if stream is None or device.type != "cuda":
-        return
-    torch.cuda.set_stream(stream)
-    with torch.cuda.device(device):
-        torch.cuda.synchronize()
-        scratch = torch.zeros(1, device=device)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            scratch.add_(1)
-        del graph
-        torch.rand(1, device=device)
-        torch.cuda.synchronize()
-
 
 def _leaves(state):
     if isinstance(state, torch.Tensor):
@@ -86,14 +58,6 @@ def _max_rel(a, b) -> float:
     if b.numel() == 0:
         return 0.0
     return ((a - b).abs().max() / b.abs().max().clamp(min=1e-30)).item()
-
-
-def parameter_signature(params) -> tuple:
-    """Where and how the parameters (of a module, or a list) live: a graph reads them from
-    these addresses."""
-    if isinstance(params, torch.nn.Module):
-        params = params.parameters()
-    return tuple([(p.data_ptr(), p.dtype, p.device) for p in params])
 
 
 class StepGraphs:

@@ -49,7 +49,7 @@ of any other thread, e.g. a DataLoader's pin-memory thread, invalidate the captu
 capture leaves the thread on the capture's stream and CUDA's random-number generator in capture
 mode (torch raises before restoring either), and every later random op of the process fails with
 "Offset increment outside graph capture" (seen on an H100).  So after a failure
-``cuda_graph.recover_from_failed_capture`` puts both right (checked on an H100 with a forced
+``capture.recover_from_failed_capture`` puts both right (checked on an H100 with a forced
 failure: tests/gpu/test_graphed_encoder_cuda.py), the failure is logged once and the graphs are off for this stack from then on (it runs eagerly, unchanged);
 if the process cannot be put right, a RuntimeError says so and how to turn the option off.  Out
 of memory during a capture is raised, as it would be eagerly, without turning the graphs off.
@@ -73,8 +73,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from espnet_mamba.modules.cuda_graph import (ENV, enabled_by_env, parameter_signature,
-                                              recover_from_failed_capture)
+from espnet_mamba.graphs.capture import (ENV, enabled_by_env, parameter_signature,
+                                          recover_from_failed_capture)
 from espnet_mamba.modules.packing import RowPacking
 
 OPTIONS = {"frame_step": 64, "batch_step": 1, "max_shapes": 8, "warmup": 3}
@@ -269,7 +269,7 @@ class TrainingGraphs:
                             self.disabled, exc_info=err)
             self.warned.add(self.disabled)  # said here, not again per step
 
-    # CPU tests replace this (modules/cuda_graph.py: what a failed capture leaves behind)
+    # CPU tests replace this (graphs/decoding.py: what a failed capture leaves behind)
     recover = staticmethod(recover_from_failed_capture)
 
     @staticmethod

@@ -1,5 +1,6 @@
 """ESPnet's own encoders/decoders and their options, for the error a config written for one of
-them gets under one of ours (``others`` of ``modules/factory.py: named_options``).
+them gets under one of ours: registration sets it as our classes' ``config_counterparts``,
+which ``modules/factory.py: named_options`` calls when it raises.
 
 Read from ESPnet when that error is raised, never copied: the classes are those of the task's
 ``ClassChoices`` our class is registered in (``encoder_choices`` of ``espnet2.tasks.asr`` ...),

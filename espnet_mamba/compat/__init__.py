@@ -1,1 +1,0 @@
-"""Fixes applied to ESPnet at import time (see registry.py: POST_IMPORT)."""
