@@ -17,7 +17,7 @@ import pytest
 
 from espnet_mamba.integration.install_check import release, torch_companion_problem
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_release_ignores_local_build_tags():

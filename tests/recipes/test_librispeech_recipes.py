@@ -34,7 +34,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 INSTALL_HINT = "run 'bash tools/install_recipe_deps.sh' from the repository root"
 TIMEOUT = 900
 RECIPES = {

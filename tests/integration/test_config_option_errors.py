@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RECIPE = "egs2/librispeech_100/asr1/conf"
 CONFORMER = f"{RECIPE}/tuning/train_asr_conformer_lr2e-3_warmup15k_amp_nondeterministic.yaml"
 E_BRANCHFORMER = f"{RECIPE}/train_asr.yaml"  # the recipe's default

@@ -14,7 +14,7 @@ from helpers import rel_err
 
 F64 = torch.float64
 MIXERS = [("mamba", {}), ("mamba2", {"headdim": 8, "d_state": 16})]
-RECORDED = Path(__file__).parent / "data" / "mamba_ssm_params.json"
+RECORDED = Path(__file__).resolve().parents[1] / "data" / "mamba_ssm_params.json"
 
 
 @pytest.mark.parametrize("mixer,kw", MIXERS)

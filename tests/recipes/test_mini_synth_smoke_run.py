@@ -30,7 +30,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "egs2" / "mini_synth" / "asr1"
 TIMEOUT = 900
 INSTALL_HINT = "run 'bash tools/install_recipe_deps.sh' from the repository root"

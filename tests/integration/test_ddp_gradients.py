@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools" / "gpu"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools" / "gpu"))
 from ddp_check import grad_check  # noqa: E402
 
 MODELS = ["samba_asr", "speech_mamba", "samba_asr_mamba2"]

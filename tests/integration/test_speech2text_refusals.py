@@ -26,7 +26,7 @@ from espnet_mamba.integration import checkpoint_guard, names, registration
 from espnet_mamba.encoders.input_layer import CONV_LAYERS
 from model_checks import DECODERS, ENCODERS, MIXER_CONF, VOCAB
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks" / "long_recording_cpu.py"
 sys.path.insert(0, str(BENCH.parent))
 import long_recording_cpu as bench  # noqa: E402
