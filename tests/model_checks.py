@@ -140,3 +140,32 @@ def variant_error(name, mixer, variant: dict, device="cpu", dtype=torch.float64,
         outs.append((y * mask, {n: p.grad for n, p in enc.named_parameters()}, ol))
     (y_a, grads_a, _), (y_b, grads_b, _) = outs
     return max(rel_err(y_a, y_b), grad_error(grads_a, grads_b, floor=1e-3)[0])
+
+
+def tiny_encoder(name, mixer="mamba", idim=20, **kw):
+    """One block of width 16, d_state 4 (speech_mamba: 2 attention heads)."""
+    extra = {"attention_heads": 2} if name == "speech_mamba" else {}
+    return ENCODERS[name](idim, output_size=16, num_blocks=1, mixer=mixer, d_state=4,
+                          mixer_conf=MIXER_CONF[mixer], **extra, **kw)
+
+
+def ssm_parameters(model):
+    """The parameters that must stay fp32 (mamba-ssm keeps them fp32 too): A_log, D and the dt
+    bias (Mamba ``dt_proj.bias``, Mamba2 ``dt_bias``)."""
+    return {n: p for n, p in model.named_parameters()
+            if n.rsplit(".", 1)[-1] in ("A_log", "D", "dt_bias") or n.endswith("dt_proj.bias")}
+
+
+def check_fp32_ssm(model, expected_per_mixer):
+    """After a backward pass under autocast: each mixer's ``expected_per_mixer`` SSM parameters
+    and their gradients are fp32 and finite, A_log got a gradient, every gradient is finite."""
+    params = ssm_parameters(model)
+    mixers = sum(1 for n in params if n.endswith("A_log"))
+    assert mixers > 0 and len(params) == expected_per_mixer * mixers, sorted(params)
+    for n, p in params.items():
+        assert p.dtype == torch.float32, (n, p.dtype)
+        assert p.grad is not None and p.grad.dtype == torch.float32, (n, p.grad)
+        assert torch.isfinite(p.grad).all(), n
+    assert any(p.grad.abs().sum() > 0 for n, p in params.items() if n.endswith("A_log"))
+    for n, p in model.named_parameters():
+        assert p.grad is None or torch.isfinite(p.grad).all(), n

@@ -1,4 +1,5 @@
-"""Swapping one line of an ESPnet config: ``encoder: conformer`` -> ``encoder: samba_asr`` in
+"""Errors for options the plugin's encoders and decoders do not take, as users of asr_train meet
+them.  Swapping one line of an ESPnet config: ``encoder: conformer`` -> ``encoder: samba_asr`` in
 ESPnet's own librispeech_100 configs (their real text, from ESPnet's source distribution:
 tools/fetch_espnet_recipes.sh).
 
@@ -8,7 +9,9 @@ tools/fetch_espnet_recipes.sh).
 * deleting what it says builds the model (ASRTask.build_model, 5,000 tokens), with the decoder
   line kept (transformer) or swapped too;
 * through ``asr_train`` the error comes at model build, before any data is read, and
-  ``--print_config`` passes.
+  ``--print_config`` passes;
+* a misspelt key in ``--encoder_conf`` / ``--decoder_conf`` on the command line gets the same
+  message, with the list of every valid option.
 """
 
 from __future__ import annotations
@@ -271,6 +274,32 @@ def test_without_espnet_classes_every_unknown_key_is_a_typo():
     assert err.delete == {} and err.keep == ["output_size"]
     assert err.unknown == {"num_block": "num_blocks", "macaron_style": None}
     assert "    macaron_style: true    <- no option of this name is close" in str(err)
+
+
+def build_from_command_line(asr_task, token_list: Path, *cli):
+    """What asr_train does with options given on its command line."""
+    args = asr_task.get_parser().parse_args(["--token_list", str(token_list), *cli])
+    return asr_task.build_model(args)
+
+
+@pytest.mark.parametrize("part,option", [("encoder", "num_block"), ("decoder", "num_blcks")])
+def test_misspelt_option_through_build_model_is_named(part, option, asr_task, token_list):
+    """What a user of asr_train sees for a misspelt key in encoder_conf/decoder_conf given on
+    the command line: a TypeError naming the conf, the class and the option, with the closest
+    valid one (modules/factory.py: named_options)."""
+    cls = {"encoder": "SambaASREncoder", "decoder": "SambaASRDecoder"}[part]
+    with pytest.raises(TypeError, match=(
+            rf"(?s)^{part}_conf of {cls}: 1 option that .*\n  1 unknown option, .*"
+            rf"\n    {option}: 1    <- did you mean 'num_blocks'\?\n")):
+        build_from_command_line(asr_task, token_list, "--encoder", "samba_asr",
+                                "--decoder", "samba_asr", f"--{part}_conf", f"{option}=1")
+
+
+def test_misspelt_option_lists_the_valid_ones(asr_task, token_list):
+    with pytest.raises(TypeError, match=r"every option of SambaASREncoder \(encoder_conf\): "
+                                        r"output_size, num_blocks, .*recompute_input_layer$"):
+        build_from_command_line(asr_task, token_list, "--encoder", "samba_asr",
+                                "--encoder_conf", "num_block=1")
 
 
 @pytest.mark.slow

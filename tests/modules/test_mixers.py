@@ -1,4 +1,5 @@
-"""Mamba / Mamba2 mixers: padding, left padding, step vs forward, mamba-ssm parameter layout."""
+"""Mamba / Mamba2 mixers: padding, left padding, step vs forward, mamba-ssm parameter layout,
+the merged bidirectional scan, unknown mixers and mixer options (modules/factory.py)."""
 
 import json
 from pathlib import Path
@@ -11,6 +12,7 @@ from espnet_mamba.modules.mamba import Mamba
 from espnet_mamba.modules.mamba2 import Mamba2
 from espnet_mamba.modules.padding import reverse_padded
 from helpers import rel_err
+from model_checks import ENCODERS
 
 F64 = torch.float64
 MIXERS = [("mamba", {}), ("mamba2", {"headdim": 8, "d_state": 16})]
@@ -122,3 +124,10 @@ def test_bidirectional_merge_only_for_mamba_v1():
     x = torch.randn(1, 8, 32)
     assert build_mixer(32, "mamba", True, None, d_state=4)._merge(x)  # PyTorch path: "auto"
     assert not build_mixer(32, "mamba2", True, None, d_state=16, headdim=16)._merge(x)
+
+
+def test_unknown_mixer_option_is_named():
+    with pytest.raises(ValueError, match="headdimm.*valid: .*headdim"):
+        ENCODERS["samba_asr"](20, mixer="mamba2", mixer_conf={"headdimm": 16})
+    with pytest.raises(ValueError, match="unknown mixer 'mamba3'"):
+        ENCODERS["samba_asr"](20, mixer="mamba3")
