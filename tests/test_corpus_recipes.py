@@ -1,13 +1,21 @@
-"""The paper-scale recipes egs2/{librispeech,gigaspeech,spgispeech}/asr1, checked on a CPU.
+"""The paper-scale recipes egs2/{librispeech,gigaspeech,spgispeech}/asr1 and the configs of
+egs2/librispeech_100/asr1, checked on a CPU.
 
 * every training config under conf/tuning/ goes through ESPnet's own parser (unknown keys are an
   error there, as in asr_train) and ``ASRTask.build_model`` with a token list of the recipe's size
   (asr.sh's BPE token list has exactly ``--nbpe`` entries: sentencepiece's <unk>, <s>, </s> are
   replaced by <blank>, <unk>, <sos/eos>); its parameter count must lie within the band its
-  ``# target_params:`` comment states; one forward/backward on ~2 s of audio (batch 2);
+  ``# target_params:`` comment states, and a count the comment gives for the config itself
+  ("this config with the recipe's 5000 BPE tokens: 38.16M") must be the measured one; one
+  forward/backward on ~2 s of audio (batch 2);
+* librispeech_100 (configs from ESPnet's source distribution, tools/fetch_espnet_recipes.sh):
+  ESPnet's E-Branchformer and Conformer have the counts our README and configs state, our
+  models target the E-Branchformer's, and every training option other than the model is the
+  E-Branchformer's (ESPnet's recipe for this corpus);
 * every decode config parses and has only keys that ``asr_inference`` accepts; Speech-Mamba
   decodes with CTC weight 0.4 as published; the LM configs parse with LMTask's parser;
-* conf/train_asr.yaml / decode_asr.yaml / train_lm.yaml are links into conf/tuning/;
+* conf/train_asr.yaml / decode_asr.yaml / train_lm.yaml (not for librispeech_100: no LM) are
+  links into conf/tuning/;
 * run.sh against a stand-in ESPnet checkout whose asr.sh records its arguments: the configs,
   the upstream options and the user's options (unchanged, last) reach asr.sh; TEMPLATE scripts
   and the corpus's local/ (gigaspeech, spgispeech; librispeech has its own) are linked, not
@@ -22,6 +30,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,6 +61,21 @@ UPSTREAM = {
 }
 LINKED = ("asr.sh", "utils", "steps", "pyscripts", "scripts", "db.sh", "cmd.sh")
 OWN_LOCAL = ("librispeech",)  # recipes with their own local/ (not ESPnet's)
+# corpora whose configs are checked here (librispeech_100's run.sh is checked with ESPnet's real
+# asr.sh in tests/test_librispeech_recipes.py); NO_LM: the recipe trains no LM (as ESPnet's)
+CONFIG_CORPORA = (*CORPORA, "librispeech_100")
+NO_LM = ("librispeech_100",)
+# ESPnet's own models that a recipe's configs are sized and trained like: config under ESPnet's
+# egs2/ -> parameter count with the recipe's 5000 BPE tokens (espnet 202611, measured)
+ESPNET_MODELS = {
+    "librispeech_100": {
+        # E-Branchformer, the default: the size target and the training options of our configs
+        "librispeech_100/asr1/conf/train_asr.yaml": 38.47e6,
+        "librispeech_100/asr1/conf/tuning/"
+        "train_asr_conformer_lr2e-3_warmup15k_amp_nondeterministic.yaml": 34.23e6,
+    },
+}
+MODEL_KEYS = ("encoder", "encoder_conf", "decoder", "decoder_conf")
 
 
 def recipe(corpus: str) -> Path:
@@ -65,7 +89,7 @@ def nbpe(corpus: str) -> int:
 
 
 def configs(pattern):
-    return [pytest.param(c, p, id=f"{c}-{p.stem}") for c in CORPORA
+    return [pytest.param(c, p, id=f"{c}-{p.stem}") for c in CONFIG_CORPORA
             for p in sorted((recipe(c) / "conf" / "tuning").glob(pattern))]
 
 
@@ -75,11 +99,18 @@ def target_params(path: Path):
     return float(m.group(1)) * 1e6, float(m.group(2)) / 100
 
 
+def stated_own_params(path: Path):
+    """The count a config's comment gives for itself ("this config with the recipe's 5000 BPE
+    tokens: 38.16M"), or None where it gives none."""
+    m = re.search(r"this config with the recipe's (\d+) BPE tokens: ([\d.]+)M", path.read_text())
+    return (int(m.group(1)), float(m.group(2)) * 1e6) if m else None
+
+
 # --------------------------------------------------------------------------------------------
 # configs
 
 def test_every_recipe_ships_configs():
-    for c in CORPORA:
+    for c in CONFIG_CORPORA:
         tuning = recipe(c) / "conf" / "tuning"
         names = {p.name for p in tuning.glob("*.yaml")}
         assert any(n.startswith("train_asr_speech_mamba") for n in names), (c, names)
@@ -87,10 +118,11 @@ def test_every_recipe_ships_configs():
         assert {"decode_speech_mamba.yaml", "decode_samba_asr.yaml"} <= names, (c, names)
 
 
-@pytest.mark.parametrize("corpus", CORPORA)
+@pytest.mark.parametrize("corpus", CONFIG_CORPORA)
 def test_default_configs_are_links_into_tuning(corpus):
     conf = recipe(corpus) / "conf"
-    for name in ("train_asr.yaml", "decode_asr.yaml", "train_lm.yaml"):
+    lm = () if corpus in NO_LM else ("train_lm.yaml",)
+    for name in ("train_asr.yaml", "decode_asr.yaml", *lm):
         link = conf / name
         assert link.is_symlink(), f"{link} must be a link to a file in conf/tuning"
         target = os.readlink(link)
@@ -145,6 +177,11 @@ def test_train_config_builds_at_stated_size_and_trains(corpus, config, asr_task,
           f"{sum(p.numel() for p in model.decoder.parameters()) / 1e6:.2f}M)")
     assert abs(n - want) <= tol * want, (
         f"{config}: {n / 1e6:.2f}M parameters, stated {want / 1e6:.2f}M +-{tol:.0%}")
+    own = stated_own_params(config)
+    if own is not None:  # the count the comment (and the recipe README) gives, to its 2 decimals
+        assert own[0] == vocab, f"{config}: states its count for {own[0]} tokens, run.sh: {vocab}"
+        assert abs(n - own[1]) <= 0.005e6, (
+            f"{config}: {n / 1e6:.3f}M parameters, its comment says {own[1] / 1e6:.2f}M")
 
     # the config says which model it is
     conf = yaml.safe_load(config.read_text())
@@ -189,6 +226,52 @@ def test_decode_config(corpus, config, inference_keys):
         assert conf["ctc_weight"] == 0.4, "Speech-Mamba decodes with CTC weight 0.4 (published)"
     if "use_lm false" in (recipe(corpus) / "run.sh").read_text().replace('"', ""):
         assert conf["lm_weight"] == 0.0, f"{corpus} decodes without an LM"
+
+
+# --------------------------------------------------------------------------------------------
+# ESPnet's own models of a corpus (its source distribution's egs2/)
+
+@pytest.fixture(scope="module")
+def espnet_egs2() -> Path:
+    proc = subprocess.run(["bash", str(REPO / "tools" / "fetch_espnet_recipes.sh")],
+                          env=dict(os.environ, PYTHON=sys.executable), capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, f"tools/fetch_espnet_recipes.sh failed:\n{proc.stderr}"
+    egs2 = Path(proc.stdout.strip().splitlines()[-1]) / "egs2"
+    assert egs2.is_dir(), f"no egs2/ in ESPnet's source distribution: {egs2}"
+    return egs2
+
+
+@pytest.mark.parametrize("corpus,config,count", [
+    pytest.param(c, f, n, id=f"{c}-{Path(f).stem}")
+    for c, models in ESPNET_MODELS.items() for f, n in models.items()])
+def test_espnet_model_has_the_stated_size(corpus, config, count, espnet_egs2, asr_task,
+                                           tmp_path):
+    model = build(asr_task, espnet_egs2 / config, nbpe(corpus), tmp_path)
+    n = sum(p.numel() for p in model.parameters())
+    assert abs(n - count) <= 0.005e6, (
+        f"ESPnet's egs2/{config}: {n / 1e6:.3f}M parameters, stated {count / 1e6:.2f}M")
+
+
+@pytest.mark.parametrize("corpus", list(ESPNET_MODELS))
+def test_configs_sized_and_trained_like_espnets_default(corpus, espnet_egs2):
+    default, count = next(iter(ESPNET_MODELS[corpus].items()))
+    theirs = yaml.safe_load((espnet_egs2 / default).read_text())
+    training = {k: v for k, v in theirs.items() if k not in MODEL_KEYS}
+    tuning = recipe(corpus) / "conf" / "tuning"
+    ours = [p for m in ("samba_asr", "speech_mamba")
+            for p in sorted(tuning.glob(f"train_asr_{m}_e*.yaml"))]
+    assert len(ours) == 2, f"{tuning}: want one Samba-ASR and one Speech-Mamba config, {ours}"
+    for config in ours:
+        want, _ = target_params(config)
+        assert abs(want - count) <= 0.005e6, (
+            f"{config.name} targets {want / 1e6:.2f}M; ESPnet's egs2/{default} has "
+            f"{count / 1e6:.2f}M")
+        conf = yaml.safe_load(config.read_text())
+        mine = {k: v for k, v in conf.items() if k not in MODEL_KEYS}
+        differ = {k: (mine.get(k, "-"), training.get(k, "-"))
+                  for k in sorted({*mine, *training}) if mine.get(k) != training.get(k)}
+        assert not differ, f"{config.name} vs ESPnet's egs2/{default} (ours, theirs): {differ}"
 
 
 @pytest.mark.parametrize("corpus", CORPORA)
