@@ -3,7 +3,7 @@ search: (a) the time of one ``batch_score`` step vs the prefix length, (b) the r
 of a whole joint CTC/attention decode of a 60 s utterance.
 
 Made for one run on a GPU (NVIDIA H100, mamba-ssm / causal-conv1d kernels installed); ``--tiny``
-runs the same code at toy sizes on a CPU in seconds (tests/test_decode_benchmark.py).
+runs the same code at toy sizes on a CPU in seconds (tests/benchmarks/test_decode_benchmark.py).
 
     # GPU (on an offline machine: bash tools/gpu/offline_run.sh python3 benchmarks/...)
     python3 benchmarks/decode_gpu.py --device cuda --out decode_gpu.json --plot decode_gpu.png
