@@ -20,8 +20,8 @@ egs2/librispeech_100/asr1, checked on a CPU.
   the upstream options and the user's options (unchanged, last) reach asr.sh; TEMPLATE scripts
   and the corpus's local/ (gigaspeech, spgispeech; librispeech has its own) are linked, not
   copied; path.sh finds the checkout; a missing checkout is a clear error naming --espnet_root
-  and ESPNET_ROOT.  (tests/test_librispeech_recipes.py runs the LibriSpeech recipes with the
-  real asr.sh.)
+  and ESPNET_ROOT.  (tests/recipes/test_librispeech_recipes.py runs the LibriSpeech recipes
+  with the real asr.sh.)
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EGS2 = REPO / "egs2"
 CORPORA = ("librispeech", "gigaspeech", "spgispeech")
 # what each run.sh must hand to asr.sh (from ESPnet's own recipe of the corpus)
@@ -61,8 +61,8 @@ UPSTREAM = {
 }
 LINKED = ("asr.sh", "utils", "steps", "pyscripts", "scripts", "db.sh", "cmd.sh")
 OWN_LOCAL = ("librispeech",)  # recipes with their own local/ (not ESPnet's)
-# corpora whose configs are checked here (librispeech_100's run.sh is checked with ESPnet's real
-# asr.sh in tests/test_librispeech_recipes.py); NO_LM: the recipe trains no LM (as ESPnet's)
+# corpora whose configs are checked here (librispeech_100's run.sh runs with ESPnet's real asr.sh
+# in tests/recipes/test_librispeech_recipes.py); NO_LM: the recipe trains no LM (as ESPnet's)
 CONFIG_CORPORA = (*CORPORA, "librispeech_100")
 NO_LM = ("librispeech_100",)
 # ESPnet's own models that a recipe's configs are sized and trained like: config under ESPnet's
