@@ -10,7 +10,7 @@ for ESPnet's Conformer with SDPA (docs/performance.md).
 
 How ESPnet's varying batches get fixed shapes: the subsampled frames are padded up to a multiple
 of ``frame_step`` (padding never changes a valid frame's result: the encoders' padding
-invariance, tests/test_models.py, fp32; under bf16 autocast the padded shapes round differently, 0.3-0.7 % of the output
+invariance, tests/encoders/test_encoder_padding.py, fp32; under bf16 autocast the padded shapes round differently, 0.3-0.7 % of the output
 on the CPU, as any other batch shape would) and the output is cut back, so one graph serves
 every batch of that size whose length falls in the bucket.  ``batch_step`` > 1 also pads the
 batch up to a multiple of it with one-frame rows: ``batch_type: numel``/``length`` vary the
