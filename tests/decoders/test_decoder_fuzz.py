@@ -4,19 +4,11 @@ left without frames inside a batch), float32/float64.  Every case either runs wi
 outputs or raises an error that says why."""
 
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
+from fuzz_cases import DTYPES, FUZZ, fuzz_mixer_conf
 from model_checks import DECODERS, MIXER_CONF
-
-FUZZ = settings(max_examples=30, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-DTYPES = st.sampled_from([torch.float32, torch.float64])
-
-
-def _mixer_conf(draw, mixer):
-    return {"headdim": draw(st.sampled_from([4, 8, 12, 16]))} if mixer == "mamba2" else {}
-
 
 @st.composite
 def decoder_cases(draw):
@@ -25,7 +17,7 @@ def decoder_cases(draw):
     d = draw(st.sampled_from([8, 12, 16, 24]))
     conf = dict(num_blocks=draw(st.integers(1, 2)), mixer=mixer, d_state=draw(st.integers(1, 8)),
                 d_conv=draw(st.integers(2, 4)), expand=draw(st.sampled_from([1, 1.5, 2])),
-                dropout_rate=0.0, mixer_conf=_mixer_conf(draw, mixer))
+                dropout_rate=0.0, mixer_conf=fuzz_mixer_conf(draw, mixer))
     if name == "speech_mamba":
         conf["attention_heads"] = draw(st.sampled_from([1, 2, 3, 4]))
     else:

@@ -3,21 +3,13 @@ layers, directions, lengths 0-48 (empty utterances included), float32/float64.  
 either runs with finite outputs or raises an error that says why."""
 
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from espnet2.legacy.nets.pytorch_backend.transformer.subsampling import TooShortUttError
 from espnet_mamba.encoders.input_layer import CONV_LAYERS
+from fuzz_cases import DTYPES, FUZZ, fuzz_mixer_conf
 from model_checks import ENCODERS, MIXER_CONF
-
-FUZZ = settings(max_examples=30, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-DTYPES = st.sampled_from([torch.float32, torch.float64])
-
-
-def _mixer_conf(draw, mixer):
-    return {"headdim": draw(st.sampled_from([4, 8, 12, 16]))} if mixer == "mamba2" else {}
-
 
 @st.composite
 def encoder_cases(draw):
@@ -28,7 +20,7 @@ def encoder_cases(draw):
     conf = dict(output_size=d, num_blocks=draw(st.integers(1, 2)), mixer=mixer,
                 bidirectional=draw(st.booleans()), d_state=draw(st.integers(1, 8)),
                 d_conv=draw(st.integers(2, 4)), expand=draw(st.sampled_from([1, 1.5, 2])),
-                input_layer=input_layer, dropout_rate=0.0, mixer_conf=_mixer_conf(draw, mixer))
+                input_layer=input_layer, dropout_rate=0.0, mixer_conf=fuzz_mixer_conf(draw, mixer))
     if name == "speech_mamba":
         conf["attention_heads"] = draw(st.sampled_from([1, 2, 3, 4]))
     idim = d if input_layer is None and draw(st.booleans()) else draw(st.integers(1, 24))

@@ -235,8 +235,8 @@ def test_unexpected_key_is_refused_by_name(unpacked, tmp_path, key):
 
 
 # ESPnet's build_model_from_file loads with strict=False; for a model that contains espnet_mamba
-# modules the plugin refuses a mismatch anywhere in the model (espnet_mamba.integration.checkpoint_guard wraps that
-# classmethod, espnet_mamba.modules.strict_load puts the check on the model's root), not only in
+# modules the plugin refuses a mismatch anywhere in the model (espnet_mamba.integration.
+# checkpoint_guard wraps that classmethod and puts the check on the model's root), not only in
 # its own encoder/decoder.
 @pytest.mark.parametrize("key", ["ctc.ctc_lo.weight", "normalize.mean"])
 def test_missing_key_outside_the_plugin_modules_is_refused(unpacked, tmp_path, key):
