@@ -10,6 +10,7 @@ from typing import List, Optional
 
 from typeguard import typechecked
 
+from espnet_mamba.encoders.options import ENCODER_RULES
 from espnet_mamba.encoders.stack import StackEncoder
 from espnet_mamba.modules.block import Residual
 from espnet_mamba.modules.factory import build_mixer, named_options, resolve_mixer_conf
@@ -20,7 +21,7 @@ class _MambaLayer(Residual):
         return super().forward(x, lengths, packing=packing)
 
 
-@named_options("encoder_conf")
+@named_options("encoder_conf", ENCODER_RULES)
 class SambaASREncoder(StackEncoder):
     @typechecked
     def __init__(

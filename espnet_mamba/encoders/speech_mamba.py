@@ -10,6 +10,7 @@ from typing import List, Optional
 from torch import nn
 from typeguard import typechecked
 
+from espnet_mamba.encoders.options import ENCODER_RULES
 from espnet_mamba.encoders.stack import StackEncoder
 from espnet_mamba.modules.attention import MultiHeadAttention
 from espnet_mamba.modules.block import Residual
@@ -32,7 +33,7 @@ class SpeechMambaEncoderLayer(nn.Module):
         return self.mamba_out(x, lengths, packing=packing)
 
 
-@named_options("encoder_conf")
+@named_options("encoder_conf", ENCODER_RULES)
 class SpeechMambaEncoder(StackEncoder):
     @typechecked
     def __init__(

@@ -22,16 +22,41 @@ from torch import nn
 from espnet_mamba.modules.bidirectional import Bidirectional
 from espnet_mamba.modules.mamba import Mamba
 from espnet_mamba.modules.mamba2 import Mamba2
+from espnet_mamba.modules import option_rules as rules
+from espnet_mamba.modules.option_rules import did_you_mean
 
 MIXERS = {"mamba": Mamba, "mamba2": Mamba2}
 
+# The value rules of every option a mixer takes in ``mixer_conf`` (d_state, d_conv and expand are
+# options of the encoder/decoder itself; tests/modules/test_option_rules.py checks that these
+# tables name exactly the constructors' other options).
+_DT = {"dt_min": rules.positive_number(), "dt_max": rules.at_least_option("dt_min"),
+       "dt_init_floor": rules.positive_number(), "bias": rules.boolean(),
+       "conv_bias": rules.boolean()}
+MIXER_RULES = {
+    "mamba": {**_DT, "dt_rank": lambda v, conf: None if v == "auto" or (
+                  rules.integer(1)(v, conf) is None) else "must be 'auto' or an integer >= 1",
+              "dt_init": rules.choice(("random", "constant")),
+              "dt_scale": rules.positive_number()},
+    "mamba2": {**_DT, "headdim": rules.integer(1), "ngroups": rules.integer(1),
+               "A_init_range": rules.increasing_pair(), "chunk_size": rules.integer(1)},
+}
+
+# Rules of the options that mean the same in every encoder and decoder here; a class adds its
+# own (``named_options(conf, extra_rules)``).  The rest are checked by their type annotation.
+COMMON_RULES = {
+    "input_size": rules.integer(1), "output_size": rules.integer(1),
+    "vocab_size": rules.integer(1), "encoder_output_size": rules.integer(1),
+    "num_blocks": rules.integer(1), "attention_heads": rules.integer(1),
+    "dropout_rate": rules.probability(), "attention_dropout_rate": rules.probability(),
+    "mixer": rules.choice(tuple(MIXERS)),
+    "d_state": rules.integer(1), "d_conv": rules.integer(1), "expand": rules.positive_number(),
+    "mixer_conf": rules.nested(lambda conf: MIXER_RULES.get(conf.get("mixer", "mamba"), {})),
+    "backend": rules.backend_rule,
+}
+
 # (label, option names) of classes a config may have been written for, best guess first
 Others = Sequence[tuple[str, Collection[str]]]
-
-
-def did_you_mean(key: str, valid: Collection[str]) -> str:
-    close = difflib.get_close_matches(key, list(valid), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def check_options(owner: str, options: dict, valid) -> None:
@@ -108,7 +133,7 @@ def unknown_options_error(owner: str, conf: str, given: dict, valid: Sequence[st
     return UnknownOptionsError("\n".join(out), delete, keep, typos)
 
 
-def named_options(conf: str):
+def named_options(conf: str, extra_rules: dict | None = None):
     """Class decorator for our encoders/decoders: an unknown keyword of the constructor (a key
     in ESPnet's ``encoder_conf`` / ``decoder_conf``, named by ``conf``) raises an
     :class:`UnknownOptionsError` that says which lines to delete, which to keep and which are
@@ -116,7 +141,12 @@ def named_options(conf: str):
     (set at registration into ESPnet's tasks; absent, every unknown key counts as a typo) gives
     the classes a config may have been written for (ESPnet's own); it is called only then, and
     if it fails the error is still raised, without that part.  The signature seen by ESPnet's
-    --print_config (inspect.signature follows __wrapped__) is unchanged."""
+    --print_config (inspect.signature follows __wrapped__) is unchanged.
+
+    Then every value, given or default, is checked by :data:`COMMON_RULES` and ``extra_rules``
+    (else by its annotation) before the constructor runs: a bad one raises
+    :class:`~espnet_mamba.modules.option_rules.BadOptionError` naming ``<conf>.<key>``, before
+    typeguard's check, which would name the argument only."""
 
     def decorate(cls):
         init = cls.__init__
@@ -124,6 +154,9 @@ def named_options(conf: str):
         valid = list(params)
         # what a config can hold: ESPnet itself passes the required ones (input_size...)
         settable = [k for k, p in params.items() if p.default is not inspect.Parameter.empty]
+        signature = inspect.signature(init)
+        table = {**COMMON_RULES, **(extra_rules or {})}
+        hints = rules.type_hints(init)
 
         @functools.wraps(init)
         def __init__(self, *args, **kwargs):
@@ -135,6 +168,10 @@ def named_options(conf: str):
                     known = []
                 raise unknown_options_error(cls.__name__, conf, kwargs, valid, settable,
                                             known)
+            bound = signature.bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            given = {k: v for k, v in bound.arguments.items() if k != "self"}
+            rules.validate(conf, given, table, hints)
             init(self, *args, **kwargs)
 
         cls.__init__ = __init__

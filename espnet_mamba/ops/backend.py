@@ -3,7 +3,10 @@
 ``auto``  use the kernels of mamba-ssm / causal-conv1d when they import and the tensors are on
           CUDA, else PyTorch (the only choice on a CPU-only machine);
 ``torch`` always the PyTorch path (any device; the reference the kernels are tested against);
-``cuda``  always the kernels; a clear error if they are not installed or the tensors are on CPU.
+``cuda``  the kernels for CUDA tensors, a clear error if they are not installed; on CPU tensors
+          the PyTorch path, with a one-time warning: a model trained with ``backend: cuda`` is
+          only weights, and decoding it on a CPU (asr_inference --device cpu) is the user's
+          choice at run time.
 
 The default comes from ``ESPNET_MAMBA_BACKEND`` (else ``auto``); modules take a ``backend`` argument
 that overrides it.  The kernels are imported lazily so that ``import espnet_mamba`` never needs
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import logging
 import os
 
 BACKENDS = ("auto", "torch", "cuda")
@@ -33,7 +37,11 @@ class KernelsUnavailableError(RuntimeError):
 def check_backend(backend: str | None) -> str:
     """Validate a backend name (None means the environment default)."""
     if backend is None:
-        backend = os.environ.get(ENV_VAR, "auto")
+        value = os.environ.get(ENV_VAR, "auto")
+        if value.lower() not in BACKENDS:
+            raise ValueError(f"{ENV_VAR}={value!r}: unknown Mamba backend; valid: "
+                             f"{', '.join(BACKENDS)} (or unset it: auto)")
+        return value.lower()
     name = str(backend).lower()
     if name not in BACKENDS:
         raise ValueError(f"unknown Mamba backend {backend!r}; valid: {', '.join(BACKENDS)}")
@@ -80,19 +88,24 @@ def use_kernels(backend: str | None, family: str, *tensors) -> bool:
     on_cuda = all(t.is_cuda for t in tensors if t is not None)
     if name == "auto":
         return on_cuda and kernel_module(family) is not None
+    if not on_cuda:
+        _warn_cpu_fallback(next(t.device for t in tensors if t is not None))
+        return False
     module, error = _load(family)
     if module is None:
         raise KernelsUnavailableError(
             f"backend='cuda' asked for the {family} kernel, but "
             f"`import {_KERNEL_MODULES[family]}` failed ({error}); {INSTALL_HINT}"
         )
-    if not on_cuda:
-        raise KernelsUnavailableError(
-            f"backend='cuda' asked for the {family} kernel, but the inputs are on "
-            f"{next(t.device for t in tensors if t is not None)}; move the model to a GPU "
-            "or use backend='auto'/'torch'"
-        )
     return True
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_cpu_fallback(device) -> None:
+    """Once per process and device kind (lru_cache): one line, not one per op call."""
+    logging.warning(
+        "backend='cuda' but the model runs on %s: using the PyTorch path (the CUDA kernels "
+        "need CUDA tensors); set backend: auto to silence this", device.type)
 
 
 def fp32_scan(fn):

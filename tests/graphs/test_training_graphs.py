@@ -313,10 +313,10 @@ def test_graphs_follow_the_parameters(stand_in):
 
 @pytest.mark.parametrize("conf, message", [
     ({"frame_steps": 8}, "unknown option"),
-    ({"frame_step": 0}, "frame_step must be an integer >= 1"),
-    ({"max_shapes": 2.5}, "max_shapes must be an integer"),
-    ({"warmup": True}, "warmup must be an integer"),
-    ({"batch_step": -2}, "batch_step must be an integer >= 1"),
+    ({"frame_step": 0}, "cuda_graph_conf.frame_step = 0: must be an integer >= 1"),
+    ({"max_shapes": 2.5}, "cuda_graph_conf.max_shapes = 2.5: must be an integer"),
+    ({"warmup": True}, "cuda_graph_conf.warmup = true: must be an integer"),
+    ({"batch_step": -2}, "cuda_graph_conf.batch_step = -2: must be an integer >= 1"),
 ])
 def test_bad_options_are_named(conf, message):
     with pytest.raises(ValueError, match=message):

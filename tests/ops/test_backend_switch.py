@@ -9,6 +9,7 @@ import torch
 
 from espnet_mamba.modules.mamba import Mamba
 from espnet_mamba.ops import KernelsUnavailableError, check_backend, kernels_available
+from espnet_mamba.ops.backend import use_kernels
 from espnet_mamba.ops.selective_scan import selective_scan
 
 
@@ -29,12 +30,23 @@ def test_env_default(monkeypatch):
 
 @pytest.mark.skipif(kernels_available("selective_scan"), reason="kernels are installed here")
 def test_cuda_without_kernels_is_a_clear_error():
-    x = torch.randn(1, 4, 8)
+    """CUDA inputs and no kernels: the error says how to install them."""
+    class OnCuda:  # use_kernels reads only where an input is
+        is_cuda, device = True, torch.device("cuda")
+
     with pytest.raises(KernelsUnavailableError, match="backend='cuda'.*mamba_ssm.*build_kernels"):
-        selective_scan(x, x, -torch.ones(4, 2), torch.randn(1, 2, 8), torch.randn(1, 2, 8),
-                       backend="cuda")
-    with pytest.raises(KernelsUnavailableError):
-        Mamba(16, backend="cuda")(torch.randn(1, 5, 16))
+        use_kernels("cuda", "selective_scan", OnCuda())
+
+
+def test_cuda_on_cpu_inputs_runs_the_pytorch_path():
+    """A model of backend 'cuda' decoded on a CPU (its weights are the same on every backend):
+    the PyTorch path, with one warning (ops/backend.py)."""
+    x = torch.randn(1, 4, 8)
+    args = (x, x, -torch.ones(4, 2), torch.randn(1, 2, 8), torch.randn(1, 2, 8))
+    assert torch.equal(selective_scan(*args, backend="cuda"), selective_scan(*args,
+                                                                             backend="torch"))
+    m = Mamba(16, backend="cuda")
+    assert m(torch.randn(1, 5, 16)).shape == (1, 5, 16)
 
 
 def test_auto_on_cpu_uses_torch():
