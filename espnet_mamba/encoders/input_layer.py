@@ -165,16 +165,17 @@ def _time_convs(embed: nn.Module):
     return [(m.kernel_size[0], m.stride[0]) for m in convs]
 
 
-def check_input(xs: torch.Tensor, ilens: torch.Tensor, input_size: int) -> list:
+def check_input(xs: torch.Tensor, ilens: torch.Tensor, input_size: int) -> tuple:
     """Refuse malformed encoder input with a message that names the problem (instead of a shape
-    error deep inside a convolution, a silently empty utterance, or a NaN loss much later), and
-    return the lengths as Python ints: one wait for the GPU serves every check and the host's
-    view of the batch (packing builds its index maps from it).
+    error deep inside a convolution or a silently empty utterance), and return (the lengths as
+    Python ints, the batch rows whose features are not all finite): one wait for the GPU serves
+    every check and the host's view of the batch (packing builds its index maps from it).
 
-    xs: (batch, frames, input_size) floating point and finite; ilens: (batch,) integers,
+    xs: (batch, frames, input_size) floating point; ilens: (batch,) integers,
     0 < ilens <= frames.  An utterance with 0 frames (empty audio) is a TooShortUttError, as
     for the whole batch being shorter than the subsampling needs, so that ESPnet's inference
-    handles both alike.
+    handles both alike.  Rows with NaN/inf are only reported: what to do with them depends on
+    whether this is a training step or decoding (encoders/stack.py).
     """
     if not isinstance(xs, torch.Tensor) or xs.dim() != 3:
         shape = tuple(xs.shape) if isinstance(xs, torch.Tensor) else type(xs).__name__
@@ -195,8 +196,10 @@ def check_input(xs: torch.Tensor, ilens: torch.Tensor, input_size: int) -> list:
         raise ValueError(f"encoder input lengths must be integers, got {ilens.dtype}")
     if batch == 0:
         raise ValueError("encoder input is an empty batch (batch size 0)")
-    finite = torch.isfinite(xs).all().to(device=ilens.device, dtype=torch.long)
-    *lengths, finite = torch.cat([ilens.long(), finite[None]]).tolist()  # the one sync
+    # per row, riding on the lengths' copy to the host: no extra GPU sync
+    finite = torch.isfinite(xs).flatten(1).all(1).to(device=ilens.device, dtype=torch.long)
+    host = torch.cat([ilens.long(), finite]).tolist()  # the one sync
+    lengths, finite = host[:batch], host[batch:]
     if min(lengths) < 0 or max(lengths) > frames:
         raise ValueError(f"encoder input lengths must lie in 0..{frames} (the padded number of "
                          f"frames), got {lengths}")
@@ -204,7 +207,4 @@ def check_input(xs: torch.Tensor, ilens: torch.Tensor, input_size: int) -> list:
         empty = [i for i, n in enumerate(lengths) if n == 0]
         raise sub.TooShortUttError(
             f"has 0 frames (empty audio) at batch index {empty}", 0, 1)
-    if not finite:
-        raise ValueError("encoder input contains NaN or inf features; check the front-end "
-                         "and the feature statistics (feats_stats.npz)")
-    return lengths
+    return lengths, [i for i, ok in enumerate(finite) if not ok]

@@ -21,12 +21,14 @@ no attention), whatever the batch's number of utterances.
 
 from __future__ import annotations
 
+import logging
 from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from espnet2.asr.encoder.abs_encoder import AbsEncoder
+from espnet2.legacy.nets.pytorch_backend.transformer.subsampling import TooShortUttError
 from espnet_mamba.encoders.input_layer import InputLayer, check_input
 from espnet_mamba.modules.factory import check_options
 from espnet_mamba.modules.block import Stream
@@ -36,6 +38,9 @@ from espnet_mamba.modules.packing import RowPacking
 from espnet_mamba.modules.padding import lengths_to_mask
 from espnet_mamba.modules.strict_load import StrictLoadMixin
 from espnet_mamba.graphs.training import OPTIONS as GRAPH_OPTIONS, TrainingGraphs
+
+
+logger = logging.getLogger(__name__)
 
 
 class _Layers(nn.Module):
@@ -94,14 +99,42 @@ class StackEncoder(StrictLoadMixin, AbsEncoder):
         # training steps' layers as CUDA graphs (graphs/training.py); not a module, so
         # nothing of it is in the state dict
         self.training_graphs = TrainingGraphs(**(cuda_graph_conf or {})) if cuda_graphs else None
+        # NaN/inf input (see _nonfinite): the rows of the last batch, and whether to pass them on
+        # outside training too (set by integration/nonfinite_batches.py around the model's
+        # forward, where validation runs)
+        self.nonfinite_rows: List[int] = []
+        self.pass_nonfinite = False
 
     def output_size(self) -> int:
         return self._output_size
 
+    def _nonfinite(self, batch: int) -> None:
+        """Rows of NaN/inf features (found in check_input's one host copy, so at no cost).
+
+        Training (and validation, through the model's forward): passed on, as ESPnet's own
+        encoders do; the loss and the gradient norm are then not finite and ESPnet's trainer
+        skips the step ("The grad norm is nan. Skipping updating the model"), so one bad
+        utterance costs one step, not the job.  Decoding: ESPnet's TooShortUttError, the one
+        error asr_inference catches per utterance (espnet2/bin/asr_inference.py logs
+        "Utterance [<key>] <message>", writes an empty hypothesis and decodes the rest, a
+        batch one utterance at a time); any other error ends the decoding job.
+        """
+        where = f"batch row(s) {self.nonfinite_rows} of {batch}"
+        if self.training or self.pass_nonfinite:
+            logger.warning("non-finite values (NaN/inf) in the encoder input at %s: passed on; "
+                           "ESPnet's trainer skips a step whose loss or gradient norm is not "
+                           "finite", where)
+            return
+        raise TooShortUttError(
+            f"has non-finite values (NaN/inf) in the input ({where}); check the audio file "
+            "and the feature statistics (feats_stats.npz)", 0, 0)
+
     def forward(self, xs_pad: torch.Tensor, ilens: torch.Tensor,
                 prev_states: torch.Tensor = None, ctc=None,
                 ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-        host_lengths = check_input(xs_pad, ilens, self.embed.input_size)
+        host_lengths, self.nonfinite_rows = check_input(xs_pad, ilens, self.embed.input_size)
+        if self.nonfinite_rows:
+            self._nonfinite(len(host_lengths))
         # packed: the input layer too runs on the valid frames only (encoders/input_layer.py;
         # None: no frame left after the subsampling, the padded route)
         packed = (self.embed.packed(xs_pad, host_lengths)

@@ -5,7 +5,9 @@ shorter than n_fft/2 + 1 samples with a message about tensor dimensions or paddi
 any model code runs; ``asr_inference`` then aborts the whole decoding job.  :func:`patch` makes
 such input raise ESPnet's own ``TooShortUttError`` naming the sizes, which ``asr_inference``
 already catches per utterance (it logs it and writes an empty hypothesis), exactly as for audio
-too short for the encoder's subsampling.  Input the STFT can process is not touched.
+too short for the encoder's subsampling.  A multi-channel array given channel-first, whose
+channels would read as samples, is refused with a message that says so.  Input the STFT can
+process is not touched.
 """
 
 from __future__ import annotations
@@ -28,6 +30,14 @@ def patch(module) -> bool:
     @functools.wraps(original)
     def forward(self, input, ilens=None):
         need = min_samples(self)
+        if input.dim() == 3 and input.shape[1] < need <= input.shape[2]:
+            # (batch, channels, samples): e.g. a (2, n) stereo array given to Speech2Text,
+            # which would otherwise read as "2 audio samples"
+            raise ValueError(
+                f"audio of shape {tuple(input.shape[1:])} looks channel-first (channels, "
+                f"samples): ESPnet's STFT front-end takes (samples,) or (samples, channels) "
+                f"per utterance (a batch of shape (batch, samples, channels)); transpose it "
+                f"(e.g. speech.T)")
         if input.dim() >= 2 and input.shape[1] < need:
             from espnet2.legacy.nets.pytorch_backend.transformer.subsampling import (
                 TooShortUttError,

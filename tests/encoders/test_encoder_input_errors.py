@@ -1,6 +1,10 @@
 """Bad input to the encoders, each refused with an error that names the problem and where it
-is: an empty or too-short utterance (ESPnet's TooShortUttError), malformed features or lengths,
-NaN/inf features (docs/reliability.md, "Bad input")."""
+is: an empty or too-short utterance (ESPnet's TooShortUttError), malformed features or lengths;
+NaN/inf features: passed on while training (ESPnet's trainer skips a non-finite step), ESPnet's
+TooShortUttError when decoding (asr_inference skips the utterance) (docs/reliability.md,
+"Bad input")."""
+
+import logging
 
 import pytest
 import torch
@@ -41,9 +45,35 @@ def test_too_short_audio_raises_espnet_error():
         enc(torch.randn(1, 14, 20), torch.tensor([14]))
 
 
-def test_nan_features_are_refused():
-    enc = ENCODERS["samba_asr"](20, output_size=32, num_blocks=1)
-    x = torch.randn(1, 30, 20)
-    x[0, 5, 3] = float("nan")
-    with pytest.raises(ValueError, match="NaN or inf"):
-        enc(x, torch.tensor([30]))
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_features_are_skippable_when_decoding(bad):
+    """Eval mode (decoding): ESPnet's TooShortUttError, which asr_inference catches per
+    utterance, naming the batch row."""
+    enc = ENCODERS["samba_asr"](20, output_size=32, num_blocks=1).eval()
+    x = torch.randn(3, 30, 20)
+    x[1, 5, 3] = bad
+    with pytest.raises(TooShortUttError, match=r"non-finite values \(NaN/inf\) in the input "
+                                               r"\(batch row\(s\) \[1\] of 3\)"):
+        enc(x, torch.tensor([30, 30, 20]))
+    assert enc.nonfinite_rows == [1]
+    y, _, _ = enc(x[[0, 2]], torch.tensor([30, 20]))  # the rest decodes
+    assert torch.isfinite(y).all() and enc.nonfinite_rows == []
+
+
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+def test_non_finite_features_pass_through_training(name, caplog):
+    """Training: no error (ESPnet's trainer skips a step whose gradient norm is not finite);
+    the bad row is logged and stays confined to its own output row."""
+    enc = tiny_encoder(name, dropout_rate=0.0).train()
+    x = torch.randn(3, 30, 20)
+    x[2, 7, 0] = float("nan")
+    with caplog.at_level(logging.WARNING):
+        y, olens, _ = enc(x, torch.tensor([30, 25, 30]))
+    assert enc.nonfinite_rows == [2]
+    assert "non-finite values (NaN/inf) in the encoder input at batch row(s) [2] of 3" \
+        in caplog.text
+    assert torch.isfinite(y[:2]).all() and not torch.isfinite(y[2]).all()
+    y.sum().backward()
+    # what ESPnet's trainer sees: a non-finite gradient norm, so it skips the update
+    norm = torch.nn.utils.clip_grad_norm_(enc.parameters(), max_norm=1e9)
+    assert not torch.isfinite(norm)

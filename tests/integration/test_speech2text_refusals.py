@@ -1,7 +1,8 @@
 """What ESPnet's Speech2Text refuses with the plugin's models, each with a message that names the
 problem: audio too short for the subsampling or for the STFT (ESPnet's TooShortUttError, which
-asr_inference skips per utterance), NaN/inf samples, a checkpoint with the same keys and other
-shapes (docs/reliability.md, "Bad input")."""
+asr_inference skips per utterance), NaN/inf samples (the same error, so skipped too), a
+channel-first multi-channel array, a checkpoint with the same keys and other shapes
+(docs/reliability.md, "Bad input")."""
 
 from __future__ import annotations
 
@@ -37,15 +38,15 @@ def speech2text(model_files, model_file=None):
 
 
 def test_speech2text_short_and_non_finite_audio(model_files):
-    """Through ESPnet's Speech2Text: too short for conv2d (TooShortUttError, which ESPnet's
-    asr_inference turns into an empty hypothesis), NaN/inf samples (ValueError)."""
+    """Through ESPnet's Speech2Text: too short for conv2d and NaN/inf samples, both ESPnet's
+    TooShortUttError, which asr_inference turns into an empty hypothesis per utterance."""
     s2t = speech2text(model_files)
     with pytest.raises(TooShortUttError, match="too short for subsampling.*conv2d needs"):
         s2t(np.random.randn(500).astype(np.float32))  # 31 ms: 4 frames
     for bad in (np.nan, np.inf):
         speech = np.random.randn(16000).astype(np.float32)
         speech[123] = bad
-        with pytest.raises(ValueError, match="NaN or inf features"):
+        with pytest.raises(TooShortUttError, match=r"non-finite values \(NaN/inf\) in the input"):
             s2t(speech)
     assert s2t(np.random.randn(16000).astype(np.float32))[0][2]  # a 1 s input decodes
 
@@ -60,6 +61,15 @@ def test_speech2text_empty_audio_has_a_clear_message(model_files, samples):
     # 257 samples pass the STFT (2 frames) and reach the encoder's own subsampling check
     with pytest.raises(TooShortUttError, match="2 frames and is too short for subsampling"):
         speech2text(model_files)(np.zeros(257, dtype=np.float32))
+
+
+def test_channel_first_stereo_is_named(model_files):
+    """A (channels, samples) array: ESPnet's STFT reads (samples, channels), so the 2 channels
+    would pass for 2 samples; the message says the array looks channel-first."""
+    stereo = np.random.randn(2, 16000).astype(np.float32)
+    with pytest.raises(ValueError, match=r"shape \(2, 16000\) looks channel-first \(channels, "
+                                         r"samples\).*\(samples,\) or \(samples, channels\)"):
+        speech2text(model_files)(stereo)
 
 
 def test_checkpoint_of_another_size_is_refused_through_speech2text(model_files, tmp_path):

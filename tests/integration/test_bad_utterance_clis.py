@@ -1,0 +1,151 @@
+"""One utterance of NaN/inf audio never ends an ESPnet job, and the log names it.
+
+Through ESPnet's own command-line tools (subprocesses; the ``.pth`` hook registers the plugin):
+
+- ``asr_train`` with one NaN utterance among the training data finishes its epochs: the encoder
+  passes the NaN on, ESPnet's trainer skips the step whose gradient norm is not finite, and the
+  log names the utterance (integration/nonfinite_batches.py);
+- ``asr_inference`` over a test set with one NaN and one inf file writes every hypothesis,
+  empty for the two bad ones, and names them (the encoder raises ESPnet's TooShortUttError,
+  which asr_inference catches per utterance), with ``batch_size`` 1 and 3 (a batch that holds a
+  bad utterance is decoded again one at a time by ESPnet).
+
+The feature statistics come from the clean training data: statistics collected over a NaN file
+are NaN themselves, and then every utterance is (docs/reliability.md).  About 1.5 minutes on a
+2-core CPU.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cli_data import CliDataset, train_args, write_dataset
+from test_stock_clis import CONFIGS, FRONTEND, run_espnet, tail, write_yaml
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 2
+BAD_TRAIN = "spk9-bad-nan"
+BAD_TEST = {"spk9-bad-inf": np.inf, "spk9-bad-nan": np.nan}
+
+
+def write_bad_wav(path: Path, value: float, sample_rate: int) -> None:
+    """One second of float audio (ESPnet reads float WAV as is), with `value` in the middle."""
+    import soundfile
+
+    wav = 0.01 * np.random.default_rng(1).standard_normal(sample_rate).astype(np.float32)
+    wav[sample_rate // 2: sample_rate // 2 + 10] = value
+    soundfile.write(str(path), wav, sample_rate, subtype="FLOAT")
+
+
+def with_bad_utterances(src: Path, dst: Path, bad: dict) -> None:
+    """A copy of the Kaldi data dir `src` with the utterances `bad` {utt: wav} added."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for name, line in (("wav.scp", "{u} {w}\n"), ("text", "{u} abc\n")):
+        lines = (src / name).read_text().splitlines(keepends=True)
+        lines += [line.format(u=u, w=w) for u, w in bad.items()]
+        (dst / name).write_text("".join(sorted(lines)))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """(data set, stats dir, exp dir) after one collect-stats run and one training run with a
+    NaN utterance in the training data."""
+    root = tmp_path_factory.mktemp("bad_utterance")
+    ds = write_dataset(root / "data", repeat=4)
+    stats = root / "stats"
+    rc = run_espnet("asr_train", [
+        "--collect_stats", "true", *train_args(ds),
+        "--batch_type", "unsorted", "--batch_size", "4",
+        "--frontend", FRONTEND["frontend"],
+        *[a for k, v in FRONTEND["frontend_conf"].items() for a in ("--frontend_conf", f"{k}={v}")],
+        "--encoder", "transformer", "--encoder_conf", "output_size=16",
+        "--encoder_conf", "num_blocks=1", "--encoder_conf", "linear_units=16",
+        "--model_conf", "ctc_weight=1.0", "--output_dir", stats,
+    ], cwd=root, log=stats / "collect_stats.log")
+    assert rc == 0, tail(stats / "collect_stats.log")
+
+    bad_wav = root / "data" / "wav" / f"{BAD_TRAIN}.wav"
+    write_bad_wav(bad_wav, np.nan, ds.sample_rate)
+    train_bad = root / "data" / "data" / "train_bad"
+    with_bad_utterances(ds.sets["train"], train_bad, {BAD_TRAIN: bad_wav})
+    # the shape files list every utterance the sampler draws: the bad one too
+    for name, line in (("speech_shape", f"{BAD_TRAIN} {ds.sample_rate}\n"),
+                       ("text_shape", f"{BAD_TRAIN} 3\n")):
+        lines = (stats / "train" / name).read_text().splitlines(keepends=True) + [line]
+        (stats / "train" / f"{name}.bad").write_text("".join(sorted(lines)))
+
+    encoder, encoder_conf, decoder, decoder_conf, ctc_weight = CONFIGS["samba_samba"]
+    exp = root / "exp"
+    exp.mkdir()
+    write_yaml(exp / "train.yaml", {
+        "encoder": encoder, "encoder_conf": encoder_conf,
+        "decoder": decoder, "decoder_conf": decoder_conf,
+        "model_conf": {"ctc_weight": ctc_weight, "lsm_weight": 0.0}, **FRONTEND,
+        "normalize": "global_mvn",
+        "normalize_conf": {"stats_file": str(stats / "train" / "feats_stats.npz")},
+        "optim": "adam", "optim_conf": {"lr": 0.003}, "max_epoch": EPOCHS,
+        "batch_type": "folded", "batch_size": 4, "keep_nbest_models": 1,
+    })
+    args = [a if a != f"{ds.wav_scp('train')},speech,sound" else f"{train_bad / 'wav.scp'},speech,sound"
+            for a in map(str, train_args(ds))]
+    args = [a if a != f"{ds.text('train')},text,text" else f"{train_bad / 'text'},text,text"
+            for a in args]
+    rc = run_espnet("asr_train", [
+        "--config", exp / "train.yaml", *args,
+        "--train_shape_file", stats / "train" / "speech_shape.bad",
+        "--train_shape_file", stats / "train" / "text_shape.bad",
+        "--valid_shape_file", stats / "valid" / "speech_shape",
+        "--valid_shape_file", stats / "valid" / "text_shape",
+        "--fold_length", "80000", "--fold_length", "150", "--output_dir", exp,
+    ], cwd=root, log=exp / "train.log")
+    assert rc == 0, f"asr_train with one NaN utterance failed (rc={rc})\n{tail(exp / 'train.log')}"
+    return ds, exp
+
+
+def test_training_skips_the_nan_step_and_names_it(setup):
+    ds, exp = setup
+    log = (exp / "train.log").read_text(errors="replace")
+    for epoch in range(1, EPOCHS + 1):
+        assert f"{epoch}epoch results" in log, tail(exp / "train.log")
+    assert (exp / "valid.loss.best.pth").exists()
+    # one warning per epoch naming the utterance (its batch is drawn once an epoch) ...
+    named = re.findall(r"non-finite values \(NaN/inf\) in the input of utterance\(s\) "
+                       rf"\['{BAD_TRAIN}'\]", log)
+    assert len(named) == EPOCHS, tail(exp / "train.log", 200)
+    # ... and ESPnet's own skip of that step
+    assert log.count("Skipping updating the model") == EPOCHS, tail(exp / "train.log", 200)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_decoding_skips_nan_and_inf_utterances(setup, batch_size, tmp_path):
+    ds, exp = setup
+    wavs = {}
+    for utt, value in BAD_TEST.items():
+        wavs[utt] = tmp_path / f"{utt}.wav"
+        write_bad_wav(wavs[utt], value, ds.sample_rate)
+    test = tmp_path / "test"
+    with_bad_utterances(ds.sets["test"], test, wavs)
+    out = tmp_path / "decode"
+    rc = run_espnet("asr_inference", [
+        "--ngpu", "0", "--batch_size", batch_size, "--beam_size", "2", "--ctc_weight", "0.3",
+        "--asr_train_config", exp / "config.yaml",
+        "--asr_model_file", exp / "valid.loss.best.pth",
+        "--data_path_and_name_and_type", f"{test / 'wav.scp'},speech,sound",
+        "--output_dir", out,
+    ], cwd=tmp_path, log=out / "decode.log")
+    log = (out / "decode.log").read_text(errors="replace")
+    assert rc == 0, f"asr_inference failed (rc={rc})\n{tail(out / 'decode.log')}"
+    lines = (out / "1best_recog" / "text").read_text(encoding="utf-8").splitlines()
+    hyps = dict((line.split(maxsplit=1) + [""])[:2] for line in lines)
+    assert set(hyps) == set(ds.utts) | set(BAD_TEST), lines
+    for utt in BAD_TEST:
+        assert hyps[utt].strip() == "", (utt, hyps[utt])
+        # ESPnet's line: "Utterance ['<key>'] ..." (batch of 1), "Utterance <key> ..." (retry)
+        assert re.search(rf"Utterance (\['{utt}'\]|{utt}) has non-finite values \(NaN/inf\) "
+                         r"in the input", log), tail(out / "decode.log", 200)
+    assert any(hyps[u].strip() for u in ds.utts), f"all good hypotheses empty: {hyps}"
