@@ -63,6 +63,28 @@ def test_speech2text_empty_audio_has_a_clear_message(model_files, samples):
         speech2text(model_files)(np.zeros(257, dtype=np.float32))
 
 
+def test_model_forward_passes_non_finite_rows_and_names_them(model_files, caplog):
+    """ESPnet's model forward (training and validation; the trainer hands it ``utt_id``): a NaN
+    utterance is passed on in eval mode too, its id logged (integration/nonfinite_batches.py),
+    and the loss is not finite, which ESPnet's trainer skips; encode() alone (decoding) refuses
+    it with the skippable TooShortUttError."""
+    import logging
+
+    import torch
+
+    model = speech2text(model_files).asr_model.eval()
+    speech = torch.randn(2, 16000)
+    speech[1, 99] = float("nan")
+    lengths = torch.tensor([16000, 16000])
+    text = torch.tensor([[3, 4], [4, 3]])
+    with caplog.at_level(logging.WARNING), torch.no_grad():
+        loss = model(speech, lengths, text, torch.tensor([2, 2]), utt_id=["good", "bad"])[0]
+    assert not torch.isfinite(loss)
+    assert "input of utterance(s) ['bad']" in caplog.text, caplog.text
+    with pytest.raises(TooShortUttError, match=r"non-finite.*batch row\(s\) \[1\] of 2"):
+        model.encode(speech, lengths)
+
+
 def test_channel_first_stereo_is_named(model_files):
     """A (channels, samples) array: ESPnet's STFT reads (samples, channels), so the 2 channels
     would pass for 2 samples; the message says the array looks channel-first."""
