@@ -12,20 +12,14 @@ own, no GPU sync: it reads a list the encoder already filled.  Other encoders ar
 
 from __future__ import annotations
 
-import functools
 import logging
+
+from espnet_mamba.integration.patching import wrap_method
 
 logger = logging.getLogger(__name__)
 
 
-def patch(module) -> bool:
-    """Wrap ``module.ESPnetASRModel.forward`` (idempotent)."""
-    cls = getattr(module, "ESPnetASRModel", None)
-    if cls is None or getattr(cls.forward, "_espnet_mamba_nonfinite", False):
-        return False
-    original = cls.forward
-
-    @functools.wraps(original)
+def _logging_bad_rows(original):
     def forward(self, *args, **kwargs):
         encoder = getattr(self, "encoder", None)
         if not hasattr(encoder, "pass_nonfinite"):  # not one of our encoders
@@ -44,7 +38,12 @@ def patch(module) -> bool:
                            list(keys) if keys is not None else "utterance ids not given")
         return out
 
-    forward._espnet_mamba_nonfinite = True
+    return forward
+
+
+def patch(module) -> bool:
+    """Wrap ``module.ESPnetASRModel.forward`` (idempotent)."""
+    cls = getattr(module, "ESPnetASRModel", None)
     # ESPnet's method, wrapped: only the model's forward is given the batch's utterance ids
-    cls.forward = forward
-    return True
+    return cls is not None and wrap_method(cls, "forward", _logging_bad_rows,
+                                           "_espnet_mamba_nonfinite")

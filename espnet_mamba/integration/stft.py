@@ -12,7 +12,7 @@ process is not touched.
 
 from __future__ import annotations
 
-import functools
+from espnet_mamba.integration.patching import wrap_method
 
 
 def min_samples(stft) -> int:
@@ -20,14 +20,7 @@ def min_samples(stft) -> int:
     return stft.n_fft // 2 + 1 if stft.center else stft.n_fft
 
 
-def patch(module) -> bool:
-    """Wrap ``module.Stft.forward`` (idempotent)."""
-    cls = getattr(module, "Stft", None)
-    if cls is None or getattr(cls.forward, "_espnet_mamba_checked", False):
-        return False
-    original = cls.forward
-
-    @functools.wraps(original)
+def _checking_length(original):
     def forward(self, input, ilens=None):
         need = min_samples(self)
         if input.dim() == 3 and input.shape[1] < need <= input.shape[2]:
@@ -48,7 +41,12 @@ def patch(module) -> bool:
                 input.shape[1], need)
         return original(self, input, ilens)
 
-    forward._espnet_mamba_checked = True
+    return forward
+
+
+def patch(module) -> bool:
+    """Wrap ``module.Stft.forward`` (idempotent)."""
+    cls = getattr(module, "Stft", None)
     # ESPnet's method, wrapped: too-short audio must be a TooShortUttError, skipped per utterance
-    cls.forward = forward
-    return True
+    return cls is not None and wrap_method(cls, "forward", _checking_length,
+                                           "_espnet_mamba_checked")
