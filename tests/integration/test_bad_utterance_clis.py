@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli_data import CliDataset, train_args, write_dataset
-from test_stock_clis import CONFIGS, FRONTEND, run_espnet, tail, write_yaml
+from cli_data import train_args, write_dataset
+from test_stock_clis import CONFIGS, FRONTEND, collect_stats, run_espnet, tail, write_yaml
 
 pytestmark = pytest.mark.slow
 
@@ -58,15 +58,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad_utterance")
     ds = write_dataset(root / "data", repeat=4)
     stats = root / "stats"
-    rc = run_espnet("asr_train", [
-        "--collect_stats", "true", *train_args(ds),
-        "--batch_type", "unsorted", "--batch_size", "4",
-        "--frontend", FRONTEND["frontend"],
-        *[a for k, v in FRONTEND["frontend_conf"].items() for a in ("--frontend_conf", f"{k}={v}")],
-        "--encoder", "transformer", "--encoder_conf", "output_size=16",
-        "--encoder_conf", "num_blocks=1", "--encoder_conf", "linear_units=16",
-        "--model_conf", "ctc_weight=1.0", "--output_dir", stats,
-    ], cwd=root, log=stats / "collect_stats.log")
+    rc = collect_stats(train_args(ds), stats, root)
     assert rc == 0, tail(stats / "collect_stats.log")
 
     bad_wav = root / "data" / "wav" / f"{BAD_TRAIN}.wav"

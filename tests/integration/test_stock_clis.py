@@ -246,13 +246,12 @@ def dataset(tmp_path_factory) -> CliDataset:
     return write_dataset(tmp_path_factory.mktemp("espnet_cli") / "data", repeat=4)
 
 
-@pytest.fixture(scope="session")
-def feats_stats(dataset) -> Path:
-    """Shape files and global-MVN stats from one --collect_stats run.  They depend only on the
-    frontend; a stock Transformer encoder keeps this fixture independent of the plugin."""
-    out = dataset.root.parent / "stats"
-    rc = run_espnet("asr_train", [
-        "--collect_stats", "true", *common_train_args(dataset),
+def collect_stats(train_args: list, out: Path, cwd: Path) -> int:
+    """One ``asr_train --collect_stats true`` run into ``out`` (log: out/collect_stats.log).
+    The stats depend only on the frontend; a stock Transformer encoder keeps them independent
+    of the plugin."""
+    return run_espnet("asr_train", [
+        "--collect_stats", "true", *train_args,
         "--batch_type", "unsorted", "--batch_size", "4",
         "--frontend", FRONTEND["frontend"],
         *[a for k, v in FRONTEND["frontend_conf"].items() for a in ("--frontend_conf", f"{k}={v}")],
@@ -261,7 +260,14 @@ def feats_stats(dataset) -> Path:
         "--encoder_conf", "num_blocks=1", "--encoder_conf", "linear_units=16",
         "--model_conf", "ctc_weight=1.0",
         "--output_dir", out,
-    ], cwd=dataset.root.parent, log=out / "collect_stats.log")
+    ], cwd=cwd, log=out / "collect_stats.log")
+
+
+@pytest.fixture(scope="session")
+def feats_stats(dataset) -> Path:
+    """Shape files and global-MVN stats from one --collect_stats run."""
+    out = dataset.root.parent / "stats"
+    rc = collect_stats(common_train_args(dataset), out, dataset.root.parent)
     assert rc == 0 and (out / "train" / "feats_stats.npz").exists(), (
         f"collect_stats failed (rc={rc})\n{tail(out / 'collect_stats.log')}")
     return out
