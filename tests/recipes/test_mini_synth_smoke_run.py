@@ -162,7 +162,29 @@ def recipe_decode(ddir: Path):
     return words[i + 1:], hyps
 
 
-def test_packed_model_decodes_like_the_recipe(smoke_run, tmp_path):
+def with_backend(src: Path, dst: Path, backend: str) -> None:
+    """A copy of a packed model whose config.yaml says ``backend`` for the encoder and decoder,
+    as a model packed on a GPU machine with ``backend: cuda`` would."""
+    import zipfile
+
+    import yaml
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item)
+            if item.filename.endswith("config.yaml"):
+                conf = yaml.safe_load(data)
+                for part in ("encoder", "decoder"):
+                    if isinstance(conf.get(f"{part}_conf"), dict):
+                        conf[f"{part}_conf"]["backend"] = backend
+                data = yaml.safe_dump(conf).encode()
+            zout.writestr(item, data)
+
+
+# None: the zip as packed.  "cuda": the same weights with `backend: cuda` in the packed config:
+# a model is weights, where it runs is chosen at run time (the PyTorch path on a CPU, one notice)
+@pytest.mark.parametrize("packed_backend", [None, "cuda"])
+def test_packed_model_decodes_like_the_recipe(smoke_run, tmp_path, packed_backend):
     import zipfile
 
     rc, recipe, log = smoke_run
@@ -189,7 +211,10 @@ def test_packed_model_decodes_like_the_recipe(smoke_run, tmp_path):
     assert all(Path(p).is_file() for p in wavs.values()), wavs
 
     copy = tmp_path / zip_file.name  # outside the recipe, which is moved away below
-    shutil.copy(zip_file, copy)
+    if packed_backend:
+        with_backend(zip_file, copy, packed_backend)
+    else:
+        shutil.copy(zip_file, copy)
     script = tmp_path / "zoo_decode.py"
     script.write_text(ZOO_DECODE)
     home = tmp_path / "home"  # espnet_model_zoo unpacks into ~/.cache/espnet_model_zoo
@@ -206,6 +231,8 @@ def test_packed_model_decodes_like_the_recipe(smoke_run, tmp_path):
     finally:
         moved.rename(recipe / "exp_smoke")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    if packed_backend == "cuda":
+        assert "backend='cuda' but the model runs on cpu" in proc.stderr, proc.stderr[-4000:]
     got = json.loads(next(x for x in proc.stdout.splitlines()
                           if x.startswith("RESULT "))[len("RESULT "):])
     assert got["kernels"] == [], got["kernels"]
