@@ -79,7 +79,7 @@ def token_list(tmp_path_factory) -> Path:
     return path
 
 
-# ---------------------------------------------------------------------------------- helpers
+# --------------------------------------------------------------------------------- shared code
 
 def swap(text: str, part: str, name: str) -> str:
     """The one-line edit: ``<part>: <ESPnet's class>`` -> ``<part>: <name>``."""

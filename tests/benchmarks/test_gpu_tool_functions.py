@@ -1,5 +1,5 @@
-"""CPU tests of the helpers of the GPU scripts (tools/gpu): a wrong parse there would put a wrong
-number into docs/performance.md."""
+"""CPU tests of the functions the GPU scripts share (tools/gpu): a wrong parse there would put a
+wrong number into docs/performance.md."""
 
 import sys
 from pathlib import Path
