@@ -17,7 +17,8 @@ Models (random weights, seeded, eval mode, fp32 weights; ``--amp bf16`` autocast
   speech_mamba  espnet_mamba's speech_mamba decoder, d_model 512, 8 heads;
   (ours step as CUDA graphs on a GPU, as shipped: espnet_mamba/graphs/decoding.py)
   samba_asr_eager, speech_mamba_eager  (only if named in ``--decoders``) the same decoders and
-                weights with ``cuda_graphs = False``: the step launched op by op;
+                weights with the execution option ``cuda_graphs: false``: the step launched
+                op by op;
   the number of blocks of ours is chosen so that the parameter count is closest to the
   Transformer's (``--samba-blocks`` / ``--speech-mamba-blocks`` override).  Vocabulary 5000,
   encoder output 512; a 60 s utterance is 1500 encoder frames (100 frames/s, 4x subsampling);
@@ -84,6 +85,7 @@ from espnet2.asr.ctc import CTC
 from espnet2.asr.decoder.transformer_decoder import TransformerDecoder
 from espnet_mamba.decoders.samba_asr import SambaASRDecoder
 from espnet_mamba.decoders.speech_mamba import SpeechMambaDecoder
+from espnet_mamba.modules.execution import set_execution
 from espnet_mamba.ops import backend as ops_backend
 
 DECODERS = ("transformer", "samba_asr", "speech_mamba")
@@ -168,7 +170,7 @@ def build_decoders(cfg: dict, names, device, backend: str | None, seed: int,
             dec.output_layer.bias[cfg["eos"]] = EOS_BIAS
         dec = dec.to(device).eval()
         if name.endswith("_eager"):
-            dec.cuda_graphs = False
+            set_execution(dec, cuda_graphs=False)
         out[name] = (dec, {"class": f"{type(dec).__module__}.{type(dec).__qualname__}",
                            "params": n_params(dec),
                            "config": decoder_config(name, cfg, blocks[name])})

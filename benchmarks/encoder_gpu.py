@@ -36,11 +36,7 @@ from pathlib import Path
 
 import torch
 
-from espnet_mamba.modules import bidirectional
-from espnet_mamba.modules import mamba as mamba_mixer
-from espnet_mamba.ops import rms_norm as norm_ops
-
-TRITON_DEFAULT = norm_ops.TRITON_MIN_NUMEL
+from espnet_mamba.modules.execution import Execution, set_execution
 
 FEATS, FPS = 80, 100
 LENGTHS_S = [15, 30, 60, 120, 300, 600, 1200]
@@ -114,22 +110,26 @@ def model_table():
     }
 
 
-def apply_variant(name) -> float:
-    """Set the module switches a model variant runs with (the shipped ones for any other
-    name); returns the longest length (s) the variant is run to.
+def variant(name) -> tuple[float, dict]:
+    """(the longest length (s) a model variant is run to, the execution options it runs with:
+    modules/execution.py; none for the shipped defaults).
 
     *_torchnorm: every RMSNorm on torch's op instead of mamba-ssm's triton kernel (which costs
     more host time per call), up to 60 s; *_composed: v1 mixers without mamba_inner_fn
-    (modules/mamba.py FUSED_INNER: less host time, more memory), *_merged: both directions
-    of a bidirectional layer in one grouped scan (modules/bidirectional.py), and *_graphed:
-    training steps as CUDA graphs (the encoders' ``cuda_graphs`` option), up to 300 s."""
-    torchnorm = name.endswith("_torchnorm")
-    composed, merged = name.endswith("_composed"), name.endswith("_merged")
-    norm_ops.TRITON_MIN_NUMEL = math.inf if torchnorm else TRITON_DEFAULT
-    mamba_mixer.FUSED_INNER = not composed
-    bidirectional.MERGE_DIRECTIONS = True if merged else False if composed else "auto"
-    return (60 if torchnorm else 300 if composed or merged or name.endswith("_graphed")
-            else math.inf)
+    (``fused_kernels: false``: less host time, more memory), *_merged: both directions
+    of a bidirectional layer in one grouped scan (``merge_directions: always``), and *_graphed:
+    training steps as CUDA graphs (``cuda_graphs: true``), up to 300 s."""
+    options = {}
+    if name.endswith("_torchnorm"):
+        options["norm_kernel_min_numel"] = 1 << 62
+    if name.endswith("_composed"):
+        options.update(fused_kernels=False, merge_directions="never")
+    if name.endswith("_merged"):
+        options["merge_directions"] = "always"
+    if name.endswith("_graphed"):
+        options["cuda_graphs"] = True
+    longest = (60 if name.endswith("_torchnorm") else 300 if options else math.inf)
+    return longest, options
 
 
 def build(name, tiny, recompute_input_layer=False, **extra):
@@ -146,9 +146,12 @@ def build(name, tiny, recompute_input_layer=False, **extra):
             conf["cgmlp_linear_units"] = 128
         if conf.get("mixer") == "mamba2":
             conf.update(d_state=16, mixer_conf={"headdim": 16})
-    if name.endswith("_graphed"):  # training steps as CUDA graphs (graphs/training.py)
-        conf["cuda_graphs"] = True
-    return cls(FEATS, **conf), conf
+    enc = cls(FEATS, **conf)
+    options = variant(name)[1]
+    if options:  # what the name asks for (the execution options are not in ESPnet's encoders)
+        set_execution(enc, **options)
+        conf["execution"] = options
+    return enc, conf
 
 
 class Timer:
@@ -326,10 +329,8 @@ def packed_vs_padded(args, device, timer, report):
     """Training step on one LibriSpeech-like batch, padded vs packed, same weights (dropout 0).
 
     One entry per model and packed path of the Mamba2 mixers (``--packed-paths``: see
-    espnet_mamba/modules/mamba2.py PACKED_PATH), each with the padded run of its model."""
+    the execution option ``packed_mixer``), each with the padded run of its model."""
     from espnet2.asr.ctc import CTC
-
-    from espnet_mamba.modules import mamba2
 
     scale = 0.1 if args.tiny else 1.0
     lengths = [int(s * FPS * scale) for s in PACKED_BATCH_S]
@@ -386,11 +387,8 @@ def packed_vs_padded(args, device, timer, report):
 
         padded_res = measure_one(padded, "padded")
         for path in args.packed_paths:
-            saved, mamba2.PACKED_PATH = mamba2.PACKED_PATH, path
-            try:
-                packed_res = measure_one(packed, f"packed_{path}")
-            finally:
-                mamba2.PACKED_PATH = saved
+            set_execution(packed, packed_mixer=path)
+            packed_res = measure_one(packed, f"packed_{path}")
             entry = {"model": name, "conf": conf, "packed_path": path, "lengths_frames": lengths,
                      "padding_fraction": 1 - sum(lengths) / (len(lengths) * max(lengths)),
                      "padded": padded_res, "packed": packed_res,
@@ -487,7 +485,7 @@ def main(argv=None):
     ap.add_argument("--packed-paths", nargs="+", default=None,
                     choices=("padded", "fused", "unfused"),
                     help="packed paths of the Mamba2 mixers to time (padded, fused, unfused; "
-                         "default: the shipped one, modules/mamba2.py PACKED_PATH)")
+                         "default: the shipped one, the execution option packed_mixer)")
     ap.add_argument("--max-seconds-per-model", type=float, default=math.inf,
                     help="stop a model's remaining settings after this much wall time")
     ap.add_argument("--profile-dir", type=Path, default=None,
@@ -498,8 +496,7 @@ def main(argv=None):
                     metavar=("BATCH", "SECONDS"))
     args = parse_settings(ap, argv)
     if args.packed_paths is None:
-        from espnet_mamba.modules.mamba2 import PACKED_PATH
-        args.packed_paths = [PACKED_PATH]
+        args.packed_paths = [Execution().packed_mixer]
     device = torch.device(args.device)
     timer = Timer(device)
     report = {"environment": environment(device), "settings": vars(args) | {"out": str(args.out)},
@@ -518,7 +515,7 @@ def main(argv=None):
                                       "conf": conf}
             print(f"== {name}: {params / 1e6:.2f}M parameters", flush=True)
             t_model = time.time()
-            max_s = apply_variant(name)
+            max_s = variant(name)[0]
             for mode in args.modes:
                 if mode == "infer" and name.endswith("_graphed"):
                     continue  # graphs for training steps only: infer would be the plain encoder
@@ -556,7 +553,6 @@ def main(argv=None):
                         free(device)
             del enc
             free(device)
-    apply_variant("")  # the shipped settings again (a variant above changed them)
     if args.packed or args.packed_only:
         packed_vs_padded(args, device, timer, report)
         save()

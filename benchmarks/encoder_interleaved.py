@@ -44,7 +44,6 @@ def measure_setting(encs: dict, mode, batch, seconds, device, args, timer) -> di
             continue  # graphs for training steps only
         res = results[name] = {"mode": mode, "batch": batch, "seconds": seconds,
                                "frames": frames, "model": name}
-        eg.apply_variant(name)
         enc.train(mode == "train")
         fn = eg.step_fn(enc, x, ilens, mode, device, args.amp)
         try:
@@ -68,7 +67,6 @@ def measure_setting(encs: dict, mode, batch, seconds, device, args, timer) -> di
     times = {name: [] for name in runs}
     for _ in range(args.repeats):
         for name, fn in list(runs.items()):
-            eg.apply_variant(name)
             try:
                 times[name].append(timer.once(fn))
             except Exception as err:  # noqa: BLE001 - as in the warm-up
@@ -85,7 +83,6 @@ def measure_setting(encs: dict, mode, batch, seconds, device, args, timer) -> di
             if name in results:
                 eg.record_graphs(enc, results[name])
             enc.training_graphs.clear()
-    eg.apply_variant("")
     eg.free(device)
     return results
 

@@ -184,12 +184,12 @@ def main():
                    help="max output length / encoder frames (bounds the untrained output)")
     p.add_argument("--tiny", action="store_true", help="a tiny model (the CI stand-in)")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--merge-directions", choices=["auto", "off"], default="auto",
-                   help="modules/bidirectional.py MERGE_DIRECTIONS: 'off' runs the two "
-                        "directions of a bidirectional v1 layer as two scans (the old way)")
+    p.add_argument("--merge-directions", choices=["auto", "never"], default="auto",
+                   help="the execution option merge_directions: 'never' runs the two "
+                        "directions of a bidirectional v1 layer as two scans")
     args = p.parse_args()
-    from espnet_mamba.modules import bidirectional
-    bidirectional.MERGE_DIRECTIONS = "auto" if args.merge_directions == "auto" else False
+    if args.merge_directions != "auto":  # the run-time override of modules/execution.py
+        os.environ["ESPNET_MAMBA_EXECUTION"] = f"merge_directions={args.merge_directions}"
     if args.compare:
         compare([float(x) for x in args.compare.split(",")], args)
         return

@@ -14,3 +14,12 @@ def register(eager: bool = False) -> dict:
     from espnet_mamba.integration.registration import register as _register
 
     return _register(eager)
+
+
+def set_execution(model, **options):
+    """Change how a built model runs (backend, cuda_graphs, fused_kernels, merge_directions,
+    packed_mixer, pack_sequences), e.g. ``set_execution(speech2text.asr_model,
+    backend="torch")``; the weights are untouched.  See ``espnet_mamba.modules.execution``."""
+    from espnet_mamba.modules.execution import set_execution as _set_execution
+
+    return _set_execution(model, **options)

@@ -110,11 +110,12 @@ def encoder_padding_error(enc, idim=20, device="cpu", dtype=torch.float64):
 
 
 def packed_vs_padded_error(name, mixer, device="cpu", dtype=torch.float64, backend=None,
-                           bidirectional=True, idim=20, input_layer="conv2d"):
-    """Rel. error of outputs and of every parameter's gradient: ``pack_sequences`` on vs off,
-    same weights."""
-    return variant_error(name, mixer, {"pack_sequences": True}, device, dtype, backend,
-                         bidirectional, idim, input_layer)
+                           bidirectional=True, idim=20, input_layer="conv2d",
+                           packed_mixer="fused"):
+    """Rel. error of outputs and of every parameter's gradient: ``pack_sequences`` on (the
+    Mamba2 mixers' packed rows run by ``packed_mixer``) vs off, same weights."""
+    return variant_error(name, mixer, {"pack_sequences": True, "packed_mixer": packed_mixer},
+                         device, dtype, backend, bidirectional, idim, input_layer)
 
 
 def variant_error(name, mixer, variant: dict, device="cpu", dtype=torch.float64, backend=None,

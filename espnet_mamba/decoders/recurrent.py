@@ -10,8 +10,9 @@ A subclass implements three things:
 Per hypothesis the state is (recurrent rows of batch 1, reference to its utterance's memory).
 The recurrent part has the same size after 2 tokens and after 400, so a decoding step costs the
 same at any prefix length.  The memory is shared, never copied, by the hypotheses of one utterance.
-On CUDA, beam search runs the step as a captured CUDA graph (graphs/decoding.py): set a
-decoder's ``cuda_graphs = False``, or ``ESPNET_MAMBA_CUDA_GRAPHS=0``, to run it eagerly.
+On CUDA, beam search runs the step as a captured CUDA graph (graphs/decoding.py): the execution
+option ``cuda_graphs: false`` (``decoder_conf``, ``ESPNET_MAMBA_EXECUTION=cuda_graphs=false`` or
+``set_execution``: modules/execution.py) runs it eagerly.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from espnet2.asr.decoder.abs_decoder import AbsDecoder
 from espnet2.legacy.nets.scorer_interface import BatchScorerInterface
 from espnet_mamba.graphs.decoding import StepGraphs
+from espnet_mamba.modules.execution import Execution
 from espnet_mamba.modules.state import map_state, select_row, stack_rows
 from espnet_mamba.modules.strict_load import StrictLoadMixin
 
@@ -116,7 +118,9 @@ def _gather(states: list):
 
 
 class RecurrentDecoder(StrictLoadMixin, AbsDecoder, BatchScorerInterface):
-    cuda_graphs = True  # beam search on CUDA replays the step as a CUDA graph (see above)
+    # subclasses set ``self.execution`` (modules/execution.py); its ``cuda_graphs``: beam search
+    # on CUDA replays the step as a CUDA graph (see above)
+    execution: Execution = Execution(cuda_graphs=True)
 
     def start_state(self, memory: torch.Tensor, lengths: torch.Tensor):
         raise NotImplementedError
@@ -132,6 +136,15 @@ class RecurrentDecoder(StrictLoadMixin, AbsDecoder, BatchScorerInterface):
             graphs = self.__dict__["_step_graphs"] = StepGraphs()
         return graphs
 
+    def execution_changed(self) -> None:
+        """After :func:`~espnet_mamba.modules.execution.set_execution`: graphs captured under
+        other settings (backend, fused kernels) are not replayed; switching ``cuda_graphs``
+        alone keeps them."""
+        how = self.execution.replace(cuda_graphs=False)
+        if self.__dict__.get("_captured_under", how) != how:
+            self.step_graphs.clear()
+        self.__dict__["_captured_under"] = how
+
     def _apply(self, fn, *args, **kwargs):
         # .to()/.half()/.cuda() may give the parameters new storage the graphs do not read
         self.step_graphs.clear()
@@ -141,7 +154,8 @@ class RecurrentDecoder(StrictLoadMixin, AbsDecoder, BatchScorerInterface):
         """``step`` for beam search: a CUDA graph where one can be used, else eager.
         ``shared_memory``: the memory (if any) is one object kept for the whole utterance."""
         graphs = self.step_graphs
-        if self.cuda_graphs and shared_memory and graphs.usable(tokens, self.training):
+        if (self.execution.cuda_graphs and shared_memory
+                and graphs.usable(tokens, self.training)):
             return graphs(self.step, tokens, recurrent, memory)
         return self.step(tokens, recurrent, memory)
 

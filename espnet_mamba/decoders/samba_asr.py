@@ -25,6 +25,7 @@ from typeguard import typechecked
 
 from espnet_mamba.decoders.recurrent import RecurrentDecoder
 from espnet_mamba.modules.block import Residual
+from espnet_mamba.modules.execution import Execution
 from espnet_mamba.modules.factory import build_mixer, named_options, resolve_mixer_conf
 from espnet_mamba.modules.norm import RMSNorm
 from espnet_mamba.modules.padding import lengths_to_mask
@@ -55,20 +56,29 @@ class SambaASRDecoder(RecurrentDecoder):
         expand: float = 2,
         mixer_conf: Optional[dict] = None,
         speech_summary: bool = True,
+        # execution options (modules/execution.py): how this machine runs the weights
         backend: Optional[str] = None,
+        fused_kernels: bool = True,
+        merge_directions: str = "auto",
+        cuda_graphs: bool = True,
     ):
         super().__init__()
+        execution = self.execution = Execution(
+            backend=(backend or "auto").lower(), fused_kernels=fused_kernels,
+            merge_directions=merge_directions, cuda_graphs=cuda_graphs)
         d = encoder_output_size
         conf = resolve_mixer_conf(mixer, d_state, d_conv, expand, mixer_conf)
         self.embed = nn.Embedding(vocab_size, d)
         self.speech_proj = nn.Linear(encoder_output_size, d)
         self.speech_summary = (
-            Residual(d, build_mixer(d, mixer, True, backend, **conf), dropout_rate, backend)
+            Residual(d, build_mixer(d, mixer, True, execution=execution, **conf), dropout_rate,
+                     execution=execution)
             if speech_summary else None)
         self.decoders = nn.ModuleList(
-            Residual(d, build_mixer(d, mixer, False, backend, **conf), dropout_rate, backend)
+            Residual(d, build_mixer(d, mixer, False, execution=execution, **conf),
+                     dropout_rate, execution=execution)
             for _ in range(num_blocks))
-        self.after_norm = RMSNorm(d, backend=backend)
+        self.after_norm = RMSNorm(d, execution=execution)
         self.output_layer = nn.Linear(d, vocab_size)
 
     def _speech(self, hs, hlens):

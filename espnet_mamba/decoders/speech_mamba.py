@@ -18,6 +18,7 @@ from espnet_mamba.decoders.memory import SpeechMemory
 from espnet_mamba.decoders.recurrent import RecurrentDecoder
 from espnet_mamba.modules.attention import MultiHeadAttention
 from espnet_mamba.modules.block import Residual
+from espnet_mamba.modules.execution import Execution
 from espnet_mamba.modules.factory import build_mixer, named_options, resolve_mixer_conf
 from espnet_mamba.modules.norm import RMSNorm
 from espnet_mamba.modules.padding import lengths_to_mask
@@ -25,13 +26,13 @@ from espnet_mamba.modules.padding import lengths_to_mask
 
 class SpeechMambaDecoderLayer(nn.Module):
     def __init__(self, d_model, heads, dropout_rate, attention_dropout_rate, make_mixer,
-                 backend):
+                 execution):
         super().__init__()
-        self.mamba_in = Residual(d_model, make_mixer(), dropout_rate, backend)
+        self.mamba_in = Residual(d_model, make_mixer(), dropout_rate, execution=execution)
         self.src_attn = Residual(d_model, MultiHeadAttention(d_model, heads,
                                                              attention_dropout_rate),
-                                 dropout_rate, backend)
-        self.mamba_out = Residual(d_model, make_mixer(), dropout_rate, backend)
+                                 dropout_rate, execution=execution)
+        self.mamba_out = Residual(d_model, make_mixer(), dropout_rate, execution=execution)
 
     def forward(self, x, lengths, memory, memory_mask):
         x = self.mamba_in(x, lengths)
@@ -63,21 +64,27 @@ class SpeechMambaDecoder(RecurrentDecoder):
         d_conv: int = 4,
         expand: float = 2,
         mixer_conf: Optional[dict] = None,
+        # execution options (modules/execution.py): how this machine runs the weights
         backend: Optional[str] = None,
+        fused_kernels: bool = True,
+        cuda_graphs: bool = True,
     ):
         super().__init__()
+        execution = self.execution = Execution(backend=(backend or "auto").lower(),
+                                               fused_kernels=fused_kernels,
+                                               cuda_graphs=cuda_graphs)
         d = encoder_output_size
         conf = resolve_mixer_conf(mixer, d_state, d_conv, expand, mixer_conf)
 
         def make_mixer():
-            return build_mixer(d, mixer, False, backend, **conf)
+            return build_mixer(d, mixer, False, execution=execution, **conf)
 
         self.embed = nn.Embedding(vocab_size, d)
         self.decoders = nn.ModuleList(
             SpeechMambaDecoderLayer(d, attention_heads, dropout_rate, attention_dropout_rate,
-                                    make_mixer, backend)
+                                    make_mixer, execution)
             for _ in range(num_blocks))
-        self.after_norm = RMSNorm(d, backend=backend)
+        self.after_norm = RMSNorm(d, execution=execution)
         self.output_layer = nn.Linear(d, vocab_size)
 
     def forward(self, hs_pad: torch.Tensor, hlens: torch.Tensor, ys_in_pad: torch.Tensor,

@@ -13,6 +13,7 @@ from typeguard import typechecked
 from espnet_mamba.encoders.options import ENCODER_RULES
 from espnet_mamba.encoders.stack import StackEncoder
 from espnet_mamba.modules.block import Residual
+from espnet_mamba.modules.execution import Execution
 from espnet_mamba.modules.factory import build_mixer, named_options, resolve_mixer_conf
 
 
@@ -39,18 +40,26 @@ class SambaASREncoder(StackEncoder):
         mixer_conf: Optional[dict] = None,
         interctc_layer_idx: List[int] = [],
         interctc_use_conditioning: bool = False,
-        pack_sequences: bool = False,
+        recompute_input_layer: bool = False,
+        # execution options (modules/execution.py): how this machine runs the weights
         backend: Optional[str] = None,
+        fused_kernels: bool = True,
+        merge_directions: str = "auto",
+        pack_sequences: bool = False,
+        packed_mixer: str = "fused",
         cuda_graphs: bool = False,
         cuda_graph_conf: Optional[dict] = None,
-        recompute_input_layer: bool = False,
     ):
+        execution = Execution(backend=(backend or "auto").lower(), fused_kernels=fused_kernels,
+                              merge_directions=merge_directions, packed_mixer=packed_mixer,
+                              cuda_graphs=cuda_graphs, pack_sequences=pack_sequences)
         conf = resolve_mixer_conf(mixer, d_state, d_conv, expand, mixer_conf)
         layers = [
-            _MambaLayer(output_size, build_mixer(output_size, mixer, bidirectional, backend,
-                                                 **conf), dropout_rate, backend)
+            _MambaLayer(output_size, build_mixer(output_size, mixer, bidirectional,
+                                                 execution=execution, **conf),
+                        dropout_rate, execution=execution)
             for _ in range(num_blocks)
         ]
         super().__init__(input_size, output_size, input_layer, dropout_rate, layers,
-                         interctc_layer_idx, interctc_use_conditioning, pack_sequences,
-                         backend, cuda_graphs, cuda_graph_conf, recompute_input_layer)
+                         interctc_layer_idx, interctc_use_conditioning, execution,
+                         cuda_graph_conf, recompute_input_layer)

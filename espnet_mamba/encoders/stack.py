@@ -3,6 +3,8 @@
 input layer (conv subsampling) -> layers(x, lengths, mask, packing) -> final RMSNorm, plus
 ESPnet's intermediate-CTC options.  Subclasses only say how to build one layer.
 
+Execution options (modules/execution.py) are held in ``self.execution``.
+
 ``pack_sequences``: the input layer and the layers see the valid frames of the batch end to
 end (1, total, d) instead of a padded batch (see modules/packing.py, encoders/input_layer.py
 ``packed``); outputs are unpacked again.  Exact either way.  Mamba2 mixers run the packed row
@@ -10,7 +12,8 @@ natively (``seq_idx``: modules/mamba2.py); Mamba v1 and attention unpack it.
 
 ``recompute_input_layer``: the conv subsampling's activations are recomputed in the backward
 pass instead of kept (encoders/input_layer.py ``RecomputedConvs``): less memory for long inputs,
-one more forward of the subsampling per step.  Off by default.
+one more forward of the subsampling per step.  Off by default.  (A model option: it changes
+which modules run, not their parameters, and is not changed at run time.)
 
 ``cuda_graphs``: training steps replay the layers' forward and backward from CUDA graphs, one
 per (batch, bucketed length) shape (graphs/training.py; ``cuda_graph_conf``:
@@ -33,7 +36,7 @@ from espnet_mamba.encoders.input_layer import InputLayer, check_input
 from espnet_mamba.modules.factory import check_options
 from espnet_mamba.modules.block import Stream
 from espnet_mamba.modules.norm import RMSNorm
-from espnet_mamba.modules import mamba2
+from espnet_mamba.modules.execution import Execution
 from espnet_mamba.modules.packing import RowPacking
 from espnet_mamba.modules.padding import lengths_to_mask
 from espnet_mamba.modules.strict_load import StrictLoadMixin
@@ -69,41 +72,48 @@ def pads_packed_rows(layers: nn.Module) -> list:
 class StackEncoder(StrictLoadMixin, AbsEncoder):
     def __init__(self, input_size: int, output_size: int, input_layer: Optional[str],
                  dropout_rate: float, layers: List[nn.Module], interctc_layer_idx: List[int],
-                 interctc_use_conditioning: bool, pack_sequences: bool, backend: Optional[str],
-                 cuda_graphs: bool = False, cuda_graph_conf: Optional[dict] = None,
-                 recompute_input_layer: bool = False):
+                 interctc_use_conditioning: bool, execution: Execution,
+                 cuda_graph_conf: Optional[dict] = None, recompute_input_layer: bool = False):
         super().__init__()
         self._output_size = output_size
+        self.execution = execution
         self.embed = InputLayer(input_layer, input_size, output_size, dropout_rate,
                                 recompute=recompute_input_layer)
         self.encoders = nn.ModuleList(layers)
-        self.after_norm = RMSNorm(output_size, backend=backend)
+        self.after_norm = RMSNorm(output_size, execution=execution)
         bad = [i for i in interctc_layer_idx if not 0 < i < len(layers)]
         if bad:
             raise ValueError(f"interctc_layer_idx {bad} out of range 1..{len(layers) - 1}")
         self.interctc_layer_idx = list(interctc_layer_idx)
         self.interctc_use_conditioning = interctc_use_conditioning
         self.conditioning_layer = None  # set by ESPnet's model when conditioning is on
-        self.pack_sequences = pack_sequences
         check_options("cuda_graph_conf", cuda_graph_conf or {}, GRAPH_OPTIONS)
-        if cuda_graphs and interctc_layer_idx:
-            raise ValueError("cuda_graphs: true does not combine with interctc_layer_idx (its "
-                             "layers run eagerly): set one of them off")
-        padding_kinds = pads_packed_rows(self.encoders)
-        if cuda_graphs and pack_sequences and padding_kinds:
-            # a graph replays fixed shapes; unpacking a row gives (batch, longest) shapes
-            raise ValueError(
-                "cuda_graphs: true with pack_sequences: true needs layers that run a packed "
-                f"batch natively (mixer: mamba2, no attention); these unpack it: "
-                f"{', '.join(padding_kinds)}. Set one of the two options off")
-        # training steps' layers as CUDA graphs (graphs/training.py); not a module, so
-        # nothing of it is in the state dict
-        self.training_graphs = TrainingGraphs(**(cuda_graph_conf or {})) if cuda_graphs else None
+        self.cuda_graph_conf = dict(cuda_graph_conf or {})
+        self.execution_changed()
         # NaN/inf input (see _nonfinite): the rows of the last batch, and whether to pass them on
         # outside training too (set by integration/nonfinite_batches.py around the model's
         # forward, where validation runs)
         self.nonfinite_rows: List[int] = []
         self.pass_nonfinite = False
+
+    def execution_changed(self) -> None:
+        """Check the execution options that depend on the model, and (re)make the training
+        graphs (graphs/training.py; not a module, so nothing of them is in the state dict).
+        Called at build and by :func:`~espnet_mamba.modules.execution.set_execution`."""
+        ex = self.execution
+        if ex.cuda_graphs and self.interctc_layer_idx:
+            raise ValueError("cuda_graphs: true does not combine with interctc_layer_idx (its "
+                             "layers run eagerly): set one of them off")
+        padding_kinds = pads_packed_rows(self.encoders)
+        if ex.cuda_graphs and ex.pack_sequences and padding_kinds:
+            # a graph replays fixed shapes; unpacking a row gives (batch, longest) shapes
+            raise ValueError(
+                "cuda_graphs: true with pack_sequences: true needs layers that run a packed "
+                f"batch natively (mixer: mamba2 with packed_mixer fused or unfused, no "
+                f"attention); these unpack it: {', '.join(padding_kinds)}. Set one of the "
+                "options off")
+        self.training_graphs = (TrainingGraphs(**self.cuda_graph_conf) if ex.cuda_graphs
+                                else None)
 
     def output_size(self) -> int:
         return self._output_size
@@ -138,7 +148,7 @@ class StackEncoder(StrictLoadMixin, AbsEncoder):
         # packed: the input layer too runs on the valid frames only (encoders/input_layer.py;
         # None: no frame left after the subsampling, the padded route)
         packed = (self.embed.packed(xs_pad, host_lengths)
-                  if self.pack_sequences and len(xs_pad) > 1 else None)
+                  if self.execution.pack_sequences and len(xs_pad) > 1 else None)
         packing = None
         if packed is not None:
             xs, packing = packed
@@ -160,9 +170,8 @@ class StackEncoder(StrictLoadMixin, AbsEncoder):
             if self.training_graphs is not None:
                 out = self.training_graphs.packed(
                     self, lambda: _Layers(self.encoders, self.after_norm, packed=True), xs,
-                    RowPacking.of(packing), layout=f"packed ({mamba2.PACKED_PATH})",
-                    unsupported="ESPNET_MAMBA_PACKED_MIXER=padded: the Mamba2 mixers unpack "
-                    "the packed batch" if mamba2.PACKED_PATH == "padded" else None)
+                    RowPacking.of(packing),
+                    layout=f"packed ({self.execution.packed_mixer})")
                 if out is not None:
                     return unpack(out), lengths, None
         intermediate = []

@@ -1,18 +1,15 @@
 """What the decoding graphs (``decoding.py``) and the training graphs (``training.py``) share:
-the switch that turns both off, the parameter signature a graph is bound to, and the repair of a
+how a user turns them off, the parameter signature a graph is bound to, and the repair of a
 process after a failed capture."""
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-ENV = "ESPNET_MAMBA_CUDA_GRAPHS"
+from espnet_mamba.modules.execution import ENV_VAR
 
-
-def enabled_by_env() -> bool:
-    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+# the run-time switch, as messages name it (the execution option ``cuda_graphs``)
+TURN_OFF = f"{ENV_VAR}=cuda_graphs=false"
 
 
 def recover_from_failed_capture(device: torch.device, stream) -> None:

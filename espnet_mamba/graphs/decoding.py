@@ -15,7 +15,8 @@ When a graph is used (everything else runs the eager step, unchanged):
     one object shared by every hypothesis (one utterance): the graph reads it in place, and the
     graphs of an utterance are dropped when the next utterance's memory arrives (only a weak
     reference to it is kept, so decoding does not hold a finished utterance's memory);
-  * ``ESPNET_MAMBA_CUDA_GRAPHS`` is not ``0`` and the decoder's ``cuda_graphs`` is true.
+  * the decoder's execution option ``cuda_graphs`` is true (its default; checked by
+    ``RecurrentDecoder`` before it calls this).
 A shape (rows, ...) is captured the second time it is seen: ESPnet's beam search keeps the
 number of hypotheses fixed for most steps, and a count seen once is not worth a capture.
 The first replay of every graph is compared with the eager step on the same inputs; if they
@@ -37,7 +38,7 @@ import weakref
 
 import torch
 
-from espnet_mamba.graphs.capture import (ENV, enabled_by_env, parameter_signature,
+from espnet_mamba.graphs.capture import (TURN_OFF, parameter_signature,
                                           recover_from_failed_capture)
 from espnet_mamba.modules.state import map_state
 
@@ -100,7 +101,7 @@ class StepGraphs:
 
     def usable(self, tokens: torch.Tensor, training: bool) -> bool:
         return (self.disabled is None and tokens.is_cuda and not training
-                and not torch.is_grad_enabled() and enabled_by_env()
+                and not torch.is_grad_enabled()
                 and not torch.cuda.is_current_stream_capturing()
                 and not torch.jit.is_tracing() and not torch.jit.is_scripting())
 
@@ -136,8 +137,8 @@ class StepGraphs:
                     raise RuntimeError(
                         f"espnet_mamba: capturing the decoding step failed ({err}) and CUDA's "
                         f"random-number generator could not be restored afterwards "
-                        f"({recover_err}); this process cannot go on decoding. Set {ENV}=0 "
-                        f"(or decoder.cuda_graphs = False)") from err
+                        f"({recover_err}); this process cannot go on decoding. Set {TURN_OFF} "
+                        f"(or decoder_conf cuda_graphs: false)") from err
                 return self._give_up(step, tokens, recurrent, memory,
                                      f"capturing the decoding step failed: {err}")
             self.graphs[key] = entry
@@ -191,6 +192,6 @@ class StepGraphs:
         self.clear()  # frees the graphs' memory pools
         self.disabled = why
         warnings.warn(f"espnet_mamba: {why}; decoding goes on without CUDA graphs "
-                      f"({ENV}=0 skips them)", RuntimeWarning, stacklevel=3)
+                      f"({TURN_OFF} skips them)", RuntimeWarning, stacklevel=3)
         logging.warning("espnet_mamba: %s; CUDA graphs off for this decoder", why)
         return result if result is not None else step(tokens, recurrent, memory)

@@ -33,8 +33,8 @@ When a graph is used (anything else runs the layers eagerly, unchanged):
   * not in distributed training (DDP's gradient hooks are not yet checked with graphs), not in
     an ``nn.DataParallel`` replica (its weights are copies a graph would freeze in), no module
     hooks (a graph runs them only at capture);
-  * ``ESPNET_MAMBA_CUDA_GRAPHS`` is not ``0``.
-A setup that rules graphs out for good (off CUDA, DDP, DataParallel, hooks, the variable) logs one
+  * the encoder's execution option ``cuda_graphs`` is true (checked by the encoder).
+A setup that rules graphs out for good (off CUDA, DDP, DataParallel, hooks) logs one
 warning naming the reason; validation and accumulated micro-batches run eagerly without a word.
 Under autocast, the graphed call runs inside ``torch.autocast(..., cache_enabled=False)``, as
 ``make_graphed_callables`` requires (ESPnet's trainer enables the cache); the cast weights are
@@ -73,7 +73,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from espnet_mamba.graphs.capture import (ENV, enabled_by_env, parameter_signature,
+from espnet_mamba.graphs.capture import (TURN_OFF, parameter_signature,
                                           recover_from_failed_capture)
 from espnet_mamba.modules.packing import RowPacking
 
@@ -146,8 +146,6 @@ class TrainingGraphs:
             return self.disabled
         if not (module.training and torch.is_grad_enabled()):
             return "not a training step"
-        if not enabled_by_env():
-            return f"{ENV}=0"
         if xs.is_cuda and torch.cuda.is_current_stream_capturing():
             return "inside another capture"
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -189,31 +187,28 @@ class TrainingGraphs:
                          lambda key, x: self._padded(key, x, lengths, valid))
 
     def packed(self, module: torch.nn.Module, make_layers: Callable[[], torch.nn.Module],
-               xs: torch.Tensor, row: RowPacking, layout: str = "packed",
-               unsupported: Optional[str] = None) -> Optional[torch.Tensor]:
+               xs: torch.Tensor, row: RowPacking,
+               layout: str = "packed") -> Optional[torch.Tensor]:
         """The same for a packed row xs (1, total, d) (``pack_sequences``): the graph's inputs
         are (xs, seq_idx, reverse_index), padded to a multiple of ``frame_step`` with one more
         utterance of zero frames (``batch_step`` does not apply); ``make_layers()`` runs the
-        layers on them.  ``layout`` names how the layers run the row (part of the graph's key);
-        ``unsupported``: why they cannot run it in a graph (logged once, like ``why_eager``'s
-        reasons)."""
+        layers on them.  ``layout`` names how the layers run the row (part of the graph's
+        key)."""
         def pad(key, x):
             frames = key[0]
             padded_row = row.pad_to(frames)
             return (F.pad(x, (0, 0, 0, frames - x.shape[1])), padded_row.seq_idx,
                     padded_row.reverse_index)
         shape = (self.bucket(xs.shape[1], 1)[0], 1)
-        return self._run(module, make_layers, xs, layout, shape, pad, unsupported)
+        return self._run(module, make_layers, xs, layout, shape, pad)
 
-    def _run(self, module, make_layers, xs, layout, shape, pad, unsupported=None):
+    def _run(self, module, make_layers, xs, layout, shape, pad):
         """``shape``: the graph's (frames, rows); ``pad(key, xs)``: its inputs."""
         # one walk over the module tree serves every check of this step (a 23-block encoder
         # walked once per check: ~3.5 ms of host time per step on a 2-core CPU, one walk
         # ~0.9 ms; the GPU waits for it when its work is short, as with packed batches)
         tree = _Tree(module) if xs.device.type in self.devices else None
         reason = self.why_eager(module, xs, tree)
-        if reason is None:
-            reason = unsupported
         if reason is not None:
             if not reason.startswith(ROUTINE) and reason not in self.warned:
                 # asked for graphs that this setup never uses: say so once, not per step
@@ -261,7 +256,7 @@ class TrainingGraphs:
                 f"encoder cuda_graphs: capturing the layers for shape {key[:2]} failed ({what}) "
                 f"and CUDA's random-number generator could not be restored afterwards "
                 f"({type(recover_err).__name__}: {recover_err}); this process cannot go on. "
-                f"Set encoder_conf cuda_graphs: false (or {ENV}=0) and resume") from err
+                f"Set encoder_conf cuda_graphs: false (or {TURN_OFF}) and resume") from err
         if not oom:
             # with the traceback: a capture error often surfaces at a later op than the one
             # that broke the capture ("operation failed due to a previous error during capture")

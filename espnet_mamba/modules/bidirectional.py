@@ -7,10 +7,10 @@ summed (the residual stream keeps its width).
 Two Mamba (v1) mixers can share one selective scan: their channels side by side, each
 direction's B and C as one group of mamba-ssm's grouped layout.  Same arithmetic, half the
 scan calls: on the PyTorch path half the Python steps over time (the CPU cost), on CUDA one
-kernel call instead of two.  ``MERGE_DIRECTIONS``: "auto" merges wherever mamba-ssm's fused
-``mamba_inner_fn`` would not be used (no kernels: the PyTorch path; or modules/mamba.py
-FUSED_INNER off); True also where it would (the kernels one by one: benchmarks/
-encoder_gpu.py's ``samba_asr_merged`` variant measures it); False never.
+kernel call instead of two.  The execution option ``merge_directions`` (modules/execution.py):
+``auto`` merges wherever mamba-ssm's fused ``mamba_inner_fn`` would not be used (no kernels: the
+PyTorch path; or ``fused_kernels: false``); ``always`` also where it would (the kernels one by
+one: benchmarks/encoder_gpu.py's ``samba_asr_merged`` variant measures it); ``never`` never.
 """
 
 from __future__ import annotations
@@ -21,9 +21,7 @@ from torch import nn
 from espnet_mamba.modules import mamba as mamba_v1
 from espnet_mamba.modules.padding import lengths_to_mask, reverse_padded
 from espnet_mamba.modules.precision import after_in_proj
-from espnet_mamba.ops.selective_scan import fused_mamba_inner_available, selective_scan
-
-MERGE_DIRECTIONS = "auto"
+from espnet_mamba.ops.selective_scan import selective_scan
 
 
 class Bidirectional(nn.Module):
@@ -45,12 +43,12 @@ class Bidirectional(nn.Module):
 
     def _merge(self, x) -> bool:
         f, b = self.forward_mixer, self.backward_mixer
-        if not (isinstance(f, mamba_v1.Mamba) and isinstance(b, mamba_v1.Mamba)
-                and MERGE_DIRECTIONS):
+        if not (isinstance(f, mamba_v1.Mamba) and isinstance(b, mamba_v1.Mamba)):
             return False
-        if MERGE_DIRECTIONS == "auto":
-            return not (mamba_v1.FUSED_INNER and fused_mamba_inner_available(f.backend, x))
-        return True
+        mode = f.execution.merge_directions
+        if mode == "auto":
+            return not f.fuses(x)
+        return mode == "always"
 
     def _merged(self, x, lengths):
         f, b = self.forward_mixer, self.backward_mixer

@@ -14,6 +14,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import nn
 
+from espnet_mamba.modules.execution import Execution
 from espnet_mamba.modules.norm import RMSNorm
 from espnet_mamba.ops.rms_norm import add_rms_norm
 
@@ -33,7 +34,8 @@ class Stream(NamedTuple):
     def normed(self, norm: RMSNorm):
         """(norm(x), x) with the add and the dropout fused into the norm."""
         h, x = add_rms_norm(self.pending, self.residual, norm.weight, norm.eps,
-                            self.dropout_p, backend=norm.backend)
+                            self.dropout_p, backend=norm.execution.backend,
+                            kernel_min_numel=norm.execution.norm_kernel_min_numel)
         return (h if self.out_dtype is None else h.to(self.out_dtype)), x
 
 
@@ -41,9 +43,9 @@ class Residual(nn.Module):
     """Wraps a sub-layer ``f(x, *args, **kwargs)`` with RMSNorm, dropout and the skip path."""
 
     def __init__(self, d_model: int, layer: nn.Module, dropout_rate: float = 0.0,
-                 backend: str | None = None):
+                 backend: str | None = None, execution: Execution | None = None):
         super().__init__()
-        self.norm = RMSNorm(d_model, backend=backend)
+        self.norm = RMSNorm(d_model, backend=backend, execution=execution)
         self.layer = layer
         self.dropout = nn.Dropout(dropout_rate)
 

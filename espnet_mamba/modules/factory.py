@@ -19,6 +19,7 @@ from typing import Collection, Sequence
 
 from torch import nn
 
+from espnet_mamba.modules import execution as ex
 from espnet_mamba.modules.bidirectional import Bidirectional
 from espnet_mamba.modules.mamba import Mamba
 from espnet_mamba.modules.mamba2 import Mamba2
@@ -52,7 +53,10 @@ COMMON_RULES = {
     "mixer": rules.choice(tuple(MIXERS)),
     "d_state": rules.integer(1), "d_conv": rules.integer(1), "expand": rules.positive_number(),
     "mixer_conf": rules.nested(lambda conf: MIXER_RULES.get(conf.get("mixer", "mamba"), {})),
-    "backend": rules.backend_rule,
+    # execution options (modules/execution.py)
+    "backend": rules.backend_rule, "fused_kernels": rules.boolean(),
+    "merge_directions": rules.choice(ex.MERGE_MODES), "packed_mixer": rules.choice(ex.PACKED_MIXERS),
+    "cuda_graphs": rules.boolean(), "pack_sequences": rules.boolean(),
 }
 
 # (label, option names) of classes a config may have been written for, best guess first
@@ -143,6 +147,10 @@ def named_options(conf: str, extra_rules: dict | None = None):
     if it fails the error is still raised, without that part.  The signature seen by ESPnet's
     --print_config (inspect.signature follows __wrapped__) is unchanged.
 
+    Execution options the constructor takes are then replaced by those the environment sets
+    (``ESPNET_MAMBA_EXECUTION``, ``ESPNET_MAMBA_BACKEND``: modules/execution.py), so that the
+    machine that runs a model decides how, whatever config.yaml says.
+
     Then every value, given or default, is checked by :data:`COMMON_RULES` and ``extra_rules``
     (else by its annotation) before the constructor runs: a bad one raises
     :class:`~espnet_mamba.modules.option_rules.BadOptionError` naming ``<conf>.<key>``, before
@@ -157,6 +165,7 @@ def named_options(conf: str, extra_rules: dict | None = None):
         signature = inspect.signature(init)
         table = {**COMMON_RULES, **(extra_rules or {})}
         hints = rules.type_hints(init)
+        execution_keys = [k for k in ex.CONFIG_FIELDS if k in params]
 
         @functools.wraps(init)
         def __init__(self, *args, **kwargs):
@@ -168,6 +177,8 @@ def named_options(conf: str, extra_rules: dict | None = None):
                     known = []
                 raise unknown_options_error(cls.__name__, conf, kwargs, valid, settable,
                                             known)
+            overrides = ex.environment_overrides() if execution_keys else {}
+            kwargs.update({k: v for k, v in overrides.items() if k in execution_keys})
             bound = signature.bind(self, *args, **kwargs)
             bound.apply_defaults()
             given = {k: v for k, v in bound.arguments.items() if k != "self"}
@@ -185,14 +196,17 @@ def mixer_options(cls) -> list[str]:
 
 
 def build_mixer(d_model: int, mixer: str = "mamba", bidirectional: bool = False,
-                backend: str | None = None, **options) -> nn.Module:
+                backend: str | None = None, execution: ex.Execution | None = None,
+                **options) -> nn.Module:
     """A Mamba (v1) or Mamba2 mixer of width ``d_model``; ``options`` go to its constructor
-    (d_state, d_conv, expand, headdim...)."""
+    (d_state, d_conv, expand, headdim...); it runs by ``execution`` (modules/execution.py), or
+    one made from ``backend`` and the environment."""
     if mixer not in MIXERS:
         raise ValueError(f"unknown mixer {mixer!r}; valid: {', '.join(MIXERS)}")
     cls = MIXERS[mixer]
-    check_options(f"{mixer} mixer", options, mixer_options(cls))
-    options["backend"] = backend
+    check_options(f"{mixer} mixer", options,
+                  [k for k in mixer_options(cls) if k not in ("backend", "execution")])
+    options["execution"] = ex.resolve(backend, execution)
 
     def make():
         return cls(d_model, **options)
@@ -207,5 +221,6 @@ def resolve_mixer_conf(mixer: str, d_state: int, d_conv: int, expand: float,
     if mixer not in MIXERS:
         raise ValueError(f"unknown mixer {mixer!r}; valid: {', '.join(MIXERS)}")
     check_options(f"mixer_conf of {mixer}", extra,
-                  set(mixer_options(MIXERS[mixer])) - {"d_state", "d_conv", "expand", "backend"})
+                  set(mixer_options(MIXERS[mixer])) - {"d_state", "d_conv", "expand", "backend",
+                                                        "execution"})
     return {"d_state": d_state, "d_conv": d_conv, "expand": expand, **extra}

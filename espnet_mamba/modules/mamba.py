@@ -16,20 +16,11 @@ from torch import nn
 from espnet_mamba.modules.mamba_init import inverse_softplus_dt, no_weight_decay, ssm_dtype
 from espnet_mamba.modules.padding import MASKED_DT, lengths_to_mask, mask_end
 from espnet_mamba.modules.precision import after_in_proj
-from espnet_mamba.ops import backend as ops_backend
+from espnet_mamba.modules import execution as ex
 from espnet_mamba.ops.causal_conv1d import causal_conv1d, causal_conv1d_step, last_inputs
 from espnet_mamba.ops.selective_scan import (
     fused_mamba_inner, fused_mamba_inner_available, selective_scan, selective_state_step,
 )
-
-
-# Right-padded batches without a final state run as mamba-ssm's single ``mamba_inner_fn`` call
-# on CUDA (it recomputes the conv and dt in backward: less memory).  Its Python-level forward and
-# backward cost ~1.1 ms and ~2.5 ms of host time per call on an H100 (torch.profiler), which
-# bounds training at short lengths; the composed path below (the same kernels called one
-# by one, backward in autograd's engine) is the alternative measured by benchmarks/
-# encoder_gpu.py's ``samba_asr_composed`` variant, which sets this to False.
-FUSED_INNER = True
 
 
 class Mamba(nn.Module):
@@ -40,12 +31,15 @@ class Mamba(nn.Module):
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: float = 2,
                  dt_rank="auto", dt_min: float = 0.001, dt_max: float = 0.1,
                  dt_init: str = "random", dt_scale: float = 1.0, dt_init_floor: float = 1e-4,
-                 conv_bias: bool = True, bias: bool = False, backend: str | None = None):
+                 conv_bias: bool = True, bias: bool = False, backend: str | None = None,
+                 execution: ex.Execution | None = None):
+        """mamba-ssm's options, then how to run (``backend``, or a whole ``execution``:
+        modules/execution.py)."""
         super().__init__()
         self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
         self.d_inner = int(expand * d_model)
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
-        self.backend = ops_backend.check_backend(backend) if backend else None
+        self.execution = ex.resolve(backend, execution)
         d_inner = self.d_inner
 
         self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=bias)
@@ -68,6 +62,10 @@ class Mamba(nn.Module):
         self.D = nn.Parameter(torch.ones(d_inner))
         no_weight_decay(self.A_log, self.D)
         self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
+
+    @property
+    def backend(self) -> str:
+        return self.execution.backend
 
     def _conv_weight(self):
         return self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
@@ -95,7 +93,7 @@ class Mamba(nn.Module):
     def _mix(self, xz, mask, fusable, return_final_state):
         """Everything after in_proj (fp32 under fp16 autocast: modules/precision.py)."""
         A, D, dt_bias = self.scan_params()
-        if fusable and FUSED_INNER and fused_mamba_inner_available(self.backend, xz):
+        if fusable and self.fuses(xz):
             out = fused_mamba_inner(xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
                                     self.dt_proj.weight, self.out_proj.weight, self.out_proj.bias,
                                     A, D, dt_bias)
@@ -115,6 +113,15 @@ class Mamba(nn.Module):
         end = mask_end(mask) if mask is not None else torch.full(
             (xz.shape[0],), xz.shape[2], device=xz.device)
         return out, (last_inputs(conv_in, end, self.d_conv), ssm_state)
+
+    def fuses(self, xz) -> bool:
+        """Whether a right-padded batch without a final state runs as mamba-ssm's single
+        ``mamba_inner_fn`` call (CUDA; it recomputes the conv and dt in backward: less memory).
+        Its Python-level forward and backward cost ~1.1 ms and ~2.5 ms of host time per call on
+        an H100 (torch.profiler), which bounds training at short lengths; ``fused_kernels:
+        false`` calls the same kernels one by one, backward in autograd's engine."""
+        return (self.execution.fused_kernels
+                and fused_mamba_inner_available(self.execution.backend, xz))
 
     def scan_params(self):
         """(A, D, dt bias) of the selective scan, in fp32."""

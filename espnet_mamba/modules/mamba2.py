@@ -7,37 +7,18 @@ with conv_dim = d_inner + 2 * ngroups * d_state.
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import nn
 
 from espnet_mamba.modules.mamba_init import inverse_softplus_dt, no_weight_decay, ssm_dtype
 from espnet_mamba.modules.padding import MASKED_DT, lengths_to_mask, mask_end
 from espnet_mamba.modules.precision import after_in_proj
-from espnet_mamba.ops import backend as ops_backend
+from espnet_mamba.modules import execution as ex
 from espnet_mamba.ops.causal_conv1d import causal_conv1d, causal_conv1d_step, last_inputs
 from espnet_mamba.ops.rms_norm import gated_rms_norm
 from espnet_mamba.ops.ssd import (
     fused_mamba2_available, fused_mamba2_split_scan, ssd_scan, ssd_step,
 )
-
-
-# How packed batches (modules/packing.py) run through the mixer:
-#   "fused":   mamba-ssm's fused mixer with ``seq_idx`` where it is available, else "unfused";
-#   "unfused": the convolution and the chunk scan, each with ``seq_idx`` (CUDA kernels or the
-#              PyTorch path), then the gated norm;
-#   "padded":  unpack, run the padded batch, pack again (no speed-up; for comparisons).
-# On an H100 (mamba-ssm 2.3.2.post1, causal-conv1d 1.7.0) each seq_idx kernel and the whole
-# mixer equal each utterance run alone (< 1e-5, fp32), and a packed encoder's outputs and
-# gradients equal the padded one's (tests/gpu/test_models_cuda.py::test_packed_encoder_cuda,
-# under a random-projection loss: a sum of squares after an RMSNorm with unit weights is nearly
-# constant, and its gradients would be mostly rounding noise).  ESPNET_MAMBA_PACKED_MIXER picks
-# a path (benchmarks).
-PACKED_PATHS = ("fused", "unfused", "padded")
-PACKED_PATH = os.environ.get("ESPNET_MAMBA_PACKED_MIXER", "fused")
-if PACKED_PATH not in PACKED_PATHS:
-    raise ValueError(f"ESPNET_MAMBA_PACKED_MIXER={PACKED_PATH!r}: valid values {PACKED_PATHS}")
 
 
 class GatedRMSNorm(nn.Module):
@@ -57,7 +38,9 @@ class Mamba2(nn.Module):
                  headdim: int = 64, ngroups: int = 1, A_init_range=(1, 16),
                  dt_min: float = 0.001, dt_max: float = 0.1, dt_init_floor: float = 1e-4,
                  bias: bool = False, conv_bias: bool = True, chunk_size: int = 256,
-                 backend: str | None = None):
+                 backend: str | None = None, execution: ex.Execution | None = None):
+        """mamba-ssm's options, then how to run (``backend``, or a whole ``execution``:
+        modules/execution.py)."""
         super().__init__()
         self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
         self.d_inner = int(expand * d_model)
@@ -69,7 +52,7 @@ class Mamba2(nn.Module):
             raise ValueError(f"Mamba2: nheads = {self.nheads} must be a multiple of "
                              f"ngroups = {ngroups}")
         self.ngroups, self.chunk_size = ngroups, chunk_size
-        self.backend = ops_backend.check_backend(backend) if backend else None
+        self.execution = ex.resolve(backend, execution)
         self.conv_dim = self.d_inner + 2 * ngroups * d_state
 
         self.in_proj = nn.Linear(d_model, self.d_inner + self.conv_dim + self.nheads, bias=bias)
@@ -87,6 +70,15 @@ class Mamba2(nn.Module):
         self.norm = GatedRMSNorm(self.d_inner, eps=1e-5, group_size=self.d_inner // ngroups)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
 
+    @property
+    def backend(self) -> str:
+        return self.execution.backend
+
+    @property
+    def packs_by_padding(self) -> bool:
+        """A packed row is unpacked (``packed_mixer: padded``), as Mamba v1 and attention do."""
+        return self.execution.packed_mixer == "padded"
+
     def _split(self, zxbcdt):
         return zxbcdt.split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
 
@@ -99,7 +91,7 @@ class Mamba2(nn.Module):
 
         ``packing`` (:class:`~espnet_mamba.modules.packing.Packing`): x is (1, total, d_model),
         utterances end to end; the convolution and the scan reset at each start (``seq_idx``,
-        see PACKED_PATH).
+        see :meth:`_forward_packed`).
         """
         if packing is not None:
             return self._forward_packed(x, packing)
@@ -116,7 +108,8 @@ class Mamba2(nn.Module):
         next."""
         batch, length, _ = zxbcdt.shape
         A = -torch.exp(self.A_log.float())
-        if fusable and fused_mamba2_available(self.backend, zxbcdt):
+        fused = self.execution.fused_kernels and fused_mamba2_available(self.backend, zxbcdt)
+        if fusable and fused:
             out = fused_mamba2_split_scan(
                 zxbcdt, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias, A,
                 self.D, self.chunk_size, self.norm.weight, self.norm.eps, self.out_proj.weight,
@@ -150,13 +143,24 @@ class Mamba2(nn.Module):
         return out, (last_inputs(conv_in, end, self.d_conv), ssm_state)
 
     def _forward_packed(self, x, packing):
-        if PACKED_PATH == "padded":
+        """The execution option ``packed_mixer`` picks how a packed row runs:
+          ``fused``:   mamba-ssm's fused mixer with ``seq_idx`` where it is available, else
+                       ``unfused``;
+          ``unfused``: the convolution and the chunk scan, each with ``seq_idx`` (CUDA kernels
+                       or the PyTorch path), then the gated norm;
+          ``padded``:  unpack, run the padded batch, pack again (no speed-up; for comparisons).
+        On an H100 (mamba-ssm 2.3.2.post1, causal-conv1d 1.7.0) each seq_idx kernel and the
+        whole mixer equal each utterance run alone (< 1e-5, fp32), and a packed encoder's
+        outputs and gradients equal the padded one's
+        (tests/gpu/test_models_cuda.py::test_packed_encoder_cuda)."""
+        path = self.execution.packed_mixer
+        if path == "padded":
             return packing.padded(self.forward, x, packing.lengths)
         # mamba-ssm's fused mixer hands causal-conv1d a channel-last view of in_proj's output
         # only if its width and the conv's channels are multiples of 8; otherwise it makes the
         # view contiguous, and the kernel refuses seq_idx: those widths run unfused
         aligned = self.in_proj.out_features % 8 == 0 and self.conv_dim % 8 == 0
-        fused = (PACKED_PATH == "fused" and aligned
+        fused = (path == "fused" and aligned and self.execution.fused_kernels
                  and fused_mamba2_available(self.backend, x))
         return after_in_proj(self._mix, self.in_proj(x), None, fused, False,
                              weight=self.out_proj.weight, seq_idx=packing.seq_idx)

@@ -101,15 +101,11 @@ def at_least_option(other: str) -> Rule:
 
 
 def backend_rule(v, conf) -> "str | None":
-    """``backend``: a name of ops/backend.py; unset, the environment variable's value is
-    checked here too, so that a misspelt one fails at build, not at the first forward."""
+    """``backend``: a name of ops/backend.py, or null ('auto').  (The environment's value, which
+    overrides it, is checked where it is read: modules/execution.py.)"""
     valid = ", ".join(repr(b) for b in ops_backend.BACKENDS)
-    if v is None:
-        ops_backend.check_backend(None)  # raises, naming ESPNET_MAMBA_BACKEND
-        return None
-    if not isinstance(v, str) or v.lower() not in ops_backend.BACKENDS:
-        return (f"must be one of {valid}, or null (then {ops_backend.ENV_VAR}, else "
-                f"'auto')")
+    if v is not None and (not isinstance(v, str) or v.lower() not in ops_backend.BACKENDS):
+        return f"must be one of {valid}, or null ('auto')"
     return None
 
 
@@ -138,12 +134,8 @@ def validate(prefix: str, conf: Mapping, rules: Rules, hints: Mapping | None = N
     for key, value in conf.items():
         name = f"{prefix}.{key}"
         rule = rules.get(key)
-        try:
-            problem = rule(value, conf) if rule else (
-                _type_problem(value, hints[key]) if hints and key in hints else None)
-        except ValueError as exc:  # the environment's backend (backend_rule)
-            raise BadOptionError(f"{exc} ({name} is not set, so the environment decides)") \
-                from None
+        problem = rule(value, conf) if rule else (
+            _type_problem(value, hints[key]) if hints and key in hints else None)
         if problem:
             raise BadOptionError(f"{name} = {show(value)}: {problem}")
         if value is not None and hasattr(rule, "rules_of"):

@@ -4,7 +4,8 @@ A padded batch of lengths (2 s, 35 s, ...) spends most of its work on padding.  
 frames form one sequence (1, total, ...) and a ``seq_idx`` (1, total) tells mamba-ssm's Mamba2
 kernels (causal conv1d and the SSD scan) where each utterance starts, so no state crosses an
 utterance boundary.  Per-frame layers (norms, projections, residual adds) need nothing.
-Mamba2 mixers run packed rows natively (modules/mamba2.py PACKED_PATH): mamba-ssm's kernels on
+Mamba2 mixers run packed rows natively (the execution option ``packed_mixer``,
+modules/mamba2.py): mamba-ssm's kernels on
 CUDA, the same ``seq_idx`` logic in PyTorch elsewhere.
 
 Layers that cannot run packed (Mamba v1: mamba-ssm's selective scan has no ``seq_idx``;
@@ -131,5 +132,5 @@ class RowPacking:
 
     def padded(self, *args, **kwargs):
         raise RuntimeError("a layer that runs a packed row by padding (Mamba v1, attention, "
-                           "Mamba2 with ESPNET_MAMBA_PACKED_MIXER=padded) cannot run inside a "
+                           "Mamba2 with packed_mixer: padded) cannot run inside a "
                            "CUDA graph of a packed row")

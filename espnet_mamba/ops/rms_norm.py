@@ -13,14 +13,15 @@ import torch.nn.functional as F
 from espnet_mamba.ops.backend import check_backend, kernel_module, use_kernels
 
 
-# In 'auto' mode the triton kernels serve inputs of at least this many elements.  Below it
-# (decoding steps: a few hypotheses x d_model) a call's host-side cost (~220 us per triton
-# call measured on an H100 vs ~2 us of GPU work) dominates, and torch's rms_norm is cheaper.
-TRITON_MIN_NUMEL = 1 << 16
+# The default of ``kernel_min_numel``: in 'auto' mode the triton kernels serve inputs of at least
+# this many elements.  Below it (decoding steps: a few hypotheses x d_model) a call's host-side
+# cost (~220 us per triton call measured on an H100 vs ~2 us of GPU work) dominates, and torch's
+# rms_norm is cheaper.  Modules pass their execution option (modules/execution.py).
+KERNEL_MIN_NUMEL = 1 << 16
 
 
-def _use_triton(backend, x, *tensors):
-    if check_backend(backend) == "auto" and x.numel() < TRITON_MIN_NUMEL:
+def _use_triton(backend, kernel_min_numel, x, *tensors):
+    if check_backend(backend) == "auto" and x.numel() < kernel_min_numel:
         return False
     return use_kernels(backend, "rms_norm", x, *tensors)
 
@@ -30,15 +31,16 @@ def _rms(x, weight, eps):
     return F.rms_norm(xf, (x.shape[-1],), weight.to(xf.dtype), eps).to(x.dtype)
 
 
-def rms_norm(x, weight, eps=1e-5, backend: str | None = None):
+def rms_norm(x, weight, eps=1e-5, backend: str | None = None,
+             kernel_min_numel: int = KERNEL_MIN_NUMEL):
     """norm(x) * weight."""
-    if _use_triton(backend, x, weight):
+    if _use_triton(backend, kernel_min_numel, x, weight):
         return kernel_module("rms_norm").rms_norm_fn(x, weight, None, eps=eps)
     return _rms(x, weight, eps)
 
 
 def add_rms_norm(pending, residual, weight, eps=1e-5, dropout_p=0.0,
-                 backend: str | None = None):
+                 backend: str | None = None, kernel_min_numel: int = KERNEL_MIN_NUMEL):
     """The residual add of a pre-norm stack fused with the next norm.
 
     new_residual = residual + dropout(pending) (just ``pending`` if residual is None);
@@ -49,7 +51,7 @@ def add_rms_norm(pending, residual, weight, eps=1e-5, dropout_p=0.0,
     ``residual_in_fp32``): the running sum of every layer's output is what leaves fp16's range
     first and what bf16 rounds most.  The normalised output has ``pending``'s dtype.
     """
-    if _use_triton(backend, pending, weight):
+    if _use_triton(backend, kernel_min_numel, pending, weight):
         fn = kernel_module("rms_norm").rms_norm_fn
         return fn(pending, weight, None, residual=residual, eps=eps, dropout_p=dropout_p,
                   prenorm=True, residual_in_fp32=True)

@@ -160,7 +160,7 @@ def test_failing_decoder_is_recorded(one_thread):
 
 def test_eager_variants_are_ours_without_graphs(one_thread):
     """samba_asr_eager / speech_mamba_eager are built like ours, with the same weights and
-    ``cuda_graphs = False``; off CUDA both run the eager step, so the decode is the same."""
+    the execution option ``cuda_graphs: false``; off CUDA both run the eager step, so the decode is the same."""
     args = bench.parse_args(["--device", "cpu", "--tiny", "--decode-steps", "3"])
     cfg = bench.settings_from_args(args)
     cpu = torch.device("cpu")
@@ -169,7 +169,7 @@ def test_eager_variants_are_ours_without_graphs(one_thread):
     res = bench.bench_decode(decoders, cfg, cpu, "none", 0)
     for name in ("samba_asr", "speech_mamba"):
         ours, eager = decoders[name][0], decoders[f"{name}_eager"][0]
-        assert ours.cuda_graphs and not eager.cuda_graphs
+        assert ours.execution.cuda_graphs and not eager.execution.cuda_graphs
         assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(),
                                                      eager.state_dict().values()))
         assert decoders[f"{name}_eager"][1]["config"] == decoders[name][1]["config"]

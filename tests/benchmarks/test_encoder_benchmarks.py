@@ -101,7 +101,7 @@ def test_graphed_variant_is_the_shipped_option_and_plain_off_cuda():
     plain, _ = encoder_gpu.build("samba_asr", tiny=True, dropout_rate=0.0)
     torch.manual_seed(0)
     graphed, conf = encoder_gpu.build("samba_asr_graphed", tiny=True, dropout_rate=0.0)
-    assert conf["cuda_graphs"] is True and encoder_gpu.is_graphed(graphed)
+    assert conf["execution"] == {"cuda_graphs": True} and encoder_gpu.is_graphed(graphed)
     assert not encoder_gpu.is_graphed(plain)
     x, ilens = torch.randn(2, 50, encoder_gpu.FEATS), torch.tensor([50, 31])
     outs = []
@@ -155,15 +155,14 @@ def test_every_benchmark_model_builds_and_runs_tiny():
     assert set(encoder_gpu.DEFAULT_MODELS) <= set(encoder_gpu.model_table())
     x, ilens = torch.randn(2, 40, encoder_gpu.FEATS), torch.tensor([40, 25])
     for name in encoder_gpu.model_table():
-        encoder_gpu.apply_variant(name)
-        try:
-            enc, conf = encoder_gpu.build(name, tiny=True)
-            y = enc.train()(x, ilens)[0]
-            y.square().mean().backward()
-        finally:
-            encoder_gpu.apply_variant("")
+        enc, conf = encoder_gpu.build(name, tiny=True)
+        y = enc.train()(x, ilens)[0]
+        y.square().mean().backward()
         assert y.isfinite().all(), name
-        assert conf.get("cuda_graphs", False) == name.endswith("_graphed"), name
+        options = conf.get("execution", {})
+        assert options.get("cuda_graphs", False) == name.endswith("_graphed"), name
+        if name.startswith(("samba_asr", "speech_mamba")):  # the variant's options are set
+            assert all(getattr(enc.execution, k) == v for k, v in options.items()), name
 
 
 def test_recompute_flag_reaches_our_encoders_only(tmp_path):

@@ -110,14 +110,13 @@ def test_mixer_cuda_vs_torch(cls, kw, masked):
 
 
 @pytest.mark.parametrize("lengths", [None, [200, 150, 31]])
-def test_mamba_composed_path_cuda_vs_torch(lengths, monkeypatch):
-    """The v1 mixer without mamba_inner_fn (modules/mamba.py FUSED_INNER = False: the kernels
+def test_mamba_composed_path_cuda_vs_torch(lengths):
+    """The v1 mixer without mamba_inner_fn (execution option fused_kernels: false: the kernels
     called one by one, as benchmarks/encoder_gpu.py's samba_asr_composed variant runs them)
     against the PyTorch path, values and every gradient."""
-    from espnet_mamba.modules import mamba as mamba_mixer
+    from espnet_mamba.modules.execution import Execution
 
-    monkeypatch.setattr(mamba_mixer, "FUSED_INNER", False)
-    cuda = Mamba(128, backend="cuda").to(DEV)
+    cuda = Mamba(128, execution=Execution(backend="cuda", fused_kernels=False)).to(DEV)
     ref = Mamba(128, backend="torch").to(DEV)
     ref.load_state_dict(cuda.state_dict(), strict=True)
     x = torch.randn(3, 200, 128, device=DEV)
@@ -126,15 +125,16 @@ def test_mamba_composed_path_cuda_vs_torch(lengths, monkeypatch):
 
 
 @pytest.mark.parametrize("lengths", [None, [200, 150, 31]])
-def test_bidirectional_merged_scan_cuda_vs_torch(lengths, monkeypatch):
+def test_bidirectional_merged_scan_cuda_vs_torch(lengths):
     """Both directions of a bidirectional v1 layer in one grouped selective_scan_fn call
-    (modules/bidirectional.py MERGE_DIRECTIONS = True, the samba_asr_merged benchmark variant)
+    (execution option merge_directions: always, the samba_asr_merged benchmark variant)
     against the PyTorch path, values and every gradient."""
-    from espnet_mamba.modules import bidirectional
+    from espnet_mamba.modules.execution import Execution
     from espnet_mamba.modules.factory import build_mixer
 
-    monkeypatch.setattr(bidirectional, "MERGE_DIRECTIONS", True)
-    cuda = build_mixer(128, "mamba", True, "cuda").to(DEV)
+    cuda = build_mixer(128, "mamba", True,
+                       execution=Execution(backend="cuda", merge_directions="always")).to(DEV)
+    assert cuda._merge(torch.randn(1, 8, 128, device=DEV))
     ref = build_mixer(128, "mamba", True, "torch").to(DEV)
     ref.load_state_dict(cuda.state_dict(), strict=True)
     x = torch.randn(3, 200, 128, device=DEV)

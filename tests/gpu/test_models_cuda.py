@@ -4,6 +4,8 @@ searches, with the same checks as the CPU tests (fp32 tolerances)."""
 import pytest
 import torch
 
+from espnet_mamba.modules.execution import set_execution
+
 from model_checks import (
     ENCODERS, MIXER_CONF, encoder_padding_error, packed_vs_padded_error, run_beam_searches,
     teacher_forcing_vs_steps, tiny_decoder,
@@ -36,13 +38,12 @@ def test_encoder_padding_cuda(name, mixer):
 @pytest.mark.parametrize("path", ["padded", "fused", "unfused"])
 @pytest.mark.parametrize("bidirectional", [True, False])
 @pytest.mark.parametrize("name", ["samba_asr", "speech_mamba"])
-def test_packed_encoder_cuda(name, bidirectional, path, monkeypatch):
+def test_packed_encoder_cuda(name, bidirectional, path):
     """Packed (pack_sequences) == the padded batch on CUDA, for each way the Mamba2 mixers can
-    run a packed row (espnet_mamba/modules/mamba2.py PACKED_PATH)."""
-    from espnet_mamba.modules import mamba2
-    monkeypatch.setattr(mamba2, "PACKED_PATH", path)
+    run a packed row (the execution option packed_mixer)."""
     err = packed_vs_padded_error(name, "mamba2", device="cuda", dtype=torch.float32,
-                                 backend="cuda", bidirectional=bidirectional)
+                                 backend="cuda", bidirectional=bidirectional,
+                                 packed_mixer=path)
     assert err < 1e-4
 
 
@@ -64,9 +65,9 @@ def test_cuda_graph_batch_score_equals_eager_cuda(name, mixer, amp):
             for rows in (1, 1, 4, 4, 4, 2, 2):
                 ys = torch.randint(0, dec.output_layer.out_features, (rows, 3), device="cuda")
                 pick = torch.randint(0, len(states_g), (rows,)).tolist()
-                dec.cuda_graphs = True
+                set_execution(dec, cuda_graphs=True)
                 logp_g, out_g = dec.batch_score(ys, [states_g[i] for i in pick], x)
-                dec.cuda_graphs = False
+                set_execution(dec, cuda_graphs=False)
                 logp_e, out_e = dec.batch_score(ys, [states_e[i] for i in pick], x)
                 assert (logp_g - logp_e).abs().max() <= 1e-3 * logp_e.abs().max()
                 states_g = [dec.select_state(out_g, i) for i in range(rows)]
@@ -92,7 +93,7 @@ def test_cuda_graph_follows_dtype_change_cuda():
         x = x.bfloat16()
         for _ in range(2):
             logp, _ = dec.batch_score(ys, [dec.batch_init_state(x)], x)
-        dec.cuda_graphs = False
+        set_execution(dec, cuda_graphs=False)
         ref, _ = dec.batch_score(ys, [dec.batch_init_state(x)], x)
     assert (logp - ref).abs().max() <= 1e-3 * ref.abs().max()
     assert dec.step_graphs.disabled is None and len(dec.step_graphs.graphs) == 1

@@ -180,7 +180,7 @@ def test_a_process_that_cannot_be_put_right_stops_with_a_clear_error(monkeypatch
     graphs = StepGraphs()
     tokens, state = torch.tensor([4]), toy_state(1)
     graphs(toy_step, tokens, state, None)
-    with pytest.raises(RuntimeError, match="could not be restored.*ESPNET_MAMBA_CUDA_GRAPHS=0"):
+    with pytest.raises(RuntimeError, match="could not be restored.*ESPNET_MAMBA_EXECUTION=cuda_graphs=false"):
         graphs(toy_step, tokens, state, None)
 
 
@@ -197,16 +197,6 @@ def test_graphs_are_per_inference_mode(fake_capture):
     assert len(made) == 2 and torch.equal(out, toy_step(tokens, state, None)[0])
 
 
-@pytest.mark.parametrize("value,enabled", [(None, True), ("1", True), ("0", False),
-                                           ("off", False), ("False", False)])
-def test_environment_switch(monkeypatch, value, enabled):
-    if value is None:
-        monkeypatch.delenv(cuda_graph.ENV, raising=False)
-    else:
-        monkeypatch.setenv(cuda_graph.ENV, value)
-    assert cuda_graph.enabled_by_env() is enabled
-
-
 def test_never_used_off_cuda_or_with_gradients(monkeypatch):
     graphs = StepGraphs()
     with torch.no_grad():
@@ -217,9 +207,6 @@ def test_never_used_off_cuda_or_with_gradients(monkeypatch):
     with torch.no_grad():
         assert graphs.usable(cuda_like, training=False)
         assert not graphs.usable(cuda_like, training=True)
-        monkeypatch.setenv(cuda_graph.ENV, "0")
-        assert not graphs.usable(cuda_like, training=False)
-    monkeypatch.delenv(cuda_graph.ENV)
     with torch.enable_grad():
         assert not graphs.usable(cuda_like, training=False)
     dec = tiny_decoder("samba_asr", "mamba")
@@ -288,3 +275,25 @@ def test_several_utterances_in_one_step_run_eagerly(fake_capture, monkeypatch):
         alone = [dec.batch_score(ys[:1], [dec.batch_init_state(x)], x)[0] for x in xs]
     first = [dec.batch_score(ys, [dec.batch_init_state(x) for x in xs], xs[0])[0]]
     assert torch.allclose(first[0], torch.cat(alone))
+
+
+@pytest.mark.parametrize("how", ["option", "environment", "set_execution"])
+def test_execution_option_turns_the_decoding_graphs_off(monkeypatch, how):
+    """cuda_graphs: false (decoder_conf, ESPNET_MAMBA_EXECUTION at build, or set_execution on a
+    built decoder): beam search never asks for a graph."""
+    from espnet_mamba.modules.execution import set_execution
+    if how == "environment":
+        monkeypatch.setenv("ESPNET_MAMBA_EXECUTION", "cuda_graphs=false")
+    dec = tiny_decoder("samba_asr", "mamba", **({"cuda_graphs": False} if how == "option"
+                                                  else {}))
+    if how == "set_execution":
+        assert dec.execution.cuda_graphs
+        set_execution(dec, cuda_graphs=False)
+    assert not dec.execution.cuda_graphs
+
+    def no_graphs(*args):
+        raise AssertionError("a graph was asked for")
+    monkeypatch.setattr(StepGraphs, "usable", no_graphs)
+    x = torch.randn(12, 32, dtype=torch.float64)
+    with torch.no_grad():
+        dec.batch_score(torch.ones(2, 1, dtype=torch.long), [dec.batch_init_state(x)] * 2, x)

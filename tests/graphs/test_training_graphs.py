@@ -138,6 +138,12 @@ def test_a_setup_that_never_uses_graphs_says_so_once(stand_in, monkeypatch, capl
 
 
 def test_eager_outside_training_steps_and_when_switched_off(stand_in, monkeypatch):
+    """Off at run time: the environment at build (ESPNET_MAMBA_EXECUTION), or set_execution on
+    the built encoder (and on again)."""
+    from espnet_mamba.modules.execution import set_execution
+    monkeypatch.setenv("ESPNET_MAMBA_EXECUTION", "cuda_graphs=false")
+    assert encoder(cuda_graphs=True).training_graphs is None
+    monkeypatch.delenv("ESPNET_MAMBA_EXECUTION")
     enc = encoder(cuda_graphs=True)
     x, ilens = torch.randn(2, 50, FEATS, dtype=torch.float64), torch.tensor([50, 30])
     graphs = enc.training_graphs
@@ -146,12 +152,13 @@ def test_eager_outside_training_steps_and_when_switched_off(stand_in, monkeypatc
     enc.train()
     with torch.no_grad():
         assert graphs.why_eager(enc, x) == "not a training step"
-    monkeypatch.setenv("ESPNET_MAMBA_CUDA_GRAPHS", "0")
-    assert graphs.why_eager(enc, x) == "ESPNET_MAMBA_CUDA_GRAPHS=0"
+    set_execution(enc, cuda_graphs=False)
+    assert enc.training_graphs is None
     for _ in range(3):
         step(enc, x, ilens)
     assert stand_in.captures == [] and stand_in.replays == []
-    monkeypatch.delenv("ESPNET_MAMBA_CUDA_GRAPHS")
+    set_execution(enc, cuda_graphs=True)
+    graphs = enc.training_graphs
     enc.zero_grad(set_to_none=True)
     assert graphs.why_eager(enc, x) is None
     monkeypatch.setattr(TrainingGraphs, "devices", ("cuda",))
@@ -360,17 +367,17 @@ def test_packed_rows_replay_one_graph_per_bucket(bidirectional, stand_in):
     assert [r["shape"] for r in stand_in.replays] == [(1, 32, 32)] * 2
 
 
-def test_packed_rows_unpacked_by_the_mixers_run_eagerly_and_say_so(stand_in, monkeypatch,
-                                                                    caplog):
-    from espnet_mamba.modules import mamba2
-    monkeypatch.setattr(mamba2, "PACKED_PATH", "padded")
+def test_graphs_of_packed_rows_refuse_mixers_that_unpack_them():
+    """packed_mixer: padded unpacks each row, which a graph of fixed shapes cannot replay:
+    refused at build, and by set_execution (the encoder stays as it was)."""
+    from espnet_mamba.modules.execution import set_execution
+    with pytest.raises(ValueError, match="these unpack it: Mamba2"):
+        encoder(mixer="mamba2", mixer_conf=MIXER2, pack_sequences=True, cuda_graphs=True,
+                packed_mixer="padded")
     enc = encoder(mixer="mamba2", mixer_conf=MIXER2, pack_sequences=True, cuda_graphs=True)
-    x, ilens = torch.randn(2, 50, FEATS, dtype=torch.float64), torch.tensor([50, 30])
-    with caplog.at_level(logging.WARNING):
-        for _ in range(3):
-            step(enc, x, ilens)
-    assert not stand_in.captures
-    assert caplog.text.count("ESPNET_MAMBA_PACKED_MIXER=padded") == 1
+    with pytest.raises(ValueError, match="these unpack it: Mamba2"):
+        set_execution(enc, packed_mixer="padded")
+    assert enc.execution.packed_mixer == "fused" and enc.training_graphs is not None
 
 
 def test_default_options_are_documented():

@@ -297,7 +297,7 @@ def test_misspelt_option_through_build_model_is_named(part, option, asr_task, to
 
 def test_misspelt_option_lists_the_valid_ones(asr_task, token_list):
     with pytest.raises(TypeError, match=r"every option of SambaASREncoder \(encoder_conf\): "
-                                        r"output_size, num_blocks, .*recompute_input_layer$"):
+                                        r"output_size, num_blocks, .*recompute_input_layer, backend, .*cuda_graph_conf$"):
         build_from_command_line(asr_task, token_list, "--encoder", "samba_asr",
                                 "--encoder_conf", "num_block=1")
 

@@ -98,10 +98,10 @@ def test_ssm_parameters_are_fp32_and_no_weight_decay():
 
 
 @pytest.mark.parametrize("lengths", [None, [23, 11, 1]])
-def test_bidirectional_merged_scan_equals_two_scans(lengths, monkeypatch):
+def test_bidirectional_merged_scan_equals_two_scans(lengths):
     """Two Mamba v1 directions through one grouped scan (modules/bidirectional.py, the default on
     the PyTorch path) == the two mixers run separately: outputs and every gradient."""
-    from espnet_mamba.modules import bidirectional
+    from espnet_mamba.modules.execution import set_execution
     from espnet_mamba.modules.factory import build_mixer
 
     torch.manual_seed(0)
@@ -109,9 +109,9 @@ def test_bidirectional_merged_scan_equals_two_scans(lengths, monkeypatch):
     x = torch.randn(3, 23, 16, dtype=torch.float64)
     lengths = None if lengths is None else torch.tensor(lengths)
     results = []
-    for merge in (False, True):
-        monkeypatch.setattr(bidirectional, "MERGE_DIRECTIONS", merge)
-        assert mix._merge(x) == merge
+    for merge in ("never", "always"):
+        set_execution(mix, merge_directions=merge)
+        assert mix._merge(x) == (merge == "always")
         xi = x.clone().requires_grad_()
         y = mix(xi, lengths)
         results.append((y, *torch.autograd.grad(y.square().sum(), [xi, *mix.parameters()])))
