@@ -13,6 +13,7 @@ from espnet_mamba.integration.espnet_options import espnet_counterparts
 from espnet_mamba.integration.import_hook import install_import_hook
 from espnet_mamba.integration.install_check import check_torch_companions
 from espnet_mamba.integration.names import POST_IMPORT, REGISTRY
+from espnet_mamba.integration import resolved_config
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,9 @@ def register_into(module) -> dict[str, list[str]]:
             done.setdefault(attr, []).append(name)
     if module.__name__ in REGISTRY:
         guard_checkpoint_loading(module)
+        # ESPnet's build_model, wrapped: the config asr_train writes after it must rebuild the
+        # same model under later defaults, and say which plugin version trained it
+        resolved_config.patch(module)
     return done
 
 
