@@ -8,11 +8,26 @@ model's forward only (``utt_id``).  :func:`patch` wraps ``ESPnetASRModel.forward
 ids of the bad rows after the encoder has seen them, and to let validation (which runs the
 model's forward in eval mode) pass them on too instead of refusing the batch.  No check of its
 own, no GPU sync: it reads a list the encoder already filled.  Other encoders are not touched.
+
+A batch too short for the model (ESPnet's ``TooShortUttError``, raised by our encoder's input
+layer when a batch has fewer frames than its subsampling needs, by an empty utterance, or by the
+STFT front-end for a few samples; integration/stft.py) is right for decoding, where
+asr_inference catches it per utterance, but ESPnet's trainer catches nothing and the job ends.
+The same wrapper turns it, in training and validation, into ESPnet's convention for a bad step:
+the batch's utterance ids are logged with the error, and the forward returns a NaN loss that
+depends on every trainable parameter, so ``loss.backward()`` makes every gradient NaN and the
+trainer's check (``if not torch.isfinite(grad_norm)``, espnet2/train/trainer.py) skips the
+update: "The grad norm is nan. Skipping updating the model".  Its stats hold only ``loss``
+(NaN), which ESPnet's reporter leaves out of the epoch's weighted averages.  Under DDP every
+rank's gradients are then NaN after the all-reduce, so all ranks skip the same step.  (With
+``accum_grad`` > 1 the whole accumulated step is skipped, as for any non-finite loss.)
 """
 
 from __future__ import annotations
 
 import logging
+
+import torch
 
 from espnet_mamba.integration.patching import wrap_method
 
@@ -27,6 +42,10 @@ def _logging_bad_rows(original):
         encoder.nonfinite_rows, encoder.pass_nonfinite = [], True
         try:
             out = original(self, *args, **kwargs)
+        except Exception as exc:
+            if not _is_too_short(exc):
+                raise
+            return _skipped_step(self, exc, args, kwargs)
         finally:
             encoder.pass_nonfinite = False
         if encoder.nonfinite_rows:
@@ -39,6 +58,34 @@ def _logging_bad_rows(original):
         return out
 
     return forward
+
+
+def _is_too_short(exc) -> bool:
+    # by name and module: the class lives in ESPnet's legacy tree, whose path moved before
+    return type(exc).__name__ == "TooShortUttError" and type(exc).__module__.startswith("espnet")
+
+
+def _batch_size(args, kwargs) -> int:
+    speech = kwargs.get("speech", args[0] if args else None)
+    return int(speech.shape[0]) if isinstance(speech, torch.Tensor) and speech.dim() else 1
+
+
+def _skipped_step(model, exc, args, kwargs):
+    """(loss, stats, weight) of a step ESPnet's trainer skips: a NaN loss on every trainable
+    parameter (so every gradient is NaN), after naming the utterances."""
+    keys = kwargs.get("utt_id")
+    logger.warning("utterance(s) %s too short for the model (%s: %s); this %s step is skipped",
+                   list(keys) if keys is not None else "(utterance ids not given)",
+                   type(exc).__name__, exc, "training" if model.training else "validation")
+    params = [p for p in model.parameters() if p.requires_grad]
+    device = params[0].device if params else torch.device("cpu")
+    nan = torch.tensor(float("nan"), device=device)
+    if params and torch.is_grad_enabled():
+        loss = nan * sum(p.sum() for p in params)
+    else:
+        loss = nan
+    weight = torch.tensor(_batch_size(args, kwargs), device=device)
+    return loss, {"loss": loss.detach()}, weight
 
 
 def patch(module) -> bool:

@@ -13,7 +13,7 @@ from espnet_mamba.integration.espnet_options import espnet_counterparts
 from espnet_mamba.integration.import_hook import install_import_hook
 from espnet_mamba.integration.install_check import check_torch_companions
 from espnet_mamba.integration.names import POST_IMPORT, REGISTRY
-from espnet_mamba.integration import resolved_config
+from espnet_mamba.integration import nonfinite_stats, resolved_config
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,11 @@ def register_into(module) -> dict[str, list[str]]:
         # ESPnet's build_model, wrapped: the config asr_train writes after it must rebuild the
         # same model under later defaults, and say which plugin version trained it
         resolved_config.patch(module)
+        # ESPnet's global, wrapped where main_worker looks it up: one NaN/inf utterance must
+        # not make feats_stats.npz (and so every later step) NaN
+        abs_task = sys.modules.get("espnet2.tasks.abs_task")
+        if abs_task is not None:
+            nonfinite_stats.patch(abs_task)
     return done
 
 

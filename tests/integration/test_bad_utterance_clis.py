@@ -10,9 +10,18 @@ Through ESPnet's own command-line tools (subprocesses; the ``.pth`` hook registe
   which asr_inference catches per utterance), with ``batch_size`` 1 and 3 (a batch that holds a
   bad utterance is decoded again one at a time by ESPnet).
 
-The feature statistics come from the clean training data: statistics collected over a NaN file
-are NaN themselves, and then every utterance is (docs/reliability.md).  About 1.5 minutes on a
-2-core CPU.
+The feature statistics of the training run come from the clean training data.  And:
+
+- ``asr_train --collect_stats true`` (asr.sh stage 10) over data with a NaN and an inf file
+  names both, leaves them out of the statistics and the shape files, and writes the statistics
+  of the clean utterances (stock ESPnet: NaN statistics, exit 0, no word;
+  integration/nonfinite_stats.py);
+- ``asr_train`` with an utterance too short for the encoder's subsampling alone in its batch (in
+  training and in validation) finishes and saves the model: the log names the utterance and
+  ESPnet's trainer skips that step (stock ESPnet: the TooShortUttError ends the job;
+  integration/nonfinite_batches.py).
+
+About 2.5 minutes on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -30,6 +39,8 @@ pytestmark = pytest.mark.slow
 
 EPOCHS = 2
 BAD_TRAIN = "spk9-bad-nan"
+SHORT = "spk9-short"
+SHORT_SAMPLES = 800  # 6 frames at hop 160: fewer than the 7 that conv2d subsampling needs
 BAD_TEST = {"spk9-bad-inf": np.inf, "spk9-bad-nan": np.nan}
 
 
@@ -141,3 +152,120 @@ def test_decoding_skips_nan_and_inf_utterances(setup, batch_size, tmp_path):
         assert re.search(rf"Utterance (\['{utt}'\]|{utt}) has non-finite values \(NaN/inf\) "
                          r"in the input", log), tail(out / "decode.log", 200)
     assert any(hyps[u].strip() for u in ds.utts), f"all good hypotheses empty: {hyps}"
+
+
+# --------------------------------------------------------------------------------------------
+# statistics (asr.sh stage 10)
+
+def _with_data(args, name: str, data_dir: Path) -> list:
+    """train_args with the `name` ("train"/"valid") data paths replaced by those of data_dir."""
+    out = []
+    for a in map(str, args):
+        if a.endswith(",speech,sound") and f"/{name}/" in a:
+            a = f"{data_dir / 'wav.scp'},speech,sound"
+        elif a.endswith(",text,text") and f"/{name}/" in a:
+            a = f"{data_dir / 'text'},text,text"
+        out.append(a)
+    return out
+
+
+def test_collect_stats_leaves_out_nonfinite_utterances(setup, tmp_path):
+    ds, _ = setup
+    clean = ds.root.parent / "stats"  # the setup's statistics, of the clean training data
+    wavs = {}
+    for utt, value in BAD_TEST.items():
+        wavs[utt] = tmp_path / f"{utt}.wav"
+        write_bad_wav(wavs[utt], value, ds.sample_rate)
+    train = tmp_path / "train_bad"
+    with_bad_utterances(ds.sets["train"], train, wavs)
+    out = tmp_path / "stats"
+    rc = collect_stats(_with_data(train_args(ds), "train", train), out, tmp_path)
+    log = (out / "collect_stats.log").read_text(errors="replace")
+    assert rc == 0, tail(out / "collect_stats.log")
+    for utt in BAD_TEST:
+        assert re.search(rf"utterance {utt} \(train set\): non-finite values \(NaN/inf\) in "
+                         r"speech; left out", log), tail(out / "collect_stats.log", 100)
+    got = np.load(out / "train" / "feats_stats.npz")
+    want = np.load(clean / "train" / "feats_stats.npz")
+    assert np.isfinite(got["sum"]).all() and np.isfinite(got["sum_square"]).all()
+    assert int(got["count"]) == int(want["count"])
+    np.testing.assert_allclose(got["sum"], want["sum"], rtol=1e-5)
+    np.testing.assert_allclose(got["sum_square"], want["sum_square"], rtol=1e-5)
+    for name in ("speech_shape", "text_shape"):
+        keys = {line.split()[0] for line in (out / "train" / name).read_text().splitlines()}
+        assert keys == {line.split()[0] for line in
+                        (clean / "train" / name).read_text().splitlines()}, name
+
+
+# --------------------------------------------------------------------------------------------
+# a batch too short for the encoder
+
+def test_training_skips_a_too_short_batch_and_names_it(setup, tmp_path):
+    """One utterance of 6 frames, alone in its batch (batch_size 1) in the training and the
+    validation set: the job finishes its epoch and saves the model."""
+    import soundfile
+
+    ds, _ = setup
+    stats = ds.root.parent / "stats"
+    wav = tmp_path / f"{SHORT}.wav"
+    noise = 0.01 * np.random.default_rng(2).standard_normal(SHORT_SAMPLES)
+    soundfile.write(str(wav), noise.astype(np.float32), ds.sample_rate, subtype="PCM_16")
+    args = list(map(str, train_args(ds)))
+    shapes = []
+    for split in ("train", "valid"):
+        data = tmp_path / f"{split}_short"
+        with_bad_utterances(ds.sets[split], data, {SHORT: wav})
+        args = _with_data(args, split, data)
+        for name, line in (("speech_shape", f"{SHORT} {SHORT_SAMPLES}\n"),
+                           ("text_shape", f"{SHORT} 3\n")):
+            lines = (stats / split / name).read_text().splitlines(keepends=True) + [line]
+            (tmp_path / f"{split}_{name}").write_text("".join(sorted(lines)))
+            shapes += [f"--{split}_shape_file", tmp_path / f"{split}_{name}"]
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    encoder, encoder_conf, decoder, decoder_conf, ctc_weight = CONFIGS["samba_samba"]
+    write_yaml(exp / "train.yaml", {
+        "encoder": encoder, "encoder_conf": encoder_conf,
+        "decoder": decoder, "decoder_conf": decoder_conf,
+        "model_conf": {"ctc_weight": ctc_weight, "lsm_weight": 0.0}, **FRONTEND,
+        "normalize": "global_mvn",
+        "normalize_conf": {"stats_file": str(stats / "train" / "feats_stats.npz")},
+        "optim": "adam", "optim_conf": {"lr": 0.003}, "max_epoch": 1,
+        "batch_type": "folded", "batch_size": 1, "keep_nbest_models": 1,
+    })
+    rc = run_espnet("asr_train", [
+        "--config", exp / "train.yaml", *args, *shapes,
+        "--fold_length", "80000", "--fold_length", "150", "--output_dir", exp,
+    ], cwd=tmp_path, log=exp / "train.log")
+    log = (exp / "train.log").read_text(errors="replace")
+    assert rc == 0, f"asr_train with a too-short utterance failed (rc={rc})\n{tail(exp / 'train.log')}"
+    assert "1epoch results" in log and (exp / "valid.loss.best.pth").exists()
+    for step in ("training", "validation"):
+        assert re.search(rf"utterance\(s\) \['{SHORT}'\] too short for the model "
+                         rf"\(TooShortUttError: .*\); this {step} step is skipped", log), (
+            step, tail(exp / "train.log", 200))
+    assert log.count("Skipping updating the model") == 1, tail(exp / "train.log", 200)
+    # the skipped step's NaN is left out of the epoch's averages
+    results = re.search(r"1epoch results: (.*)", log).group(1)
+    assert re.search(r"\[train\] .*\bloss=\d", results) and re.search(
+        r"\[valid\] .*\bloss=\d", results), results
+
+
+def test_no_espnet_function_is_wrapped_with_the_hook_disabled():
+    """ESPNET_MAMBA_DISABLE_HOOK=1: collect_stats, ASRTask.build_model and ESPnetASRModel's
+    forward are ESPnet's own."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import espnet2.tasks.asr as asr, espnet2.tasks.abs_task as t\n"
+            "from espnet2.asr.espnet_model import ESPnetASRModel as M\n"
+            "marks = [getattr(t.collect_stats, '_espnet_mamba_finite_stats', False),\n"
+            "         getattr(asr.ASRTask.build_model.__func__, '_espnet_mamba_resolved_config', False),\n"
+            "         getattr(M.forward, '_espnet_mamba_nonfinite', False)]\n"
+            "print('MARKS', marks)\n")
+    for disabled, want in (("1", "[False, False, False]"), ("", "[True, True, True]")):
+        env = dict(os.environ, ESPNET_MAMBA_DISABLE_HOOK=disabled)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, timeout=120)
+        assert f"MARKS {want}" in out.stdout, (disabled, out.stdout, out.stderr[-2000:])
