@@ -7,19 +7,19 @@ kernel and the PyTorch path are interchangeable:
     or grouped (batch, groups, d_state, length), channel i reading group i // (d_inner / groups)
     D, delta_bias: (d_inner,);  returns y (batch, d_inner, length) [, last_state (batch, d_inner, d_state)]
 
-With autograd, the PyTorch path is a *blocked* scan, exact (same recurrence, only reordered) and
-without the per-time-step Python loop of mamba-ssm's reference (whose autograd graph of one node
-per step makes the backward slow).  Without autograd (decoding), :func:`_scan_no_grad` runs one
-fused step per time step, which does half the blocked scan's arithmetic.  The length is cut into M chunks of K steps
-(K ~ sqrt(length/2)); then
-  1. K vectorised steps run the recurrence inside every chunk at once from a zero state and keep
-     each chunk's end state,
-  2. M small steps carry the true state from chunk to chunk (chunk decay = exp(A * sum dt)),
-  3. K vectorised steps run every chunk again from its true start state and emit y.
-That is 2K + M Python steps instead of `length`, on tensors of shape (batch, d_inner, M, d_state),
-so no (batch, d_inner, length, d_state) tensor is ever built: memory stays O(length / K) in
-inference, which is what lets a 20-minute recording decode on a CPU.  All decays are exp of
-non-positive numbers (A < 0, dt >= 0), so nothing overflows.
+The PyTorch path runs the recurrence itself (same arithmetic as the reference loop, exact) over
+*windows* of W time steps (:func:`window_steps`: ~1M state numbers, at least d_state steps).
+Per window, the decays exp(dt A) and the inputs dt u B of all W steps are computed at once into
+buffers that every window reuses, then one fused multiply-add per step writes the states over
+the inputs, then y = C . h for the whole window.  So no (batch, d_inner, length, d_state) tensor
+is ever built: a window's buffers are the largest thing, and a 20-minute recording decodes on a
+CPU.  Decays are exp of non-positive numbers (A < 0, dt >= 0): nothing overflows.
+
+With autograd, :class:`_WindowedScan` keeps for backward only its inputs and the state before each
+window, (length / W) x (batch, d_inner, d_state) <= one (batch, length, d_inner) tensor, so training
+memory is O(batch x length x d_inner).  Backward recomputes one window's states at a time from
+its kept start and runs the adjoint recurrence backwards through it.  Without autograd
+(decoding) nothing is kept and nothing recomputed.
 
 Padding: a time step with dt = 0 leaves the state untouched (decay 1, input 0).  The mixers set
 dt = 0 on padded frames, so ``last_state`` is the state at each sequence's own end.
@@ -27,10 +27,9 @@ dt = 0 on padded frames, so ``last_state`` is the state at each sequence's own e
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from espnet_mamba.ops.backend import fp32_scan, kernel_module, use_kernels
 
@@ -40,9 +39,121 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-def default_chunk(length: int) -> int:
-    """K minimising 2K + length/K (the number of Python steps)."""
-    return max(1, int(round(math.sqrt(length / 2))))
+# Elements of one window's (steps, batch, d_inner, d_state) buffers: ~4 MiB in fp32, so that a
+# window's states stay in cache between the steps that write them and the product that reads them.
+WINDOW_ELEMENTS = 1 << 20
+
+
+def window_steps(length: int, batch: int, d_inner: int, d_state: int) -> int:
+    """Time steps per window: WINDOW_ELEMENTS worth of states, and at least d_state, so that the
+    chunk-start states kept for backward, (length / window) x (batch, d_inner, d_state), are no
+    larger than one (batch, length, d_inner) tensor."""
+    per_step = max(1, batch * d_inner * d_state)
+    return max(1, min(length, max(d_state, WINDOW_ELEMENTS // per_step)))
+
+
+def _states(h, decay, inputs):
+    """The states of one window, written over ``inputs`` (w, ...) in place: h_k = decay_k h_{k-1}
+    + inputs_k from h_{-1} = ``h``.  One fused op per step; the exp and the outer products were
+    computed for the whole window at once."""
+    hs, ds = inputs.unbind(0), decay.unbind(0)
+    hs[0].addcmul_(ds[0], h)
+    for k in range(1, len(hs)):
+        hs[k].addcmul_(ds[k], hs[k - 1])
+    return inputs
+
+
+class _Windows:
+    """Steps s..e-1 of time-major tensors, dt_t, du_t (l, b, G, c, 1); A_g (G, c, n);
+    B_t (l, b, G, 1, n); C_t (l, b, G, n, 1), computed in (window, b, G, c, n) buffers that
+    every window reuses: a fresh buffer of a few MiB per window costs more (page faults) than
+    the arithmetic done in it."""
+
+    def __init__(self, dt_t, du_t, A_g, B_t, window, buffers=2):
+        self.dt_t, self.du_t, self.A_g, self.B_t = dt_t, du_t, A_g, B_t
+        shape = (window,) + dt_t.shape[1:-1] + A_g.shape[-1:]
+        self.buf = [dt_t.new_empty(shape) for _ in range(buffers)]
+
+    def states(self, h, s, e):
+        """(decays, states) of steps s..e-1 from the state h before step s."""
+        decay = torch.mul(self.dt_t[s:e], self.A_g, out=self.buf[0][:e - s]).exp_()  # of <= 0
+        inputs = torch.mul(self.du_t[s:e], self.B_t[s:e], out=self.buf[1][:e - s])
+        return decay, _states(h, decay, inputs)
+
+
+def _scan_windows(dt_t, du_t, A_g, B_t, C_t, window, keep_starts):
+    """Forward: y (l, b, G, c, 1), the last state (b, G, c, n) and, if asked, the state
+    before each window."""
+    length = dt_t.shape[0]
+    h = dt_t.new_zeros(dt_t.shape[1:-1] + A_g.shape[-1:])
+    y = dt_t.new_empty(dt_t.shape)
+    starts, windows = [], _Windows(dt_t, du_t, A_g, B_t, window)
+    for s in range(0, length, window):
+        e = min(s + window, length)
+        if keep_starts:
+            starts.append(h)
+        decay, states = windows.states(h, s, e)
+        # y = states @ C as a product and a sum over d_state: on a CPU twice as fast as the
+        # batched matrix-vector product (decay's buffer is free again for the product)
+        torch.sum(torch.mul(states, C_t[s:e].transpose(-1, -2), out=decay), dim=-1,
+                  keepdim=True, out=y[s:e])
+        h = states[-1].clone()  # the buffer is reused by the next window
+    return y, h, starts
+
+
+class _WindowedScan(torch.autograd.Function):
+    """The scan with autograd at O(batch x length x d_inner) memory: forward keeps only the
+    state before each window; backward recomputes one window's states at a time and runs the
+    adjoint recurrence  g_t = C_t gy_t + decay_{t+1} g_{t+1}  backwards through it."""
+
+    @staticmethod
+    def forward(ctx, dt_t, u_t, A_g, B_t, C_t, window):
+        y, last, starts = _scan_windows(dt_t, dt_t * u_t, A_g, B_t, C_t, window,
+                                        keep_starts=True)
+        ctx.window = window
+        ctx.save_for_backward(dt_t, u_t, A_g, B_t, C_t, *starts)
+        return y, last
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy, g_last):
+        dt_t, u_t, A_g, B_t, C_t, *starts = ctx.saved_tensors
+        window, length = ctx.window, dt_t.shape[0]
+        du_t = dt_t * u_t
+        if gy is None:
+            gy = torch.zeros_like(dt_t)
+        # dL/dh of the state before the window after the one being processed
+        carry = torch.zeros_like(starts[0]) if g_last is None else g_last.clone()
+        g_dt, g_du = torch.empty_like(dt_t), torch.empty_like(dt_t)
+        g_B, g_C = torch.empty_like(B_t), torch.empty_like(C_t)
+        g_A = torch.zeros_like(A_g)
+        windows = _Windows(dt_t, du_t, A_g, B_t, window, buffers=4)
+        adj_buf, prev_buf = windows.buf[2], windows.buf[3]
+        for i in reversed(range(len(starts))):
+            s = i * window
+            e = min(s + window, length)
+            decay, states = windows.states(starts[i], s, e)
+            # adjoint of every state: C_t gy_t, then the backward recurrence in place
+            adj = torch.mul(gy[s:e], C_t[s:e].transpose(-1, -2), out=adj_buf[:e - s])
+            adjs, ds = adj.unbind(0), decay.unbind(0)
+            adjs[-1].add_(carry)
+            for k in range(len(adjs) - 2, -1, -1):
+                adjs[k].addcmul_(ds[k + 1], adjs[k + 1])
+            carry = ds[0] * adjs[0]
+            g_C[s:e] = torch.matmul(gy[s:e].transpose(-1, -2), states).transpose(-1, -2)
+            g_B[s:e] = torch.matmul(du_t[s:e].transpose(-1, -2), adj)
+            torch.matmul(adj, B_t[s:e].transpose(-1, -2), out=g_du[s:e])
+            # d/d(dt A) of decay_t h_{t-1}: adj_t h_{t-1} decay_t, with h_{t-1} the window's
+            # start state, then its own states
+            prev = prev_buf[:e - s]
+            prev[0] = starts[i]
+            prev[1:] = states[:-1]
+            g_dA = prev.mul_(decay).mul_(adj)
+            g_A += torch.einsum("wbgcn,wbgcx->gcn", g_dA, dt_t[s:e])
+            torch.sum(g_dA.mul_(A_g), dim=-1, keepdim=True, out=g_dt[s:e])
+        g_dt += g_du * u_t
+        g_u = g_du * dt_t
+        return g_dt, g_u, g_A, g_B, g_C, None
 
 
 @fp32_scan
@@ -50,6 +161,8 @@ def selective_scan_torch(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
     return_last_state=False, chunk_size: int | None = None,
 ):
+    """``chunk_size``: time steps per window (default :func:`window_steps`); the result does not
+    depend on it."""
     out_dtype = u.dtype
     cdt = _compute_dtype(u)
     u, delta, A, B, C = (t.to(cdt) for t in (u, delta, A, B, C))
@@ -63,62 +176,25 @@ def selective_scan_torch(
     if B.shape != C.shape:
         raise ValueError(f"B and C must have the same shape; got {tuple(B.shape)} and "
                          f"{tuple(C.shape)}")
-    G = B.shape[1]
-    A_g = A.view(G, d_inner // G, A.shape[1])  # channel c of group g: row g * d_inner/G + c
-    if not (torch.is_grad_enabled() and any(
-            t.requires_grad for t in (u, delta, A, B, C) if t is not None)):
-        y, last_state = _scan_no_grad(u, delta, A_g, B, C)
-        return _finish(y, u, D, z, cdt, out_dtype, last_state, return_last_state)
-    K = chunk_size or default_chunk(length)
-    M = -(-length // K)
-    pad = M * K - length
-    du = delta * u
-    if pad:  # dt = 0 on the tail: identity steps that change neither y nor the state
-        delta, du, B, C = (F.pad(t, (0, pad)) for t in (delta, du, B, C))
+    G, d_state = B.shape[1], A.shape[1]
+    A_g = A.view(G, d_inner // G, d_state)  # channel c of group g: row g * d_inner/G + c
+    window = max(1, min(chunk_size, length)) if chunk_size else window_steps(
+        length, batch, d_inner, d_state)
 
-    # Time-major chunk views, state laid out (batch, M, G, d_inner/G, d_state) so that y = h @ C
-    # is one batched matmul per step.
-    def steps(t):  # (b, G*c, M*K) -> (K, b, M, G, c, 1)
-        return t.view(batch, G, -1, M, K).permute(4, 0, 3, 1, 2).unsqueeze(-1)
+    # Time-major, state laid out (batch, G, d_inner/G, d_state): one step is a contiguous slice
+    # and y_t = h_t @ C_t is one batched matrix product.
+    def time_major(t):  # (b, G*c, l) -> (l, b, G, c, 1)
+        return t.view(batch, G, -1, length).permute(3, 0, 1, 2).unsqueeze(-1).contiguous()
 
-    def bc_steps(t):  # (b, G, n, M*K) -> (K, b, M, G, n)
-        return t.view(batch, G, t.shape[2], M, K).permute(4, 0, 3, 1, 2)
-
-    dt_k = steps(delta)  # K,b,M,G,c,1
-    du_k = steps(du)  # K,b,M,G,c,1
-    B_k = bc_steps(B).unsqueeze(-2)  # K,b,M,G,1,n
-    C_k = bc_steps(C).unsqueeze(-1)  # K,b,M,G,n,1
-
-    # Pass 3 needs the same decays as pass 1; autograd keeps them anyway, so they are reused.
-    decays = []
-
-    def step(h, k, decay=None):
-        if decay is None:
-            decay = torch.exp(dt_k[k] * A_g)  # exp of <= 0: never overflows
-            decays.append(decay)
-        return torch.addcmul(du_k[k] * B_k[k], decay, h)
-
-    # 1. chunk end states from a zero start
-    h = torch.zeros(batch, M, *A_g.shape, dtype=cdt, device=u.device)
-    for k in range(K):
-        h = step(h, k)
-    chunk_end = h
-    chunk_decay = torch.exp(dt_k.sum(0) * A_g)  # b,M,G,c,n
-
-    # 2. carry the state across chunks
-    starts = [torch.zeros_like(chunk_end[:, 0])]
-    for c in range(M):
-        starts.append(torch.addcmul(chunk_end[:, c], chunk_decay[:, c], starts[-1]))
-    last_state = starts.pop().reshape(batch, d_inner, A.shape[1])
-    h = torch.stack(starts, dim=1)
-
-    # 3. rerun every chunk from its true start, emitting y
-    ys = []
-    for k in range(K):
-        h = step(h, k, decays[k])
-        ys.append(torch.matmul(h, C_k[k]))  # b,M,G,c,1
-    y = torch.cat(ys, dim=-1).permute(0, 2, 3, 1, 4).reshape(batch, d_inner, M * K)[..., :length]
-
+    dt_t, u_t = time_major(delta), time_major(u)
+    B_t = B.permute(3, 0, 1, 2).unsqueeze(-2).contiguous()  # l,b,G,1,n
+    C_t = C.permute(3, 0, 1, 2).unsqueeze(-1).contiguous()  # l,b,G,n,1
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (dt_t, u_t, A_g, B_t, C_t)):
+        y, last_state = _WindowedScan.apply(dt_t, u_t, A_g, B_t, C_t, window)
+    else:  # decoding: nothing kept, nothing recomputed
+        y, last_state, _ = _scan_windows(dt_t, dt_t * u_t, A_g, B_t, C_t, window, False)
+    y = y.view(length, batch, d_inner).permute(1, 2, 0)
+    last_state = last_state.reshape(batch, d_inner, d_state)
     return _finish(y, u, D, z, cdt, out_dtype, last_state, return_last_state)
 
 
@@ -140,32 +216,6 @@ def _finish(y, u, D, z, cdt, out_dtype, last_state, return_last_state):
         y = y * F.silu(z.to(cdt))
     y = y.to(out_dtype)
     return (y, last_state) if return_last_state else y
-
-
-def _scan_no_grad(u, delta, A_g, B, C):
-    """Inference: one time step per iteration, three fused ops each, on contiguous time-major
-    slices that stay in cache.  Without autograd the blocked scan's second pass (there only to
-    keep the graph short) is pure extra arithmetic: this does half of it.  Measured on a 2-core
-    CPU, B8 T1000 d512 N16: 0.18 s vs 0.27 s for the plain reference loop (docs/performance.md).
-    Memory: the state (b, d, n) and copies of the inputs, never (b, d, l, n).
-    delta: after bias and softplus; A_g (G, d/G, n); B, C (b, G, n, l).
-    Returns y (b, d, l) and the last state (b, d, n)."""
-    batch, d_inner, length = u.shape
-    G = A_g.shape[0]
-
-    def time_major(t):  # (b, G*c, l) -> (l, b, G, c, 1)
-        return t.view(batch, G, -1, length).permute(3, 0, 1, 2).unsqueeze(-1).contiguous()
-
-    dt_t = time_major(delta)
-    du_t = time_major(delta * u)
-    B_t = B.permute(3, 0, 1, 2).unsqueeze(-2).contiguous()  # l,b,G,1,n
-    C_t = C.permute(3, 0, 1, 2).unsqueeze(-1).contiguous()  # l,b,G,n,1
-    y = torch.empty(length, batch, *A_g.shape[:2], 1, dtype=u.dtype, device=u.device)
-    h = torch.zeros(batch, *A_g.shape, dtype=u.dtype, device=u.device)
-    for t in range(length):
-        h = torch.addcmul(du_t[t] * B_t[t], torch.exp(dt_t[t] * A_g), h)  # exp of <= 0
-        torch.matmul(h, C_t[t], out=y[t])
-    return y.view(length, batch, d_inner).permute(1, 2, 0), h.reshape(batch, d_inner, -1)
 
 
 def selective_scan(

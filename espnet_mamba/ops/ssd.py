@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from espnet_mamba.ops.backend import fp32_scan, kernel_module, use_kernels
 
@@ -40,7 +41,24 @@ def _skip(y, x, D, z, cdt):
 @fp32_scan
 def ssd_scan_torch(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None,
                    initial_states=None, dt_softplus=False, return_final_states=False,
-                   seq_idx=None):
+                   seq_idx=None, recompute: bool | None = None):
+    """``recompute`` (default: whenever autograd records): keep only the inputs for backward and
+    rebuild the chunk products there.  Those products are (batch, heads, length, chunk) tensors,
+    several of them per call, kept for every layer until backward: recomputing them costs one
+    more forward of this function and bounds training memory by the inputs' size, O(batch x
+    length x d_inner).  The results are the same either way."""
+    args = (x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_softplus,
+            return_final_states, seq_idx)
+    if recompute is None:
+        recompute = torch.is_grad_enabled() and any(
+            t.requires_grad for t in args if isinstance(t, torch.Tensor))
+    if recompute:
+        return torch.utils.checkpoint.checkpoint(_ssd_scan, *args, use_reentrant=False)
+    return _ssd_scan(*args)
+
+
+def _ssd_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_softplus,
+              return_final_states, seq_idx):
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
     batch, length, heads, headdim = x.shape
     groups = B.shape[2]
