@@ -25,6 +25,7 @@ from espnet_mamba.modules.mamba import Mamba
 from espnet_mamba.modules.mamba2 import Mamba2
 from espnet_mamba.modules import option_rules as rules
 from espnet_mamba.modules.option_rules import did_you_mean
+from espnet_mamba.ops.causal_conv1d import KERNEL_WIDTHS
 
 MIXERS = {"mamba": Mamba, "mamba2": Mamba2}
 
@@ -43,16 +44,67 @@ MIXER_RULES = {
                "A_init_range": rules.increasing_pair(), "chunk_size": rules.integer(1)},
 }
 
+def _width(conf) -> "int | None":
+    """The model width of an encoder (output_size) or a decoder (encoder_output_size)."""
+    width = conf.get("output_size", conf.get("encoder_output_size"))
+    return width if isinstance(width, int) and not isinstance(width, bool) else None
+
+
+def _width_name(conf) -> str:
+    return "output_size" if "output_size" in conf else "encoder_output_size"
+
+
+def _mamba2_shape(mixer_conf, conf):
+    """Mamba2 splits d_inner = expand * width into heads of ``headdim`` channels, in
+    ``ngroups`` groups: both must divide (checked here, not as a bare ValueError of the
+    constructor)."""
+    if conf.get("mixer") != "mamba2" or _width(conf) is None:
+        return None
+    defaults = inspect.signature(Mamba2).parameters
+    headdim = mixer_conf.get("headdim", defaults["headdim"].default)
+    ngroups = mixer_conf.get("ngroups", defaults["ngroups"].default)
+    expand = conf.get("expand", 2)
+    d_inner = int(expand * _width(conf))
+    if d_inner % headdim:
+        return ("headdim", headdim, f"must divide d_inner = expand * {_width_name(conf)} = "
+                f"{rules.show(expand)} * {_width(conf)} = {d_inner}")
+    if (d_inner // headdim) % ngroups:
+        return ("ngroups", ngroups, f"must divide the number of heads, d_inner / headdim = "
+                f"{d_inner} / {headdim} = {d_inner // headdim}")
+    return None
+
+
+def _attention_heads(value, conf):
+    problem = rules.integer(1)(value, conf)
+    if problem or _width(conf) is None or _width(conf) % value == 0:
+        return problem
+    return f"must divide {_width_name(conf)} = {_width(conf)}"
+
+
+def _d_conv(value, conf):
+    """The causal-conv1d kernels take widths 2-4: ``backend: cuda`` (kernels or an error) needs
+    one of those; with ``auto`` other widths run the convolution on the PyTorch path."""
+    problem = rules.integer(1)(value, conf)
+    if problem or str(conf.get("backend") or "auto").lower() != "cuda":
+        return problem
+    if value not in KERNEL_WIDTHS:
+        low, high = KERNEL_WIDTHS[0], KERNEL_WIDTHS[-1]
+        return (f"backend 'cuda' needs {low}..{high} (causal-conv1d's kernels); with backend "
+                f"'auto' other widths run on the PyTorch path")
+    return None
+
+
 # Rules of the options that mean the same in every encoder and decoder here; a class adds its
 # own (``named_options(conf, extra_rules)``).  The rest are checked by their type annotation.
 COMMON_RULES = {
     "input_size": rules.integer(1), "output_size": rules.integer(1),
     "vocab_size": rules.integer(1), "encoder_output_size": rules.integer(1),
-    "num_blocks": rules.integer(1), "attention_heads": rules.integer(1),
+    "num_blocks": rules.integer(1), "attention_heads": _attention_heads,
     "dropout_rate": rules.probability(), "attention_dropout_rate": rules.probability(),
     "mixer": rules.choice(tuple(MIXERS)),
-    "d_state": rules.integer(1), "d_conv": rules.integer(1), "expand": rules.positive_number(),
-    "mixer_conf": rules.nested(lambda conf: MIXER_RULES.get(conf.get("mixer", "mamba"), {})),
+    "d_state": rules.integer(1), "d_conv": _d_conv, "expand": rules.positive_number(),
+    "mixer_conf": rules.nested(lambda conf: MIXER_RULES.get(conf.get("mixer", "mamba"), {}),
+                               _mamba2_shape),
     # execution options (modules/execution.py)
     "backend": rules.backend_rule, "fused_kernels": rules.boolean(),
     "merge_directions": rules.choice(ex.MERGE_MODES), "packed_mixer": rules.choice(ex.PACKED_MIXERS),

@@ -17,7 +17,9 @@ from espnet_mamba.modules.mamba_init import inverse_softplus_dt, no_weight_decay
 from espnet_mamba.modules.padding import MASKED_DT, lengths_to_mask, mask_end
 from espnet_mamba.modules.precision import after_in_proj
 from espnet_mamba.modules import execution as ex
-from espnet_mamba.ops.causal_conv1d import causal_conv1d, causal_conv1d_step, last_inputs
+from espnet_mamba.ops.causal_conv1d import (
+    KERNEL_WIDTHS, causal_conv1d, causal_conv1d_step, last_inputs,
+)
 from espnet_mamba.ops.selective_scan import (
     fused_mamba_inner, fused_mamba_inner_available, selective_scan, selective_state_step,
 )
@@ -120,7 +122,7 @@ class Mamba(nn.Module):
         Its Python-level forward and backward cost ~1.1 ms and ~2.5 ms of host time per call on
         an H100 (torch.profiler), which bounds training at short lengths; ``fused_kernels:
         false`` calls the same kernels one by one, backward in autograd's engine."""
-        return (self.execution.fused_kernels
+        return (self.execution.fused_kernels and self.d_conv in KERNEL_WIDTHS
                 and fused_mamba_inner_available(self.execution.backend, xz))
 
     def scan_params(self):

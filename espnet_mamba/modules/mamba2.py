@@ -14,7 +14,9 @@ from espnet_mamba.modules.mamba_init import inverse_softplus_dt, no_weight_decay
 from espnet_mamba.modules.padding import MASKED_DT, lengths_to_mask, mask_end
 from espnet_mamba.modules.precision import after_in_proj
 from espnet_mamba.modules import execution as ex
-from espnet_mamba.ops.causal_conv1d import causal_conv1d, causal_conv1d_step, last_inputs
+from espnet_mamba.ops.causal_conv1d import (
+    KERNEL_WIDTHS, causal_conv1d, causal_conv1d_step, last_inputs,
+)
 from espnet_mamba.ops.rms_norm import gated_rms_norm
 from espnet_mamba.ops.ssd import (
     fused_mamba2_available, fused_mamba2_split_scan, ssd_scan, ssd_step,
@@ -79,6 +81,12 @@ class Mamba2(nn.Module):
         """A packed row is unpacked (``packed_mixer: padded``), as Mamba v1 and attention do."""
         return self.execution.packed_mixer == "padded"
 
+    def _fuses(self, x) -> bool:
+        """Whether the mixer runs as mamba-ssm's one fused call (CUDA, a width its conv kernel
+        takes, ``fused_kernels`` on)."""
+        return (self.execution.fused_kernels and self.d_conv in KERNEL_WIDTHS
+                and fused_mamba2_available(self.backend, x))
+
     def _split(self, zxbcdt):
         return zxbcdt.split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
 
@@ -108,7 +116,7 @@ class Mamba2(nn.Module):
         next."""
         batch, length, _ = zxbcdt.shape
         A = -torch.exp(self.A_log.float())
-        fused = self.execution.fused_kernels and fused_mamba2_available(self.backend, zxbcdt)
+        fused = self._fuses(zxbcdt)
         if fusable and fused:
             out = fused_mamba2_split_scan(
                 zxbcdt, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias, A,
@@ -160,8 +168,7 @@ class Mamba2(nn.Module):
         # only if its width and the conv's channels are multiples of 8; otherwise it makes the
         # view contiguous, and the kernel refuses seq_idx: those widths run unfused
         aligned = self.in_proj.out_features % 8 == 0 and self.conv_dim % 8 == 0
-        fused = (path == "fused" and aligned and self.execution.fused_kernels
-                 and fused_mamba2_available(self.backend, x))
+        fused = path == "fused" and aligned and self._fuses(x)
         return after_in_proj(self._mix, self.in_proj(x), None, fused, False,
                              weight=self.out_proj.weight, seq_idx=packing.seq_idx)
 

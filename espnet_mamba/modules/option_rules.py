@@ -109,12 +109,17 @@ def backend_rule(v, conf) -> "str | None":
     return None
 
 
-def nested(rules_of: Callable[[Mapping], Rules]) -> Rule:
+def nested(rules_of: Callable[[Mapping], Rules],
+           across: "Callable[[Mapping, Mapping], tuple | None] | None" = None) -> Rule:
     """A dict option (``mixer_conf``...) whose keys have rules of their own, chosen from the
-    options around it (the mixer's options depend on ``mixer``).  Marker for :func:`validate`."""
+    options around it (the mixer's options depend on ``mixer``).  Marker for :func:`validate`.
+    ``across(value, conf)``: after each key passed its own rule, a check of the dict against
+    the options around it; returns None or (key, its value, what is wrong), reported as
+    ``<conf>.<option>.<key>``."""
     def rule(v, conf):
         return None if v is None or isinstance(v, dict) else "must be a mapping (key: value)"
     rule.rules_of = rules_of
+    rule.across = across
     return rule
 
 
@@ -146,6 +151,10 @@ def validate(prefix: str, conf: Mapping, rules: Rules, hints: Mapping | None = N
                     f"{name}.{unknown[0]}: unknown option{did_you_mean(unknown[0], inner)}; "
                     f"valid: {', '.join(inner) or 'none'}")
             validate(name, value, inner)
+        problem = rule.across(value or {}, conf) if getattr(rule, "across", None) else None
+        if problem:
+            key, shown, what = problem
+            raise BadOptionError(f"{name}.{key} = {show(shown)}: {what}")
 
 
 def type_hints(function) -> dict:

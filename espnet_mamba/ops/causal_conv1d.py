@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from espnet_mamba.ops.backend import check_backend, kernel_module, use_kernels
 
 ACTIVATIONS = (None, "silu")
+# the widths causal-conv1d's kernels take; others run on the PyTorch path
+KERNEL_WIDTHS = (2, 3, 4)
 
 
 def _check_activation(activation):
@@ -28,7 +30,8 @@ def causal_conv1d(x, weight, bias=None, activation=None, backend: str | None = N
     # the kernel takes seq_idx only in its channel-last layout (x (b, c, l) as a view of a
     # contiguous (b, l, c) tensor), whose strides must be multiples of 8: other channel counts
     # take the PyTorch path below
-    kernel_ok = seq_idx is None or x.shape[1] % 8 == 0
+    kernel_ok = ((seq_idx is None or x.shape[1] % 8 == 0)
+                 and weight.shape[-1] in KERNEL_WIDTHS)
     if kernel_ok and use_kernels(backend, "causal_conv1d", x, weight):
         fn = kernel_module("causal_conv1d").causal_conv1d_fn
         if seq_idx is None:
@@ -67,7 +70,8 @@ def causal_conv1d_step(x, conv_state, weight, bias=None, activation=None,
     _check_activation(activation)
     # One step is width multiply-adds per channel: in 'auto' mode the few elementwise ops below
     # cost less host time than the kernel's call (~85 us measured on an H100) plus a clone.
-    if check_backend(backend) != "auto" and use_kernels(backend, "causal_conv1d", x, conv_state):
+    if (check_backend(backend) != "auto" and weight.shape[-1] in KERNEL_WIDTHS
+            and use_kernels(backend, "causal_conv1d", x, conv_state)):
         new_state = conv_state.clone()  # the kernel rolls the state in place
         fn = kernel_module("causal_conv1d").causal_conv1d_update
         # the kernel wants x in the state's dtype (autocast may give bf16 x, fp32 state)

@@ -207,3 +207,21 @@ def test_add_rms_norm_half_keeps_residual_fp32_cuda(dtype):
         outs[backend] = (y1.float(), res)
     for a, b in zip(outs["cuda"], outs["torch"]):
         assert rel(a, b) < 1e-2
+
+
+@pytest.mark.parametrize("cls,kw", [(Mamba, {}), (Mamba2, dict(d_state=64, headdim=32))])
+def test_conv_width_the_kernels_do_not_take_cuda(cls, kw):
+    """d_conv 5 with backend auto on CUDA: the convolution runs on the PyTorch path (the
+    causal-conv1d kernels take widths 2-4), nothing fused, the scan on the kernels; values
+    and every gradient equal the PyTorch path's, and decoding steps too."""
+    auto = cls(128, d_conv=5, **kw).to(DEV)
+    ref = cls(128, d_conv=5, **kw, backend="torch").to(DEV)
+    ref.load_state_dict(auto.state_dict(), strict=True)
+    x = torch.randn(3, 200, 128, device=DEV)
+    assert_same_training_step(auto, ref, x, torch.tensor([200, 150, 31], device=DEV))
+    with torch.no_grad():
+        state_a, state_r = auto.init_state(3, DEV), ref.init_state(3, DEV)
+        for t in range(4):
+            y_a, state_a = auto.step(x[:, t], state_a)
+            y_r, state_r = ref.step(x[:, t], state_r)
+            assert (y_a - y_r).abs().max() <= 1e-4 * y_r.abs().max()

@@ -55,6 +55,14 @@ def decoder(cls=SambaASRDecoder, **kw):
      "encoder_conf.mixer_conf.headdim: unknown option; valid: "),
     ({"cuda_graphs": True, "cuda_graph_conf": {"warmup": 0}},
      "encoder_conf.cuda_graph_conf.warmup = 0: must be an integer >= 1"),
+    ({"mixer": "mamba2", "output_size": 48, "mixer_conf": {"headdim": 64}},
+     "encoder_conf.mixer_conf.headdim = 64: must divide d_inner = expand * output_size = "
+     "2 * 48 = 96"),
+    ({"mixer": "mamba2", "mixer_conf": {"headdim": 8, "ngroups": 3}},
+     "encoder_conf.mixer_conf.ngroups = 3: must divide the number of heads, d_inner / headdim "
+     "= 32 / 8 = 4"),
+    ({"backend": "cuda", "d_conv": 5},
+     "encoder_conf.d_conv = 5: backend 'cuda' needs 2..4 (causal-conv1d's kernels)"),
     ({"interctc_layer_idx": [1]},
      "encoder_conf.interctc_layer_idx = [1]: must be empty with num_blocks = 1"),
     ({"num_blocks": 3, "interctc_layer_idx": [3]},
@@ -75,6 +83,11 @@ DECODER_CASES = [
     ({"expand": -1}, "decoder_conf.expand = -1: must be a number > 0"),
     ({"speech_summary": 1}, "decoder_conf.speech_summary = 1: must be of type bool"),
     ({"attention_heads": 0}, "decoder_conf.attention_heads = 0: must be an integer >= 1"),
+    ({"attention_heads": 3}, "decoder_conf.attention_heads = 3: must divide "
+                             "encoder_output_size = 16"),
+    ({"mixer": "mamba2", "mixer_conf": {"headdim": 12}},
+     "decoder_conf.mixer_conf.headdim = 12: must divide d_inner = expand * encoder_output_size "
+     "= 2 * 16 = 32"),
     ({"mixer": "mamba2", "mixer_conf": {"headdim": -8}},
      "decoder_conf.mixer_conf.headdim = -8: must be an integer >= 1"),
 ]
@@ -119,6 +132,9 @@ def test_every_option_has_a_rule_or_a_type_check():
 
 def test_defaults_and_valid_values_build():
     encoder(mixer="mamba2", mixer_conf={"headdim": 8, "chunk_size": 16}, backend="TORCH")
+    # a width causal-conv1d's kernels do not take: the PyTorch path runs it (backend auto)
+    enc = encoder(d_conv=6, mixer="mamba2", mixer_conf={"headdim": 8})
+    assert enc(torch.randn(2, 30, 20), torch.tensor([30, 17]))[0].isfinite().all()
     encoder(num_blocks=3, interctc_layer_idx=[1, 2], expand=1.5, input_layer="linear")
     decoder(SpeechMambaDecoder, attention_heads=2, mixer_conf={"dt_rank": "auto"})
 
