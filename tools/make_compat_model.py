@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from cli_data import train_args, write_dataset  # noqa: E402
+from cli_data import train_args, write_dataset
 
 UTTS = ("spk0-utt00", "spk1-utt01")  # "abcd", "dcbae" of cli_data.DEFAULT_TEXTS
 # small enough for a zip of well under 200 KB, big enough to fit the tones

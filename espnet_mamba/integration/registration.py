@@ -8,12 +8,12 @@ import importlib
 import logging
 import sys
 
+from espnet_mamba.integration import nonfinite_stats, resolved_config
 from espnet_mamba.integration.checkpoint_guard import guard_checkpoint_loading
 from espnet_mamba.integration.espnet_options import espnet_counterparts
 from espnet_mamba.integration.import_hook import install_import_hook
 from espnet_mamba.integration.install_check import check_torch_companions
 from espnet_mamba.integration.names import POST_IMPORT, REGISTRY
-from espnet_mamba.integration import nonfinite_stats, resolved_config
 
 logger = logging.getLogger(__name__)
 
