@@ -97,3 +97,21 @@ def test_cuda_graph_follows_dtype_change_cuda():
         ref, _ = dec.batch_score(ys, [dec.batch_init_state(x)], x)
     assert (logp - ref).abs().max() <= 1e-3 * ref.abs().max()
     assert dec.step_graphs.disabled is None and len(dec.step_graphs.graphs) == 1
+
+
+@pytest.mark.parametrize("name", ["samba_asr", "speech_mamba"])
+def test_nonfinite_rows_on_cuda(name):
+    """A NaN row in a CUDA batch (encoders/input_layer.py check_input: found in the lengths'
+    one copy to the host): training passes it on, the row is reported and the other rows'
+    outputs are finite; decoding raises ESPnet's TooShortUttError naming the row."""
+    from espnet2.legacy.nets.pytorch_backend.transformer.subsampling import TooShortUttError
+
+    enc = ENCODERS[name](20, output_size=64, num_blocks=2, d_state=16, backend="cuda").cuda()
+    x = torch.randn(3, 80, 20, device="cuda")
+    x[1, 7, 3] = float("nan")
+    ilens = torch.tensor([80, 70, 50], device="cuda")
+    y, olens, _ = enc.train()(x, ilens)
+    assert enc.nonfinite_rows == [1]
+    assert y[0, :olens[0]].isfinite().all() and y[2, :olens[2]].isfinite().all()
+    with torch.no_grad(), pytest.raises(TooShortUttError, match=r"batch row\(s\) \[1\] of 3"):
+        enc.eval()(x, ilens)
