@@ -22,9 +22,8 @@ from ASRTask).  ``ESPNET_MAMBA_DISABLE_HOOK=1`` leaves ESPnet unpatched.
 from __future__ import annotations
 
 import contextvars
-import functools
-import inspect
 
+from espnet_mamba.integration.patching import wrap_classmethod
 from espnet_mamba.modules.strict_load import (_STATE, CheckpointMismatchError, StrictLoadMixin,
                                               mismatch_message)
 
@@ -93,16 +92,6 @@ def checked_build_from_file(build_from_file, *args, **kwargs):
 
 
 
-def _wrap_classmethod(cls, name: str, make_wrapper) -> bool:
-    static = inspect.getattr_static(cls, name, None)
-    if not isinstance(static, classmethod) or getattr(static.__func__, _GUARD_MARK, False):
-        return False
-    wrapper = functools.wraps(static.__func__)(make_wrapper(static.__func__))
-    setattr(wrapper, _GUARD_MARK, True)
-    setattr(cls, name, classmethod(wrapper))
-    return True
-
-
 def guard_checkpoint_loading(module) -> list[str]:
     """Wrap build_model_from_file / build_model of the AbsTask subclasses defined in an ESPnet
     task module we register into (see the module docstring).  Returns what was wrapped."""
@@ -123,6 +112,6 @@ def guard_checkpoint_loading(module) -> list[str]:
         if (isinstance(obj, type) and issubclass(obj, AbsTask)
                 and obj.__module__ == module.__name__):
             for name, make in (("build_model_from_file", from_file), ("build_model", build)):
-                if _wrap_classmethod(obj, name, make):
+                if wrap_classmethod(obj, name, make, _GUARD_MARK):
                     wrapped.append(f"{obj.__name__}.{name}")
     return wrapped

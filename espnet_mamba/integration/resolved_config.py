@@ -31,16 +31,13 @@ import functools
 import inspect
 import logging
 
+from espnet_mamba.integration.patching import wrap_classmethod
+from espnet_mamba.modules.option_rules import VERSION_KEY
+
 logger = logging.getLogger(__name__)
 
-VERSION_KEY = "espnet_mamba_version"
-# how a model runs (kernels, CUDA graphs, packing, recomputation), never its parameters or
-# results; execution_options() adds the fields of modules/execution.py's Execution where present
-EXECUTION_OPTIONS = frozenset({"backend", "cuda_graphs", "cuda_graph_conf", "pack_sequences",
-                               "recompute_input_layer", "fused_kernels", "merge_directions",
-                               "packed_mixer"})
 # the mixer options that are options of the encoder/decoder itself (see modules/factory.py)
-_OWN_MIXER_OPTIONS = frozenset({"d_model", "d_state", "d_conv", "expand", "backend"})
+_OWN_MIXER_OPTIONS = frozenset({"d_model", "d_state", "d_conv", "expand"})
 _MARK = "_espnet_mamba_resolved_config"
 
 
@@ -54,15 +51,11 @@ def loading_from_file() -> bool:
 
 @functools.cache
 def execution_options() -> frozenset:
-    names = set(EXECUTION_OPTIONS)
-    try:
-        import dataclasses
+    """How a model runs (modules/execution.py: kernels, CUDA graphs, packing; and the
+    encoders' cuda_graph_conf and recompute_input_layer), never its parameters or results."""
+    from espnet_mamba.modules.execution import FIELDS
 
-        from espnet_mamba.modules.execution import Execution
-        names |= {f.name for f in dataclasses.fields(Execution)}
-    except (ImportError, AttributeError, TypeError):  # a version without that table
-        pass
-    return frozenset(names)
+    return frozenset({*FIELDS, "execution", "cuda_graph_conf", "recompute_input_layer"})
 
 
 def plugin_version() -> str:
@@ -96,7 +89,7 @@ def resolved_mixer_conf(mixer: str, given: dict | None) -> dict | None:
     rules = getattr(factory, "MIXER_RULES", {}).get(mixer)
     out = {}
     for name, p in inspect.signature(factory.MIXERS[mixer]).parameters.items():
-        if (name in _OWN_MIXER_OPTIONS or name in execution_options() or name == "execution"
+        if (name in _OWN_MIXER_OPTIONS or name in execution_options()
                 or (rules is not None and name not in rules)
                 or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)):
             continue
@@ -171,16 +164,6 @@ def build_recording_options(build_model, task, args, *rest, **kwargs):
     return model
 
 
-def _wrap_classmethod(cls, name: str, make_wrapper) -> bool:
-    static = inspect.getattr_static(cls, name, None)
-    if not isinstance(static, classmethod) or getattr(static.__func__, _MARK, False):
-        return False
-    wrapper = functools.wraps(static.__func__)(make_wrapper(static.__func__))
-    setattr(wrapper, _MARK, True)
-    setattr(cls, name, classmethod(wrapper))
-    return True
-
-
 def patch(module) -> list[str]:
     """Wrap ``build_model`` of the AbsTask subclasses defined in an ESPnet task module we
     register into (idempotent; a subclass that inherits it is not wrapped again).  Returns what
@@ -195,7 +178,7 @@ def patch(module) -> list[str]:
     wrapped = []
     for obj in list(vars(module).values()):
         if (isinstance(obj, type) and issubclass(obj, AbsTask)
-                and obj.__module__ == module.__name__ and _wrap_classmethod(obj, "build_model",
-                                                                            build)):
+                and obj.__module__ == module.__name__
+                and wrap_classmethod(obj, "build_model", build, _MARK)):
             wrapped.append(f"{obj.__name__}.build_model")
     return wrapped

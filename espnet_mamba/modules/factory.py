@@ -221,6 +221,10 @@ def named_options(conf: str, extra_rules: dict | None = None):
 
         @functools.wraps(init)
         def __init__(self, *args, **kwargs):
+            recorded = kwargs.pop(rules.VERSION_KEY, None)
+            if recorded is not None and not isinstance(recorded, (str, int, float)):
+                raise rules.BadOptionError(f"{conf}.{rules.VERSION_KEY} = "
+                                           f"{rules.show(recorded)}: must be a version string")
             if any(k not in params for k in kwargs):
                 others = getattr(cls, "config_counterparts", None)
                 try:

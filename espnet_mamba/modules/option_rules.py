@@ -23,6 +23,10 @@ import typeguard
 
 from espnet_mamba.ops import backend as ops_backend
 
+# the plugin version a training run records in its encoder_conf / decoder_conf
+# (integration/resolved_config.py); the constructors accept it and build the same model
+VERSION_KEY = "espnet_mamba_version"
+
 Rule = Callable[[object, Mapping], "str | None"]
 Rules = Mapping[str, Rule]
 

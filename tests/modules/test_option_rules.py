@@ -163,3 +163,16 @@ def test_cuda_backend_on_cpu_runs_the_pytorch_path_with_one_warning(caplog):
     notices = [r.getMessage() for r in caplog.records if "backend='cuda'" in r.getMessage()]
     assert notices == ["backend='cuda' but the model runs on cpu: using the PyTorch path (the "
                        "CUDA kernels need CUDA tensors); set backend: auto to silence this"]
+
+
+def test_recorded_plugin_version_is_accepted():
+    """A config written by asr_train records espnet_mamba_version in encoder_conf/decoder_conf
+    (integration/resolved_config.py): building from it directly gives the same model."""
+    torch.manual_seed(0)
+    plain = encoder()
+    torch.manual_seed(0)
+    recorded = encoder(espnet_mamba_version="0.1.0")
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(),
+                                                 recorded.state_dict().values()))
+    with pytest.raises(BadOptionError, match=r"^encoder_conf.espnet_mamba_version = \[1\]"):
+        encoder(espnet_mamba_version=[1])
