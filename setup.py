@@ -1,6 +1,7 @@
 """espnet-mamba: pip installs the package and a .pth hook that registers it into ESPnet."""
 
 import os
+import re
 import shutil
 
 from setuptools import find_packages, setup
@@ -39,10 +40,13 @@ class EditableWheelWithHook(editable_wheel):
 here = os.path.dirname(os.path.abspath(__file__))
 with open(os.path.join(here, "README.md"), encoding="utf-8") as f:
     long_description = f.read()
+# one place for the version: the package's __version__ (also what a training run records)
+with open(os.path.join(here, "espnet_mamba", "__init__.py"), encoding="utf-8") as f:
+    version = re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
 
 setup(
     name="espnet-mamba",
-    version="0.1.0",
+    version=version,
     description="Mamba (selective state-space) ASR encoders and decoders for ESPnet "
                 "(Samba-ASR, Speech-Mamba)",
     long_description=long_description,
