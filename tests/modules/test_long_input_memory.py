@@ -37,8 +37,8 @@ class _LargestTensor:
 def test_torch_path_never_builds_a_state_per_frame(mixer):
     """The long-recording invariant behind the benchmark: on the PyTorch path no tensor of
     (batch, d_inner, frames, d_state) elements is ever built, in training (forward) or in
-    decoding (final state).  A naive scan would hold all of them; the blocked scan (Mamba) keeps
-    one state per chunk of ~sqrt(T/2) frames, the chunked SSD (Mamba2) one per 64 frames."""
+    decoding (final state).  A naive scan would hold all of them; the windowed scan (Mamba) holds
+    one window's states (about a million numbers), the chunked SSD (Mamba2) one per 64 frames."""
     from espnet_mamba.modules.factory import build_mixer
 
     frames, d, d_state = 4096, 32, 64

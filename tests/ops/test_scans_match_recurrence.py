@@ -1,4 +1,4 @@
-"""PyTorch scans (blocked v1 scan, chunked SSD) against the float64 step-by-step recurrence."""
+"""PyTorch scans (windowed v1 scan, chunked SSD) against the float64 step-by-step recurrence."""
 
 import pytest
 import torch
@@ -27,9 +27,9 @@ def v1_inputs(b, d, n, l, requires_grad=False):
 @pytest.mark.parametrize("b,d,n,l,chunk", [
     (1, 1, 1, 1, None), (2, 3, 4, 1, None), (2, 5, 3, 17, None), (3, 4, 8, 100, 7),
     (1, 6, 16, 64, 64), (2, 2, 2, 33, 1), (2, 8, 4, 257, None)])
-@pytest.mark.parametrize("grad", [False, True], ids=["no_grad_path", "blocked_path"])
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad_path", "autograd_path"])
 def test_selective_scan_matches_loop(b, d, n, l, chunk, grad):
-    """Both PyTorch paths: one fused step per time step without autograd, blocked with it."""
+    """Both PyTorch paths: without autograd, and with it (the windowed autograd Function)."""
     t = v1_inputs(b, d, n, l, requires_grad=grad)
     y, last = selective_scan_torch(**t, delta_softplus=True, return_last_state=True,
                                    chunk_size=chunk)
@@ -56,7 +56,7 @@ def test_selective_scan_gradients_match_loop():
 def test_grouped_selective_scan_equals_one_scan_per_group(grad, l, chunk):
     """B/C of shape (batch, groups, n, l), mamba-ssm's grouped layout (channel i reads group
     i // (d / groups)): the same as scanning each group's channels alone, values, final state
-    and gradients; with and without autograd (the blocked and the step-by-step scans)."""
+    and gradients; with and without autograd."""
     torch.manual_seed(0)
     b, G, c, n = 2, 2, 6, 4
     d = G * c

@@ -14,12 +14,13 @@ F64 = torch.float64
 def inputs(b=2, d=4, n=3, l=23, groups=None, seed=0):
     g = torch.Generator().manual_seed(seed)
     bc = (b, n, l) if groups is None else (b, groups, n, l)
-    t = dict(u=torch.randn(b, d, l, generator=g, dtype=F64),
-             delta=torch.randn(b, d, l, generator=g, dtype=F64) - 1,
-             A=-torch.rand(d, n, generator=g, dtype=F64) * 4 - 0.1,
-             B=torch.randn(*bc, generator=g, dtype=F64), C=torch.randn(*bc, generator=g, dtype=F64),
-             D=torch.randn(d, generator=g, dtype=F64), z=torch.randn(b, d, l, generator=g, dtype=F64),
-             delta_bias=torch.randn(d, generator=g, dtype=F64) * 0.1)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, dtype=F64)
+
+    t = dict(u=randn(b, d, l), delta=randn(b, d, l) - 1,
+             A=-torch.rand(d, n, generator=g, dtype=F64) * 4 - 0.1, B=randn(*bc), C=randn(*bc),
+             D=randn(d), z=randn(b, d, l), delta_bias=randn(d) * 0.1)
     return {k: v.requires_grad_() for k, v in t.items()}
 
 
