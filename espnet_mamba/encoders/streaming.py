@@ -22,11 +22,9 @@ initial state would run a chunk in fewer, larger operations.
 
 from __future__ import annotations
 
-from typing import List, Optional
-
 import torch
-
 from espnet2.legacy.nets.pytorch_backend.transformer.subsampling import TooShortUttError
+
 from espnet_mamba.encoders.input_layer import CONV_LAYERS
 from espnet_mamba.encoders.stack import StackEncoder
 from espnet_mamba.modules.bidirectional import Bidirectional
@@ -54,12 +52,13 @@ def input_window(encoder: StackEncoder) -> tuple:
 def check_streamable(encoder) -> None:
     """Raise a ValueError naming the option that makes ``encoder`` read future frames."""
     if not isinstance(encoder, StackEncoder):
-        raise ValueError(f"streaming needs a Samba-ASR encoder (encoder: samba_asr with "
-                         f"encoder_conf.bidirectional: false), got {type(encoder).__name__}")
+        raise ValueError(  # noqa: TRY004 (a config choice, not a caller's type error)
+            f"streaming needs a Samba-ASR encoder (encoder: samba_asr with "
+            f"encoder_conf.bidirectional: false), got {type(encoder).__name__}")
     for i, layer in enumerate(encoder.encoders):
         mixer = getattr(layer, "layer", None)
         if isinstance(mixer, Bidirectional):
-            raise ValueError(
+            raise ValueError(  # noqa: TRY004 (a config value)
                 f"streaming needs a causal encoder, but {type(encoder).__name__} is "
                 "bidirectional (encoder_conf.bidirectional: true): the backward mixer of each "
                 "layer reads the utterance's future frames. Train with "
@@ -94,25 +93,24 @@ class StreamingEncoder:
         self.reset()
 
     def reset(self) -> None:
-        self.pending: Optional[torch.Tensor] = None  # input frames not yet consumed (1, n, idim)
-        self.states: Optional[List] = None  # one mixer state per layer
+        self.pending: torch.Tensor | None = None  # input frames not yet consumed (1, n, idim)
+        self.states: list | None = None  # one mixer state per layer
         self.frames_in = 0  # input frames of this utterance so far
         self.frames_out = 0  # output frames of this utterance so far
 
     def state_numel(self) -> int:
         """Elements held between chunks (pending frames and mixer states)."""
         n = 0 if self.pending is None else self.pending.numel()
+        sizes = []
         for state in self.states or []:
-            sizes = []
             map_state(lambda t: sizes.append(t.numel()) or t, state)
-            n += sum(sizes)
-        return n
+        return n + sum(sizes)
 
     def _check(self, feats: torch.Tensor) -> torch.Tensor:
         size = self.encoder.embed.input_size
         if not isinstance(feats, torch.Tensor):
-            raise ValueError(f"streaming encoder input must be a tensor of shape (frames, "
-                             f"{size}), got {type(feats).__name__}")
+            raise TypeError(f"streaming encoder input must be a tensor of shape (frames, "
+                            f"{size}), got {type(feats).__name__}")
         if feats.dim() == 3 and feats.shape[0] == 1:
             feats = feats[0]
         if feats.dim() != 2 or feats.shape[1] != size:

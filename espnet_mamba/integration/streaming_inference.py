@@ -27,16 +27,16 @@ from __future__ import annotations
 import time
 from itertools import groupby
 from pathlib import Path
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any
 
 import numpy as np
 import torch
-
 from espnet2.legacy.nets.beam_search import Hypothesis
 from espnet2.legacy.nets.pytorch_backend.transformer.subsampling import TooShortUttError
+
 from espnet_mamba.encoders.streaming import StreamingEncoder, check_streamable
 
-Result = Tuple[Optional[str], List[str], List[int], Hypothesis]
+Result = tuple[str | None, list[str], list[int], Hypothesis]
 
 
 class StreamingFrontend:
@@ -77,13 +77,14 @@ class StreamingFrontend:
         self.stft = Stft(n_fft=stft.n_fft, win_length=stft.win_length,
                          hop_length=stft.hop_length, center=False, window=stft.window,
                          normalized=stft.normalized, onesided=stft.onesided)
-        self.dtype = next(model.parameters()).dtype
+        weight = next(model.parameters())
+        self.dtype, self.device = weight.dtype, weight.device
         self.reset()
 
     def reset(self) -> None:
-        self.head: Optional[torch.Tensor] = None  # samples before the start's padding is known
-        self.buffer: Optional[torch.Tensor] = None  # padded signal from the next frame's start
-        self.tail = torch.zeros(0)  # the last pad + 1 samples, for the end's reflection
+        self.head: torch.Tensor | None = None  # samples before the start's padding is known
+        self.buffer: torch.Tensor | None = None  # padded signal from the next frame's start
+        self.tail: torch.Tensor | None = None  # the last pad + 1 samples (end's reflection)
         self.samples = 0
 
     def state_numel(self) -> int:
@@ -91,11 +92,11 @@ class StreamingFrontend:
 
     @torch.no_grad()
     def __call__(self, chunk, is_final: bool = False) -> torch.Tensor:
-        x = _samples(chunk, self.samples).to(self.dtype)
+        x = _samples(chunk, self.samples).to(device=self.device, dtype=self.dtype)
         self.samples += len(x)
         p = self.pad
         if p:
-            self.tail = torch.cat([self.tail.to(x.dtype), x])[-(p + 1):]
+            self.tail = (x if self.tail is None else torch.cat([self.tail, x]))[-(p + 1):]
         if self.buffer is None:
             self.head = x if self.head is None else torch.cat([self.head, x])
             if len(self.head) > p:
@@ -110,7 +111,7 @@ class StreamingFrontend:
                     f"(n_fft={self.n_fft}, center=True needs at least {need})", total, need)
         else:
             self.buffer = torch.cat([self.buffer, x])
-        feats = torch.zeros(0, self.frontend.output_size(), dtype=self.dtype)
+        feats = x.new_zeros(0, self.frontend.output_size())
         if self.buffer is not None:
             if is_final and p:
                 # x[N-2], ..., x[N-1-p] after x[N-1]
@@ -143,9 +144,135 @@ def _samples(chunk, offset: int) -> torch.Tensor:
     if isinstance(chunk, np.ndarray):
         chunk = torch.from_numpy(np.ascontiguousarray(chunk))
     if not isinstance(chunk, torch.Tensor):
-        raise ValueError(f"audio chunk must be a 1-D array or tensor of samples, got "
-                         f"{type(chunk).__name__}")
+        raise TypeError(f"audio chunk must be a 1-D array or tensor of samples, got "
+                        f"{type(chunk).__name__}")
     if chunk.dim() != 1:
         raise ValueError(f"audio chunk must be 1-D (samples,) of one mono utterance, got shape "
                          f"{tuple(chunk.shape)} at sample {offset}")
     return chunk  # converted to the model's dtype as Speech2Text does (no scaling)
+
+
+class Speech2TextStreaming:
+    """Streaming recognition with a causal Samba-ASR model, ESPnet's interface.
+
+    Examples:
+        >>> s2t = Speech2TextStreaming("exp/asr/config.yaml", "exp/asr/valid.acc.ave.pth")
+        >>> for chunk in chunks[:-1]:
+        ...     partial = s2t(chunk, is_final=False)  # CTC best path so far
+        >>> text, tokens, token_int, hyp = s2t(chunks[-1], is_final=True)[0]
+
+    The arguments up to ``normalize_length`` are those of ESPnet's ``Speech2TextStreaming``
+    and ``Speech2Text`` and mean the same; ``speech2text_conf`` passes any other option of
+    ``Speech2Text`` (``ngram_file``, ``ctc_window_margin``...).  ``speech2text``: an ESPnet
+    ``Speech2Text`` already built (e.g. by ``Speech2Text.from_pretrained``) instead of the
+    files; its model and beam search are shared, not copied.
+
+    ``__call__(speech, is_final)``: speech is the next chunk of samples (any length, numpy or
+    torch, 1-D) of one utterance.  Returns [(text, tokens, token_int, hyp)]: before
+    ``is_final``, one partial hypothesis (CTC best path over the encoder frames so far; ``hyp``
+    has ``yseq`` [sos, tokens...] and ``score`` the path's log-probability); at ``is_final``,
+    the ``nbest`` hypotheses of ``Speech2Text``'s beam search over the whole utterance's
+    encoder output, which equals the offline encoder's (the same hypotheses as
+    ``Speech2Text(speech)``).  After ``is_final`` (or ``reset()``) the next call starts a new
+    utterance.  ``last_chunk_seconds`` holds the processing time of the last call.
+    """
+
+    def __init__(
+        self,
+        asr_train_config: Path | str | None = None,
+        asr_model_file: Path | str | None = None,
+        lm_train_config: Path | str | None = None,
+        lm_file: Path | str | None = None,
+        token_type: str | None = None,
+        bpemodel: str | None = None,
+        device: str = "cpu",
+        maxlenratio: float = 0.0,
+        minlenratio: float = 0.0,
+        batch_size: int = 1,
+        dtype: str = "float32",
+        beam_size: int = 20,
+        ctc_weight: float = 0.5,
+        lm_weight: float = 1.0,
+        penalty: float = 0.0,
+        nbest: int = 1,
+        normalize_length: bool = False,
+        speech2text: Any = None,
+        **speech2text_conf,
+    ):
+        if batch_size != 1:
+            raise ValueError(f"Speech2TextStreaming decodes one utterance at a time: "
+                             f"batch_size must be 1, got {batch_size}")
+        if speech2text is None:
+            if asr_train_config is None:
+                raise ValueError("pass asr_train_config (and asr_model_file), or speech2text")
+            from espnet2.bin.asr_inference import Speech2Text
+
+            speech2text = Speech2Text(
+                asr_train_config=asr_train_config, asr_model_file=asr_model_file,
+                lm_train_config=lm_train_config, lm_file=lm_file, token_type=token_type,
+                bpemodel=bpemodel, device=device, maxlenratio=maxlenratio,
+                minlenratio=minlenratio, batch_size=1, dtype=dtype, beam_size=beam_size,
+                ctc_weight=ctc_weight, lm_weight=lm_weight, penalty=penalty, nbest=nbest,
+                normalize_length=normalize_length, **speech2text_conf)
+        model = speech2text.asr_model
+        if getattr(speech2text, "beam_search_transducer", None) is not None or getattr(
+                speech2text, "hugging_face_model", None) is not None:
+            raise ValueError("Speech2TextStreaming decodes with ESPnet's attention/CTC beam "
+                             "search; this model uses a transducer or Hugging Face decoder")
+        check_streamable(model.encoder)
+        if getattr(model, "ctc", None) is None:
+            raise ValueError("Speech2TextStreaming needs the model's CTC (partial results)")
+        self.speech2text = speech2text
+        self.asr_model = model
+        self.frontend = StreamingFrontend(model)
+        self.encoder = StreamingEncoder(model.encoder)
+        self.last_chunk_seconds = 0.0
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new utterance."""
+        self.frontend.reset()
+        self.encoder.reset()
+        self.frames: list[torch.Tensor] = []  # encoder output so far, for the final search
+        self.tokens: list[int] = []  # CTC best path, repeats and blanks removed
+        self.last_label: int | None = None  # the path's last label (blank too)
+        self.path_score = 0.0
+
+    @torch.no_grad()
+    def __call__(self, speech: torch.Tensor | np.ndarray,
+                 is_final: bool = True) -> list[Result]:
+        start = time.perf_counter()
+        try:
+            feats = self.frontend(speech, is_final=is_final)
+            enc = self.encoder(feats, is_final=is_final)
+            if len(enc):
+                self.frames.append(enc)
+                self._best_path(enc)
+            if is_final:
+                frames = torch.cat(self.frames)
+                return self.speech2text._decode_single_sample(frames)
+            return [self._partial()]
+        finally:
+            if is_final:
+                self.reset()
+            self.last_chunk_seconds = time.perf_counter() - start
+
+    def _best_path(self, enc: torch.Tensor) -> None:
+        logp = self.asr_model.ctc.log_softmax(enc[None])[0]
+        best, labels = logp.max(-1)
+        self.path_score += float(best.sum())
+        blank = self.asr_model.blank_id
+        # runs within the chunk; last_label joins a run that a chunk boundary split
+        for label, _ in groupby(labels.tolist()):
+            if label != blank and label != self.last_label:
+                self.tokens.append(label)
+            self.last_label = label
+
+    def _partial(self) -> Result:
+        s2t, model = self.speech2text, self.asr_model
+        token_int = [t for t in self.tokens if t not in (model.sos, model.eos)]
+        tokens = s2t.converter.ids2tokens(token_int)
+        text = s2t.tokenizer.tokens2text(tokens) if s2t.tokenizer is not None else None
+        yseq = torch.tensor([model.sos, *token_int], dtype=torch.long)
+        hyp = Hypothesis(yseq=yseq, score=self.path_score, scores={"ctc": self.path_score})
+        return text, tokens, token_int, hyp

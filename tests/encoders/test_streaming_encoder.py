@@ -4,13 +4,12 @@ between chunks does not grow with the number of chunks; a bidirectional encoder 
 
 import pytest
 import torch
-
 from espnet2.legacy.nets.pytorch_backend.transformer.subsampling import TooShortUttError
+from model_checks import MIXER_CONF
+
 from espnet_mamba.encoders.samba_asr import SambaASREncoder
 from espnet_mamba.encoders.speech_mamba import SpeechMambaEncoder
 from espnet_mamba.encoders.streaming import StreamingEncoder, input_window
-
-from model_checks import MIXER_CONF
 
 IDIM = 20
 

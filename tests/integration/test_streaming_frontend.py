@@ -6,13 +6,13 @@ utterance_mvn and too-short audio are refused by name."""
 import numpy as np
 import pytest
 import torch
-
 from espnet2.asr.ctc import CTC
 from espnet2.asr.espnet_model import ESPnetASRModel
 from espnet2.asr.frontend.default import DefaultFrontend
 from espnet2.layers.global_mvn import GlobalMVN
 from espnet2.layers.utterance_mvn import UtteranceMVN
 from espnet2.legacy.nets.pytorch_backend.transformer.subsampling import TooShortUttError
+
 from espnet_mamba.encoders.samba_asr import SambaASREncoder
 from espnet_mamba.encoders.streaming import StreamingEncoder
 from espnet_mamba.integration.streaming_inference import StreamingFrontend

@@ -1,0 +1,182 @@
+"""Speech2TextStreaming on a tiny causal samba_asr model trained by ESPnet's asr_train (in this
+process, 20 CPU epochs of 4 utterances): audio fed in chunks gives, at is_final, the hypotheses of ESPnet's
+offline Speech2Text on the whole audio (attention decoder + CTC beam search), and before it CTC
+best-path partial results that grow as audio arrives; the last partial result is the offline
+encoder's CTC best path.  A bidirectional model is refused by name."""
+
+from itertools import groupby, pairwise
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+import yaml
+from cli_data import train_args, write_dataset
+from espnet2.asr.frontend.default import DefaultFrontend
+from espnet2.bin.asr_inference import Speech2Text
+from espnet2.tasks.asr import ASRTask
+
+from espnet_mamba.encoders.samba_asr import SambaASREncoder
+from espnet_mamba.integration.streaming_inference import Speech2TextStreaming
+
+FRONTEND = {"n_fft": 512, "hop_length": 160, "n_mels": 40}
+DECODE = {"beam_size": 3, "ctc_weight": 0.3, "lm_weight": 0.0, "nbest": 2}
+CHUNK = 5120  # 320 ms at 16 kHz
+
+
+def feats_stats(ds, path):
+    """global_mvn statistics of the training audio (what collect_stats would write)."""
+    frontend = DefaultFrontend(**FRONTEND).eval()
+    count, total, square = 0, 0.0, 0.0
+    for line in ds.wav_scp("valid").read_text().splitlines():
+        wav, _ = soundfile.read(line.split(maxsplit=1)[1], dtype="float32")
+        with torch.no_grad():
+            feats, _ = frontend(torch.from_numpy(wav)[None], torch.tensor([len(wav)]))
+        feats = feats[0].double().numpy()
+        count, total, square = count + len(feats), total + feats.sum(0), square + (
+            feats ** 2).sum(0)
+    np.savez(path, count=np.array(count), sum=total, sum_square=square)
+
+
+def train(tmp_path, epochs=20):
+    ds = write_dataset(tmp_path / "data", repeat=1)
+    shapes = {}
+    for split in ("train", "valid"):
+        keys = [line.split()[0] for line in ds.wav_scp(split).read_text().splitlines()]
+        shapes[split] = tmp_path / f"{split}_shape"
+        shapes[split].write_text("".join(f"{k} 16000\n" for k in keys))
+    feats_stats(ds, tmp_path / "feats_stats.npz")
+    tiny = {"d_state": 8, "dropout_rate": 0.0}
+    config = {
+        "encoder": "samba_asr", "decoder": "samba_asr",
+        "encoder_conf": {"output_size": 32, "num_blocks": 2, "bidirectional": False, **tiny},
+        "decoder_conf": {"num_blocks": 1, **tiny},
+        "frontend": "default", "frontend_conf": FRONTEND,
+        "normalize": "global_mvn",
+        "normalize_conf": {"stats_file": str(tmp_path / "feats_stats.npz")},
+        "model_conf": {"ctc_weight": 0.7, "lsm_weight": 0.0},
+        "optim": "adam", "optim_conf": {"lr": 0.005}, "max_epoch": epochs,
+        "batch_type": "unsorted", "batch_size": 4, "keep_nbest_models": 1,
+    }
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "exp"
+    ASRTask.main(cmd=[str(a) for a in (
+        "--config", tmp_path / "train.yaml", *train_args(ds),
+        "--train_shape_file", shapes["train"], "--valid_shape_file", shapes["valid"],
+        "--output_dir", out)])
+    return ds, out / "config.yaml", out / f"{epochs}epoch.pth"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two threads on two cores shared with other work train several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, one_thread):
+    return train(tmp_path_factory.mktemp("stream"))
+
+
+def audio(ds):
+    wavs = {}
+    for line in ds.wav_scp("test").read_text().splitlines():
+        utt, path = line.split(maxsplit=1)
+        wavs[utt] = soundfile.read(path, dtype="float32")[0]
+    return wavs
+
+
+def stream(s2t, wav, sizes):
+    results, start, k = [], 0, 0
+    while start < len(wav):
+        size = sizes[k % len(sizes)]
+        chunk = wav[start:start + size]
+        start, k = start + size, k + 1
+        results.append(s2t(chunk, is_final=start >= len(wav)))
+    return results
+
+
+def summary(results):
+    return [(text, tokens, token_int, round(float(hyp.score), 4))
+            for text, tokens, token_int, hyp in results]
+
+
+@pytest.mark.parametrize("sizes", [[CHUNK], [777, 4096, 3]], ids=["320ms", "uneven"])
+def test_final_hypotheses_equal_offline_speech2text(trained, sizes):
+    ds, config, model = trained
+    offline = Speech2Text(asr_train_config=config, asr_model_file=model, device="cpu", **DECODE)
+    online = Speech2TextStreaming(asr_train_config=config, asr_model_file=model, device="cpu",
+                                  **DECODE)
+    texts = []
+    for utt, wav in sorted(audio(ds).items()):
+        want = offline(wav)
+        results = stream(online, wav, sizes)
+        got = results[-1]
+        assert len(got) == len(want) == DECODE["nbest"]
+        assert summary(got) == summary(want), utt
+        texts.append((ds.utts[utt], got[0][0]))
+    # the model has learnt something: the hypotheses are not all empty
+    assert any(hyp for _, hyp in texts), texts
+
+
+def test_partial_results_are_the_ctc_best_path_so_far(trained):
+    ds, config, model = trained
+    online = Speech2TextStreaming(asr_train_config=config, asr_model_file=model, device="cpu",
+                                  **DECODE)
+    m = online.asr_model
+    seen = []
+    for utt, wav in sorted(audio(ds).items()):
+        partials = stream(online, wav[:len(wav) - len(wav) % CHUNK], [CHUNK])[:-1]
+        # before is_final: one partial hypothesis per chunk, each extending the previous one
+        assert all(len(r) == 1 for r in partials)
+        ids = [r[0][2] for r in partials]
+        assert all(a == b[:len(a)] for a, b in pairwise(ids)), ids
+        seen += ids
+        # the last partial: the CTC best path of the offline encoder's frames so far
+        _, tokens, token_int, hyp = stream(online, wav, [CHUNK])[-2][0]
+        with torch.no_grad():
+            enc, _ = m.encode(torch.from_numpy(wav)[None], torch.tensor([len(wav)]))
+        labels = m.ctc.argmax(enc[:, :hyp_frames(online, wav)])[0].tolist()
+        best = [lab for lab, _ in groupby(labels) if lab != m.blank_id]
+        assert token_int == best, utt
+        assert tokens == online.speech2text.converter.ids2tokens(best)
+        assert hyp.yseq.tolist() == [m.sos, *best]
+    assert any(seen), "every partial result was empty: the test model has not learnt CTC"
+
+
+def hyp_frames(online, wav):
+    """Encoder frames out after all chunks but the last (n x CHUNK samples)."""
+    online.reset()
+    out = 0
+    full = len(wav) // CHUNK * CHUNK if len(wav) % CHUNK else len(wav) - CHUNK
+    for start in range(0, full, CHUNK):
+        out += len(online.encoder(online.frontend(wav[start:start + CHUNK])))
+    online.reset()
+    return out
+
+
+def test_chunk_processing_time_is_reported(trained):
+    ds, config, model = trained
+    online = Speech2TextStreaming(asr_train_config=config, asr_model_file=model, **DECODE)
+    wav = next(iter(audio(ds).values()))
+    online(wav[:CHUNK], is_final=False)
+    assert online.last_chunk_seconds > 0
+
+
+def test_bidirectional_model_is_refused(trained):
+    _, config, model = trained
+    offline = Speech2Text(asr_train_config=config, asr_model_file=model)
+    m = offline.asr_model
+    m.encoder = SambaASREncoder(m.encoder.embed.input_size, output_size=32, num_blocks=1,
+                                d_state=8).eval()  # bidirectional by default
+    with pytest.raises(ValueError, match="encoder_conf.bidirectional: true"):
+        Speech2TextStreaming(speech2text=offline)
+
+
+def test_batch_size_other_than_one_is_refused(trained):
+    _, config, model = trained
+    with pytest.raises(ValueError, match="batch_size must be 1, got 2"):
+        Speech2TextStreaming(asr_train_config=config, asr_model_file=model, batch_size=2)
