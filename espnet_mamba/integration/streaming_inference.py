@@ -224,6 +224,8 @@ class Speech2TextStreaming:
             raise ValueError("Speech2TextStreaming needs the model's CTC (partial results)")
         self.speech2text = speech2text
         self.asr_model = model
+        self.asr_train_args = getattr(speech2text, "asr_train_args", None)
+        self.nbest = getattr(speech2text, "nbest", nbest)
         self.frontend = StreamingFrontend(model)
         self.encoder = StreamingEncoder(model.encoder)
         self.last_chunk_seconds = 0.0

@@ -180,3 +180,37 @@ def test_batch_size_other_than_one_is_refused(trained):
     _, config, model = trained
     with pytest.raises(ValueError, match="batch_size must be 1, got 2"):
         Speech2TextStreaming(asr_train_config=config, asr_model_file=model, batch_size=2)
+
+
+@pytest.mark.parametrize("chunk", [CHUNK, 0])
+def test_command_line_writes_the_offline_hypotheses(trained, tmp_path, chunk):
+    """ESPnet's asr_inference_streaming options and output files, through our class."""
+    from espnet_mamba.integration.streaming_asr_inference import main
+
+    ds, config, model = trained
+    out = tmp_path / "decode"
+    main(["--asr_train_config", str(config), "--asr_model_file", str(model),
+          "--data_path_and_name_and_type", f"{ds.wav_scp('test')},speech,sound",
+          "--sim_chunk_length", str(chunk), "--output_dir", str(out), "--num_workers", "0",
+          "--beam_size", "3", "--ctc_weight", "0.3", "--lm_weight", "0.0", "--nbest", "2"])
+    offline = Speech2Text(asr_train_config=config, asr_model_file=model, device="cpu", **DECODE)
+    for n in (1, 2):
+        text = dict(line.split(maxsplit=1) if " " in line else (line, "")
+                    for line in (out / f"{n}best_recog/text").read_text().splitlines())
+        ids = dict(line.split(maxsplit=1) if " " in line else (line, "")
+                   for line in (out / f"{n}best_recog/token_int").read_text().splitlines())
+        for utt, wav in audio(ds).items():
+            want = offline(wav)[n - 1]
+            assert text[utt] == want[0] and ids[utt].split() == list(map(str, want[2])), utt
+    rtf = dict(line.split() for line in (out / "streaming/rtf").read_text().splitlines())
+    assert set(rtf) == set(ds.utts) and all(float(v) > 0 for v in rtf.values())
+
+
+def test_command_line_refuses_block_search_options(trained, tmp_path):
+    from espnet_mamba.integration.streaming_asr_inference import main
+
+    ds, config, model = trained
+    with pytest.raises(ValueError, match="encoded_feat_length_limit"):
+        main(["--asr_train_config", str(config), "--asr_model_file", str(model),
+              "--data_path_and_name_and_type", f"{ds.wav_scp('test')},speech,sound",
+              "--output_dir", str(tmp_path), "--encoded_feat_length_limit", "5"])

@@ -1,0 +1,121 @@
+"""Command line: ESPnet's ``asr_inference_streaming`` for causal samba_asr models.
+
+    python -m espnet_mamba.integration.streaming_asr_inference \\
+        --asr_train_config exp/asr/config.yaml --asr_model_file exp/asr/valid.acc.ave.pth \\
+        --data_path_and_name_and_type dump/raw/test/wav.scp,speech,sound \\
+        --sim_chunk_length 5120 --output_dir exp/decode_streaming
+
+ESPnet's options and outputs (``{n}best_recog/{text,token,token_int,score}``): each utterance is
+fed in chunks of ``--sim_chunk_length`` samples (0: the whole utterance as one chunk) to
+:class:`~espnet_mamba.integration.streaming_inference.Speech2TextStreaming`.  Options of ESPnet's
+block-synchronous search (``--disable_repetition_detection``, ``--encoded_feat_length_limit``,
+``--decoder_text_length_limit``) do not apply and are refused when set.  Also written:
+``streaming/rtf`` per utterance (processing seconds over audio seconds, summed over its
+chunks) and ``streaming/slowest_chunk_seconds`` (the longest call, usually the last one: the
+final beam search).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from espnet2.bin.asr_inference_streaming import get_parser as espnet_parser
+from espnet2.fileio.datadir_writer import DatadirWriter
+from espnet2.legacy.nets.beam_search import Hypothesis
+from espnet2.legacy.nets.pytorch_backend.transformer.subsampling import TooShortUttError
+from espnet2.legacy.utils.cli_utils import get_commandline_args
+from espnet2.tasks.asr import ASRTask
+from espnet2.torch_utils.set_all_random_seed import set_all_random_seed
+
+from espnet_mamba.integration.streaming_inference import Speech2TextStreaming
+
+logger = logging.getLogger(__name__)
+
+NOT_APPLICABLE = {"disable_repetition_detection": False, "encoded_feat_length_limit": 0,
+                  "decoder_text_length_limit": 0, "word_lm_train_config": None,
+                  "word_lm_file": None}
+
+
+def get_parser():
+    parser = espnet_parser()
+    parser.description = "Streaming ASR decoding of causal samba_asr models"
+    return parser
+
+
+def chunks(speech, length: int):
+    """Consecutive chunks of ``length`` samples (the last one shorter); the whole if 0."""
+    if length <= 0 or len(speech) <= length:
+        return [speech]
+    return [speech[i:i + length] for i in range(0, len(speech), length)]
+
+
+def inference(args) -> None:
+    given = {k: getattr(args, k) for k in NOT_APPLICABLE if getattr(args, k) != NOT_APPLICABLE[k]}
+    if given:
+        raise ValueError(f"options of ESPnet's block-synchronous streaming search do not apply "
+                         f"to Speech2TextStreaming of causal samba_asr models: {given}; leave "
+                         "them unset")
+    if args.batch_size != 1:
+        raise ValueError(f"--batch_size must be 1 (one utterance at a time), got "
+                         f"{args.batch_size}")
+    if args.ngpu > 1:
+        raise ValueError(f"--ngpu must be 0 or 1, got {args.ngpu}")
+    if args.sim_chunk_length < 0:
+        raise ValueError(f"--sim_chunk_length must be >= 0 samples, got {args.sim_chunk_length}")
+    logging.basicConfig(level=args.log_level,
+                        format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    set_all_random_seed(args.seed)
+    s2t = Speech2TextStreaming(
+        asr_train_config=args.asr_train_config, asr_model_file=args.asr_model_file,
+        lm_train_config=args.lm_train_config, lm_file=args.lm_file,
+        token_type=args.token_type, bpemodel=args.bpemodel,
+        device="cuda" if args.ngpu else "cpu", maxlenratio=args.maxlenratio,
+        minlenratio=args.minlenratio, dtype=args.dtype, beam_size=args.beam_size,
+        ctc_weight=args.ctc_weight, lm_weight=args.lm_weight, penalty=args.penalty,
+        nbest=args.nbest, normalize_length=args.normalize_length)
+    train_args = s2t.asr_train_args
+    loader = ASRTask.build_streaming_iterator(
+        args.data_path_and_name_and_type, dtype=args.dtype, batch_size=1,
+        key_file=args.key_file, num_workers=args.num_workers,
+        preprocess_fn=ASRTask.build_preprocess_fn(train_args, False),
+        collate_fn=ASRTask.build_collate_fn(train_args, False),
+        allow_variable_data_keys=args.allow_variable_data_keys, inference=True)
+    fs = getattr(s2t.asr_model.frontend, "logmel", None)
+    fs = fs.mel_options["sr"] if fs is not None else 16000
+    with DatadirWriter(args.output_dir) as writer:
+        for keys, batch in loader:
+            key = keys[0]
+            speech = batch["speech"][0]
+            parts = chunks(speech, args.sim_chunk_length)
+            seconds, slowest = 0.0, 0.0
+            try:
+                for i, part in enumerate(parts):
+                    results = s2t(part, is_final=i == len(parts) - 1)
+                    seconds += s2t.last_chunk_seconds
+                    slowest = max(slowest, s2t.last_chunk_seconds)
+            except TooShortUttError as e:
+                # as ESPnet's asr_inference: logged, an empty hypothesis, the next utterance
+                logger.warning(f"Utterance {key} {e}")
+                hyp = Hypothesis(score=0.0, scores={}, states={}, yseq=[])
+                results = [[" ", ["<space>"], [2], hyp]] * args.nbest
+            # a directory of its own: DatadirWriter compares the ids of sibling files only
+            writer["streaming"]["rtf"][key] = f"{seconds / max(len(speech) / fs, 1e-9):.4f}"
+            writer["streaming"]["slowest_chunk_seconds"][key] = f"{slowest:.4f}"
+            for n, (text, token, token_int, hyp) in enumerate(results[:args.nbest], start=1):
+                best = writer[f"{n}best_recog"]
+                best["token"][key] = " ".join(token)
+                best["token_int"][key] = " ".join(map(str, token_int))
+                best["score"][key] = str(float(hyp.score))
+                if text is not None:
+                    best["text"][key] = text
+
+
+def main(cmd=None):
+    print(get_commandline_args(), file=sys.stderr)
+    args = get_parser().parse_args(cmd)
+    inference(args)
+
+
+if __name__ == "__main__":
+    main()
