@@ -16,8 +16,9 @@ The residual path (pre-norm, x + mixer(norm(x)), final RMSNorm) is per frame.  E
 frame is that of the full-utterance forward (same arithmetic; fp32 rounding apart), and the
 output frames of a whole utterance are as many as the full forward gives.
 
-The mixers run one frame at a time (``step``): exact, and O(1) state; a chunk scan from an
-initial state would run a chunk in fewer, larger operations.
+Each layer runs a chunk's frames at once from its state (``step_chunk`` of the mixers: the
+convolution over the state's last inputs and the chunk, the scan from the state), or one
+frame at a time (``step``, ``frame_by_frame=True``); the same results up to rounding.
 """
 
 from __future__ import annotations
@@ -63,8 +64,7 @@ def check_streamable(encoder) -> None:
                 "bidirectional (encoder_conf.bidirectional: true): the backward mixer of each "
                 "layer reads the utterance's future frames. Train with "
                 "encoder_conf.bidirectional: false to stream")
-        if not (hasattr(layer, "step") and hasattr(mixer, "init_state")
-                and hasattr(mixer, "step")):
+        if not all(hasattr(mixer, name) for name in ("init_state", "step", "step_chunk")):
             raise ValueError(
                 f"streaming needs layers that run one frame at a time from a recurrent state; "
                 f"layer {i} of {type(encoder).__name__} ({type(mixer).__name__}) does not "
@@ -84,11 +84,15 @@ class StreamingEncoder:
     next call starts a new one (``reset`` does so at any time).
 
     The encoder must be in eval mode (dropout off), as for decoding.
+
+    ``frame_by_frame``: run the mixers' ``step`` per frame instead of ``step_chunk`` once per
+    chunk (same results up to rounding; ``step_chunk`` makes fewer, larger operations).
     """
 
-    def __init__(self, encoder: StackEncoder):
+    def __init__(self, encoder: StackEncoder, frame_by_frame: bool = False):
         check_streamable(encoder)
         self.encoder = encoder
+        self.frame_by_frame = frame_by_frame
         self.stride, self.field = input_window(encoder)
         self.reset()
 
@@ -167,16 +171,19 @@ class StreamingEncoder:
         if self.states is None:
             self.states = [layer.layer.init_state(1, device=xs.device, dtype=xs.dtype)
                            for layer in enc.encoders]
-        x = xs[0]
+        x = xs
         for i, layer in enumerate(enc.encoders):
-            h = layer.norm(x)  # per frame: one call for the chunk
-            ys, state = [], self.states[i]
-            for t in range(len(h)):
-                y, state = layer.layer.step(h[t:t + 1], state)
-                ys.append(y)
-            self.states[i] = state
-            x = x + torch.cat(ys, dim=0).to(x.dtype)
-        return enc.after_norm(x)
+            if self.frame_by_frame:
+                h = layer.norm(x[0])  # per frame: one call for the chunk
+                ys, state = [], self.states[i]
+                for t in range(len(h)):
+                    y, state = layer.layer.step(h[t:t + 1], state)
+                    ys.append(y)
+                self.states[i] = state
+                x = x + torch.cat(ys, dim=0).to(x.dtype)[None]
+            else:
+                x, self.states[i] = layer.step_chunk(x, self.states[i])
+        return enc.after_norm(x[0])
 
 
 def stream_encoder(encoder: StackEncoder, chunks, is_final_last: bool = True) -> torch.Tensor:

@@ -61,3 +61,9 @@ class Residual(nn.Module):
         """One token through a recurrent sub-layer (``layer.step``)."""
         y, state = self.layer.step(self.norm(x), state)
         return x + self.dropout(y), state
+
+    def step_chunk(self, x, state):
+        """Several tokens (batch, length, d_model) through a recurrent sub-layer
+        (``layer.step_chunk``): ``step`` token by token, in one pass."""
+        y, state = self.layer.step_chunk(self.norm(x), state)
+        return x + self.dropout(y), state

@@ -155,6 +155,41 @@ class Mamba(nn.Module):
         """One token.  x: (batch, d_model) -> (y (batch, d_model), new state)."""
         return after_in_proj(self._step_mix, self.in_proj(x), state, weight=self.out_proj.weight)
 
+    def step_chunk(self, x, state):
+        """Several tokens from a recurrent state in one pass: what ``step`` gives frame by
+        frame, up to rounding.  x: (batch, length >= 1, d_model) -> (y (batch, length,
+        d_model), the state after the last token)."""
+        return after_in_proj(self._chunk_mix, self.in_proj(x).transpose(1, 2), state,
+                             weight=self.out_proj.weight)
+
+    def _chunk_mix(self, xz, state):
+        conv_state, ssm_state = state
+        xs, z = xz.chunk(2, dim=1)
+        # the convolution reads the state's last d_conv - 1 inputs before the chunk
+        conv_in = torch.cat([conv_state[:, :, 1:].to(xs.dtype), xs], dim=-1)
+        u = causal_conv1d(conv_in, self._conv_weight(), self.conv1d.bias, "silu",
+                          self.backend)[..., self.d_conv - 1:]
+        dt, B, C = self.x_proj(u.transpose(1, 2)).split(
+            [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (b, d_inner, l)
+        B, C = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
+        A, D, dt_bias = self.scan_params()
+        y, last = selective_scan(u, dt, A, B, C, D, z=z, delta_bias=dt_bias,
+                                 delta_softplus=True, return_last_state=True,
+                                 backend=self.backend)
+        # The scan starts from zero (mamba-ssm's v1 scan takes no initial state).  The state
+        # is linear in its start: h0 adds exp(A * (delta_1 + ... + delta_t)) * h0 to h_t, so
+        # C_t of that to y_t before the gate silu(z_t), the same gate as the rest of y_t.
+        cdt = torch.promote_types(u.dtype, torch.float32)
+        delta = F.softplus(dt.to(cdt) + dt_bias.to(cdt)[:, None])
+        decay = torch.exp(A.to(cdt)[None, :, :, None] * delta.cumsum(-1)[:, :, None, :])
+        h0 = ssm_state.to(cdt)
+        carried = torch.einsum("bdnl,bdn,bnl->bdl", decay, h0, C.to(cdt))
+        y = (y.to(cdt) + carried * F.silu(z.to(cdt))).to(y.dtype)
+        last = last.to(cdt) + decay[..., -1] * h0
+        return self.out_proj(y.transpose(1, 2)), (
+            conv_in[..., -self.d_conv:].to(conv_state.dtype), last.to(ssm_state.dtype))
+
     def _step_mix(self, xz, state):
         conv_state, ssm_state = state
         xs, z = xz.chunk(2, dim=-1)

@@ -181,6 +181,33 @@ class Mamba2(nn.Module):
         """One token.  x: (batch, d_model) -> (y (batch, d_model), new state)."""
         return after_in_proj(self._step_mix, self.in_proj(x), state, weight=self.out_proj.weight)
 
+    def step_chunk(self, x, state):
+        """Several tokens from a recurrent state in one pass: what ``step`` gives frame by
+        frame, up to rounding.  x: (batch, length >= 1, d_model) -> (y (batch, length,
+        d_model), the state after the last token)."""
+        return after_in_proj(self._chunk_mix, self.in_proj(x), state,
+                             weight=self.out_proj.weight)
+
+    def _chunk_mix(self, zxbcdt, state):
+        conv_state, ssm_state = state
+        batch, length, _ = zxbcdt.shape
+        z, xbc, dt = self._split(zxbcdt)
+        # the convolution reads the state's last d_conv - 1 inputs before the chunk
+        conv_in = torch.cat([conv_state[:, :, 1:].to(xbc.dtype), xbc.transpose(1, 2)], dim=-1)
+        xbc = causal_conv1d(conv_in, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu",
+                            self.backend)[..., self.d_conv - 1:].transpose(1, 2)
+        xs, B, C = self._split_xbc(xbc)
+        y, last = ssd_scan(xs.reshape(batch, length, self.nheads, self.headdim), dt,
+                           -torch.exp(self.A_log.float()),
+                           B.reshape(batch, length, self.ngroups, self.d_state),
+                           C.reshape(batch, length, self.ngroups, self.d_state),
+                           self.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
+                           initial_states=ssm_state, return_final_states=True,
+                           backend=self.backend)
+        y = self.norm(y.reshape(batch, length, self.d_inner), z, self.backend)
+        return self.out_proj(y), (conv_in[..., -self.d_conv:].to(conv_state.dtype),
+                                  last.to(ssm_state.dtype))
+
     def _step_mix(self, zxbcdt, state):
         conv_state, ssm_state = state
         batch = zxbcdt.shape[0]

@@ -52,9 +52,29 @@ def test_streaming_equals_full_forward(mixer, sizes):
     enc = causal(mixer)
     feats = torch.randn(123, IDIM)
     ref = full(enc, feats)
-    out = streamed(StreamingEncoder(enc), feats, sizes)
-    assert out.shape == ref.shape
-    assert rel_error(out, ref) < 1e-5
+    for frame_by_frame in (False, True):
+        out = streamed(StreamingEncoder(enc, frame_by_frame=frame_by_frame), feats, sizes)
+        assert out.shape == ref.shape
+        assert rel_error(out, ref) < 1e-5, frame_by_frame
+
+
+@pytest.mark.parametrize("mixer", ["mamba", "mamba2"])
+def test_mixer_chunk_from_a_state_equals_steps(mixer):
+    """step_chunk from any state: the outputs and the state of step frame by frame (fp64),
+    here from the state a first chunk left."""
+    layer = causal(mixer).encoders[0].layer.double()
+    x = torch.randn(2, 30, 32, dtype=torch.float64)
+    want = layer.init_state(2, dtype=torch.float64)
+    steps = []
+    for t in range(30):
+        y, want = layer.step(x[:, t], want)
+        steps.append(y)
+    first, state = layer.step_chunk(x[:, :11], layer.init_state(2, dtype=torch.float64))
+    assert state[1].abs().max() > 0  # the second chunk starts from a state
+    second, state = layer.step_chunk(x[:, 11:], state)
+    assert rel_error(torch.cat([first, second], 1), torch.stack(steps, 1)) < 1e-10
+    for got, ref in zip(state, want, strict=True):
+        assert rel_error(got, ref) < 1e-10
 
 
 @pytest.mark.parametrize("input_layer", ["conv2d6", "conv2d8", "conv2d2", "conv1d2", "linear",
