@@ -125,8 +125,13 @@ class StreamingEncoder:
             raise ValueError(f"streaming encoder input must be floating point, got "
                              f"{feats.dtype}")
         if not torch.isfinite(feats).all():
-            raise ValueError(f"streaming encoder input has non-finite values (NaN/inf) at "
-                             f"input frames {self.frames_in}..{self.frames_in + len(feats) - 1}")
+            # as the full forward in decoding: the one error ESPnet's inference skips an
+            # utterance for (encoders/stack.py, _nonfinite)
+            first, last = self.frames_in, self.frames_in + len(feats) - 1
+            self.reset()
+            raise TooShortUttError(
+                f"has non-finite values (NaN/inf) in the input (frames {first}..{last}); check "
+                "the audio and the feature statistics (feats_stats.npz)", 0, 0)
         return feats
 
     @torch.no_grad()

@@ -157,3 +157,13 @@ def test_wrong_feature_size_and_training_mode_are_refused():
     enc.train()
     with pytest.raises(RuntimeError, match="eval"):
         StreamingEncoder(enc)(torch.randn(5, IDIM))
+
+
+def test_non_finite_input_is_skippable_as_in_decoding():
+    streamer = StreamingEncoder(causal())
+    streamer(torch.randn(9, IDIM))
+    bad = torch.randn(5, IDIM)
+    bad[2, 3] = float("nan")
+    with pytest.raises(TooShortUttError, match=r"non-finite values .*frames 9..13"):
+        streamer(bad)
+    assert streamer.state_numel() == 0  # the next utterance starts afresh
