@@ -5,8 +5,8 @@ conv2d subsampling, our encoder and decoder) decodes random 16 kHz audio with jo
 beam search.  The output of an untrained model is noise, so ``maxlenratio`` bounds its length.
 
 What it shows: the PyTorch path holds the recording at frame resolution only as features and
-encoder outputs; the scans never build a (batch, d_inner, frames, d_state) tensor (the blocked
-scan keeps one state per chunk, O(sqrt(T)) of them).  Peak memory of a 20-minute decode is
+encoder outputs; the scans never build a (batch, d_inner, frames, d_state) tensor (the windowed
+v1 scan computes about a million state numbers at a time in reused buffers).  Peak memory of a 20-minute decode is
 compared with a 5-minute one: it must grow roughly like the feature / encoder-output sizes, not
 like T * d_inner * d_state.
 
