@@ -156,6 +156,15 @@ def train_args(ds: CliDataset, ngpu: int = 0) -> list:
     ]
 
 
+def tiny_stats_args(output_dir: str = "exp/stats") -> list:
+    """asr_train options of a statistics run (--collect_stats) for the data set's features: the
+    statistics do not depend on the model, but ESPnet builds one, so a tiny samba_asr."""
+    return ["--collect_stats", "true", "--batch_type", "unsorted", "--batch_size", "4",
+            "--encoder", "samba_asr", "--encoder_conf", "output_size=16",
+            "--encoder_conf", "num_blocks=1", "--model_conf", "ctc_weight=1.0",
+            "--output_dir", output_dir]
+
+
 if __name__ == "__main__":
     ds = write_dataset(sys.argv[1] if len(sys.argv) > 1 else "cli_data")
     print(ds.root)

@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from cli_data import train_args, write_dataset
+from cli_data import tiny_stats_args, train_args, write_dataset
 
 UTTS = ("spk0-utt00", "spk1-utt01")  # "abcd", "dcbae" of cli_data.DEFAULT_TEXTS
 # small enough for a zip of well under 200 KB, big enough to fit the tones
@@ -65,11 +65,8 @@ def train_and_pack(work: Path, epochs: int) -> tuple[Path, dict]:
     ds = write_dataset(work / "data", repeat=4)
     common = [*map(str, train_args(ds, ngpu=0)), "--frontend", "default",
               *[a for k, v in FRONTEND_CONF.items() for a in ("--frontend_conf", f"{k}={v}")]]
-    run(["-m", "espnet2.bin.asr_train", "--collect_stats", "true", *common,
-         "--batch_type", "unsorted", "--batch_size", "4",
-         "--encoder", "samba_asr", "--encoder_conf", "output_size=16",
-         "--encoder_conf", "num_blocks=1", "--model_conf", "ctc_weight=1.0",
-         "--output_dir", "exp/stats"], cwd=work, log=work / "logs" / "collect_stats.log")
+    run(["-m", "espnet2.bin.asr_train", *common, *tiny_stats_args()], cwd=work,
+        log=work / "logs" / "collect_stats.log")
     config = {
         "encoder": "samba_asr", "encoder_conf": {"output_size": 16, "num_blocks": 2, **TINY},
         "decoder": "samba_asr", "decoder_conf": {"num_blocks": 1, **TINY},

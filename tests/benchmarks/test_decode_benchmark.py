@@ -14,27 +14,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import decode_gpu as bench  # noqa: E402
 
 
-@pytest.fixture
-def one_thread():
-    """Two torch threads per process on a shared 2-core machine make every toy op slow."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_run(tmp_path_factory, one_thread):
     out = tmp_path_factory.mktemp("decode_bench")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        argv = ["--device", "cpu", "--tiny", "--out", str(out / "r.json"),
-                "--plot", str(out / "r.png"), "--profile", str(out / "p.txt"),
-                "--profile-decode", str(out / "d.txt")]
-        returned = bench.main(argv)
-    finally:
-        torch.set_num_threads(threads)
+    argv = ["--device", "cpu", "--tiny", "--out", str(out / "r.json"),
+            "--plot", str(out / "r.png"), "--profile", str(out / "p.txt"),
+            "--profile-decode", str(out / "d.txt")]
+    returned = bench.main(argv)
     return returned, json.loads((out / "r.json").read_text()), out
 
 

@@ -68,6 +68,18 @@ def with_bad_utterances(src: Path, dst: Path, bad: dict) -> None:
         (dst / name).write_text("".join(sorted(lines)))
 
 
+def with_nonfinite_copies(ds, split: str, tmp_path: Path) -> Path:
+    """The data set's ``split`` plus the utterances of BAD_TEST (all-inf, all-NaN audio), as a
+    new data directory under tmp_path."""
+    wavs = {}
+    for utt, value in BAD_TEST.items():
+        wavs[utt] = tmp_path / f"{utt}.wav"
+        write_bad_wav(wavs[utt], value, ds.sample_rate)
+    out = tmp_path / f"{split}_nonfinite"
+    with_bad_utterances(ds.sets[split], out, wavs)
+    return out
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """(data set, stats dir, exp dir) after one collect-stats run and one training run with a
@@ -133,12 +145,7 @@ def test_training_skips_the_nan_step_and_names_it(setup):
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_decoding_skips_nan_and_inf_utterances(setup, batch_size, tmp_path):
     ds, exp = setup
-    wavs = {}
-    for utt, value in BAD_TEST.items():
-        wavs[utt] = tmp_path / f"{utt}.wav"
-        write_bad_wav(wavs[utt], value, ds.sample_rate)
-    test = tmp_path / "test"
-    with_bad_utterances(ds.sets["test"], test, wavs)
+    test = with_nonfinite_copies(ds, "test", tmp_path)
     out = tmp_path / "decode"
     rc = run_espnet("asr_inference", [
         "--ngpu", "0", "--batch_size", batch_size, "--beam_size", "2", "--ctc_weight", "0.3",
@@ -178,12 +185,7 @@ def _with_data(args, name: str, data_dir: Path) -> list:
 def test_collect_stats_leaves_out_nonfinite_utterances(setup, tmp_path):
     ds, _ = setup
     clean = ds.root.parent / "stats"  # the setup's statistics, of the clean training data
-    wavs = {}
-    for utt, value in BAD_TEST.items():
-        wavs[utt] = tmp_path / f"{utt}.wav"
-        write_bad_wav(wavs[utt], value, ds.sample_rate)
-    train = tmp_path / "train_bad"
-    with_bad_utterances(ds.sets["train"], train, wavs)
+    train = with_nonfinite_copies(ds, "train", tmp_path)
     out = tmp_path / "stats"
     rc = collect_stats(_with_data(train_args(ds), "train", train), out, tmp_path)
     log = (out / "collect_stats.log").read_text(errors="replace")

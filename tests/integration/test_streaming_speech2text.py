@@ -22,6 +22,8 @@ from espnet_mamba.integration.streaming_inference import Speech2TextStreaming
 FRONTEND = {"n_fft": 512, "hop_length": 160, "n_mels": 40}
 DECODE = {"beam_size": 3, "ctc_weight": 0.3, "lm_weight": 0.0, "nbest": 2}
 CHUNK = 5120  # 320 ms at 16 kHz
+# in-test training on a shared 2-core machine: one torch thread (conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def feats_stats(ds, path):
@@ -65,15 +67,6 @@ def train(tmp_path, epochs=20):
         "--train_shape_file", shapes["train"], "--valid_shape_file", shapes["valid"],
         "--output_dir", out)])
     return ds, out / "config.yaml", out / f"{epochs}epoch.pth"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two threads on two cores shared with other work train several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
