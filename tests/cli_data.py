@@ -165,6 +165,14 @@ def tiny_stats_args(output_dir: str = "exp/stats") -> list:
             "--output_dir", output_dir]
 
 
+def shape_args(stats_dir: str = "exp/stats") -> list:
+    """asr_train options that read the shape files of a statistics run (tiny_stats_args) and
+    fold batches of this data set's lengths."""
+    return [*(a for split in ("train", "valid") for kind in ("speech", "text")
+              for a in (f"--{split}_shape_file", f"{stats_dir}/{split}/{kind}_shape")),
+            "--fold_length", "80000", "--fold_length", "150"]
+
+
 if __name__ == "__main__":
     ds = write_dataset(sys.argv[1] if len(sys.argv) > 1 else "cli_data")
     print(ds.root)

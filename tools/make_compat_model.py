@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from cli_data import tiny_stats_args, train_args, write_dataset
+from cli_data import shape_args, tiny_stats_args, train_args, write_dataset
 
 UTTS = ("spk0-utt00", "spk1-utt01")  # "abcd", "dcbae" of cli_data.DEFAULT_TEXTS
 # small enough for a zip of well under 200 KB, big enough to fit the tones
@@ -77,12 +77,7 @@ def train_and_pack(work: Path, epochs: int) -> tuple[Path, dict]:
         "max_epoch": epochs, "batch_type": "folded", "batch_size": 4, "keep_nbest_models": 1,
     }
     (work / "train.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    run(["-m", "espnet2.bin.asr_train", "--config", "train.yaml", *common,
-         "--train_shape_file", "exp/stats/train/speech_shape",
-         "--train_shape_file", "exp/stats/train/text_shape",
-         "--valid_shape_file", "exp/stats/valid/speech_shape",
-         "--valid_shape_file", "exp/stats/valid/text_shape",
-         "--fold_length", "80000", "--fold_length", "150",
+    run(["-m", "espnet2.bin.asr_train", "--config", "train.yaml", *common, *shape_args(),
          "--output_dir", "exp/asr"], cwd=work, log=work / "logs" / "train.log")
     run(["-m", "espnet2.bin.pack", "asr",
          "--asr_train_config", "exp/asr/config.yaml",

@@ -80,6 +80,21 @@ def with_nonfinite_copies(ds, split: str, tmp_path: Path) -> Path:
     return out
 
 
+def write_train_config(path: Path, stats: Path, max_epoch: int, batch_size: int) -> None:
+    """The tiny samba_asr + samba_asr training config of these tests, normalised by the
+    statistics in ``stats``."""
+    encoder, encoder_conf, decoder, decoder_conf, ctc_weight = CONFIGS["samba_samba"]
+    write_yaml(path, {
+        "encoder": encoder, "encoder_conf": encoder_conf,
+        "decoder": decoder, "decoder_conf": decoder_conf,
+        "model_conf": {"ctc_weight": ctc_weight, "lsm_weight": 0.0}, **FRONTEND,
+        "normalize": "global_mvn",
+        "normalize_conf": {"stats_file": str(stats / "train" / "feats_stats.npz")},
+        "optim": "adam", "optim_conf": {"lr": 0.003}, "max_epoch": max_epoch,
+        "batch_type": "folded", "batch_size": batch_size, "keep_nbest_models": 1,
+    })
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """(data set, stats dir, exp dir) after one collect-stats run and one training run with a
@@ -100,18 +115,9 @@ def setup(tmp_path_factory):
         lines = (stats / "train" / name).read_text().splitlines(keepends=True) + [line]
         (stats / "train" / f"{name}.bad").write_text("".join(sorted(lines)))
 
-    encoder, encoder_conf, decoder, decoder_conf, ctc_weight = CONFIGS["samba_samba"]
     exp = root / "exp"
     exp.mkdir()
-    write_yaml(exp / "train.yaml", {
-        "encoder": encoder, "encoder_conf": encoder_conf,
-        "decoder": decoder, "decoder_conf": decoder_conf,
-        "model_conf": {"ctc_weight": ctc_weight, "lsm_weight": 0.0}, **FRONTEND,
-        "normalize": "global_mvn",
-        "normalize_conf": {"stats_file": str(stats / "train" / "feats_stats.npz")},
-        "optim": "adam", "optim_conf": {"lr": 0.003}, "max_epoch": EPOCHS,
-        "batch_type": "folded", "batch_size": 4, "keep_nbest_models": 1,
-    })
+    write_train_config(exp / "train.yaml", stats, max_epoch=EPOCHS, batch_size=4)
     args = [a if a != f"{ds.wav_scp('train')},speech,sound" else f"{train_bad / 'wav.scp'},speech,sound"
             for a in map(str, train_args(ds))]
     args = [a if a != f"{ds.text('train')},text,text" else f"{train_bad / 'text'},text,text"
@@ -231,16 +237,7 @@ def test_training_skips_a_too_short_batch_and_names_it(setup, tmp_path):
             shapes += [f"--{split}_shape_file", tmp_path / f"{split}_{name}"]
     exp = tmp_path / "exp"
     exp.mkdir()
-    encoder, encoder_conf, decoder, decoder_conf, ctc_weight = CONFIGS["samba_samba"]
-    write_yaml(exp / "train.yaml", {
-        "encoder": encoder, "encoder_conf": encoder_conf,
-        "decoder": decoder, "decoder_conf": decoder_conf,
-        "model_conf": {"ctc_weight": ctc_weight, "lsm_weight": 0.0}, **FRONTEND,
-        "normalize": "global_mvn",
-        "normalize_conf": {"stats_file": str(stats / "train" / "feats_stats.npz")},
-        "optim": "adam", "optim_conf": {"lr": 0.003}, "max_epoch": 1,
-        "batch_type": "folded", "batch_size": 1, "keep_nbest_models": 1,
-    })
+    write_train_config(exp / "train.yaml", stats, max_epoch=1, batch_size=1)
     rc = run_espnet("asr_train", [
         "--config", exp / "train.yaml", *args, *shapes,
         "--fold_length", "80000", "--fold_length", "150", "--output_dir", exp,

@@ -26,9 +26,9 @@ from pathlib import Path
 import pytest
 
 try:  # tests/ is on sys.path under pytest's default import mode (no tests/__init__.py)
-    from cli_data import CliDataset, tiny_stats_args, train_args, write_dataset
+    from cli_data import CliDataset, shape_args, tiny_stats_args, train_args, write_dataset
 except ImportError:  # tests/ made a package
-    from tests.cli_data import CliDataset, tiny_stats_args, train_args, write_dataset
+    from tests.cli_data import CliDataset, shape_args, tiny_stats_args, train_args, write_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -115,12 +115,7 @@ def trained(tmp_path_factory):
         "max_epoch": EPOCHS, "batch_type": "folded", "batch_size": 4, "keep_nbest_models": 1,
     }
     (work / "train.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    run(["-m", "espnet2.bin.asr_train", "--config", "train.yaml", *common_args(ds),
-         "--train_shape_file", "exp/stats/train/speech_shape",
-         "--train_shape_file", "exp/stats/train/text_shape",
-         "--valid_shape_file", "exp/stats/valid/speech_shape",
-         "--valid_shape_file", "exp/stats/valid/text_shape",
-         "--fold_length", "80000", "--fold_length", "150",
+    run(["-m", "espnet2.bin.asr_train", "--config", "train.yaml", *common_args(ds), *shape_args(),
          "--output_dir", "exp/asr"], cwd=work, log=work / "logs" / "train.log")
     assert (work / "exp/asr/config.yaml").exists() and (work / "exp/asr/valid.loss.best.pth").exists()
     return work, ds
