@@ -20,6 +20,17 @@ Three stages, each exact against the full-utterance computation:
   ``is_final``, ESPnet's own ``Speech2Text`` beam search (decoder, CTC prefix scorer, LM and
   every option of ``Speech2Text``) over all the encoder's output frames, so the final
   hypothesis is the offline one.
+
+Endpointing (``endpoint_blank_seconds``, ``max_utterance_seconds``; both off by default) splits
+a long stream into utterances: when the CTC best path has been blank for that long after some
+speech, or the utterance has reached the maximum length, the utterance is finalised at the end
+of the current chunk (as if ``is_final`` had come there: the front-end's end padding, the
+encoder's last frames, the beam search) and the next samples start a new utterance from a fresh
+front-end and encoder state.  Each finished utterance is thus exactly the offline decode of its
+samples, and what is kept for the final search is bounded by the utterance, not the stream.
+The state is reset rather than carried on because the models are trained on utterances that
+start from a zero state: a recurrent state carried through an hour of audio is outside what
+they were trained on.
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ from __future__ import annotations
 import time
 from itertools import groupby
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -37,6 +48,15 @@ from espnet2.legacy.nets.pytorch_backend.transformer.subsampling import TooShort
 from espnet_mamba.encoders.streaming import StreamingEncoder, check_streamable
 
 Result = tuple[str | None, list[str], list[int], Hypothesis]
+
+
+class FinishedUtterance(NamedTuple):
+    """An utterance ended by endpointing: its samples ``start:end`` of the stream (counted
+    since the stream began) and the ``nbest`` results of the beam search over them."""
+
+    start: int
+    end: int
+    results: list
 
 
 class StreamingFrontend:
@@ -135,6 +155,11 @@ class StreamingFrontend:
         return feats[0]
 
 
+def _frames(seconds: float | None, frame_seconds: float) -> int | None:
+    """Encoder frames covering ``seconds`` (at least one); None stays None (off)."""
+    return None if seconds is None else max(1, int(np.ceil(seconds / frame_seconds - 1e-9)))
+
+
 def _normalize_name(normalize) -> str:
     names = {"UtteranceMVN": "utterance_mvn", "GlobalMVN": "global_mvn"}
     return names.get(type(normalize).__name__, type(normalize).__name__)
@@ -175,6 +200,22 @@ class Speech2TextStreaming:
     encoder output, which equals the offline encoder's (the same hypotheses as
     ``Speech2Text(speech)``).  After ``is_final`` (or ``reset()``) the next call starts a new
     utterance.  ``last_chunk_seconds`` holds the processing time of the last call.
+
+    Endpointing, for long streams (both off by default; see the module's docstring):
+
+    * ``endpoint_blank_seconds``: once the CTC best path has emitted a token and then only
+      blanks for this long, the utterance ends at the end of the chunk; its beam search results
+      are in ``finished`` (a list of :class:`FinishedUtterance` of the last call) and the call
+      returns the (empty) partial result of the new utterance.  An utterance that has been
+      blank for this long without any token is dropped (silence: no result, nothing kept).
+    * ``max_utterance_seconds``: an utterance ends, as above, once its encoder frames cover
+      this long.  With it, the frames kept for the beam search are bounded whatever the stream
+      (with ``endpoint_blank_seconds`` alone, speech without pauses keeps growing).
+
+    ``start``: the current utterance's first sample in the stream (0 until an endpoint).
+    At ``is_final`` the stream's last utterance is decoded as before; if earlier utterances
+    were ended by endpointing and this last one has no audio or too little for the front-end
+    and subsampling, the call returns [] instead of raising.
     """
 
     def __init__(
@@ -197,11 +238,17 @@ class Speech2TextStreaming:
         nbest: int = 1,
         normalize_length: bool = False,
         speech2text: Any = None,
+        endpoint_blank_seconds: float | None = None,
+        max_utterance_seconds: float | None = None,
         **speech2text_conf,
     ):
         if batch_size != 1:
             raise ValueError(f"Speech2TextStreaming decodes one utterance at a time: "
                              f"batch_size must be 1, got {batch_size}")
+        for name, value in (("endpoint_blank_seconds", endpoint_blank_seconds),
+                            ("max_utterance_seconds", max_utterance_seconds)):
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0 seconds (or None: off), got {value}")
         if speech2text is None:
             if asr_train_config is None:
                 raise ValueError("pass asr_train_config (and asr_model_file), or speech2text")
@@ -228,14 +275,28 @@ class Speech2TextStreaming:
         self.nbest = getattr(speech2text, "nbest", nbest)
         self.frontend = StreamingFrontend(model)
         self.encoder = StreamingEncoder(model.encoder)
+        # one encoder frame: the front-end's hop times the subsampling's stride
+        rate = model.frontend.logmel.mel_options["sr"]
+        self.frame_seconds = self.frontend.hop * self.encoder.stride / rate
+        self.endpoint_blank_frames = _frames(endpoint_blank_seconds, self.frame_seconds)
+        self.max_utterance_frames = _frames(max_utterance_seconds, self.frame_seconds)
         self.last_chunk_seconds = 0.0
         self.reset()
 
     def reset(self) -> None:
-        """Start a new utterance."""
+        """Start a new stream (and utterance)."""
+        self.samples = 0  # samples of the stream so far
+        self.ended = 0  # utterances ended by endpointing in this stream
+        self.finished: list[FinishedUtterance] = []  # those the last call ended
+        self._new_utterance()
+
+    def _new_utterance(self) -> None:
         self.frontend.reset()
         self.encoder.reset()
+        self.start = self.samples  # the utterance's first sample in the stream
         self.frames: list[torch.Tensor] = []  # encoder output so far, for the final search
+        self.n_frames = 0
+        self.blank_run = 0  # blank frames at the end of the best path
         self.tokens: list[int] = []  # CTC best path, repeats and blanks removed
         self.last_label: int | None = None  # the path's last label (blank too)
         self.path_score = 0.0
@@ -244,20 +305,53 @@ class Speech2TextStreaming:
     def __call__(self, speech: torch.Tensor | np.ndarray,
                  is_final: bool = True) -> list[Result]:
         start = time.perf_counter()
+        self.finished = []
         try:
-            feats = self.frontend(speech, is_final=is_final)
-            enc = self.encoder(feats, is_final=is_final)
+            samples = _samples(speech, self.samples)
+            try:
+                feats = self.frontend(samples, is_final=is_final)
+                enc = self.encoder(feats, is_final=is_final)
+            except TooShortUttError as e:
+                if is_final and self.ended and e.limit > 0:  # (limit 0: non-finite audio)
+                    return []  # the end of a stream split by endpointing: a tail, not speech
+                raise
+            finally:
+                self.samples += len(samples)
             if len(enc):
                 self.frames.append(enc)
+                self.n_frames += len(enc)
                 self._best_path(enc)
             if is_final:
+                if not self.frames and self.ended:
+                    return []
                 frames = torch.cat(self.frames)
                 return self.speech2text._decode_single_sample(frames)
+            self._endpoint()
             return [self._partial()]
         finally:
             if is_final:
                 self.reset()
             self.last_chunk_seconds = time.perf_counter() - start
+
+    def _endpoint(self) -> None:
+        """End the utterance here if an endpointing rule says so."""
+        silence = (self.endpoint_blank_frames is not None
+                   and self.blank_run >= self.endpoint_blank_frames)
+        if silence and not self.tokens:
+            self._new_utterance()  # blanks only so far: nothing to decode, nothing to keep
+            return
+        if silence or (self.max_utterance_frames is not None
+                       and self.n_frames >= self.max_utterance_frames):
+            # the rest of the utterance's frames, as at is_final: the end padding of the
+            # STFT, the subsampling's last window
+            feats = self.frontend(torch.zeros(0, dtype=self.frontend.dtype), is_final=True)
+            enc = self.encoder(feats, is_final=True)
+            if len(enc):
+                self.frames.append(enc)
+            results = self.speech2text._decode_single_sample(torch.cat(self.frames))
+            self.finished.append(FinishedUtterance(self.start, self.samples, results))
+            self.ended += 1
+            self._new_utterance()
 
     def _best_path(self, enc: torch.Tensor) -> None:
         logp = self.asr_model.ctc.log_softmax(enc[None])[0]
@@ -265,10 +359,11 @@ class Speech2TextStreaming:
         self.path_score += float(best.sum())
         blank = self.asr_model.blank_id
         # runs within the chunk; last_label joins a run that a chunk boundary split
-        for label, _ in groupby(labels.tolist()):
+        for label, run in groupby(labels.tolist()):
             if label != blank and label != self.last_label:
                 self.tokens.append(label)
             self.last_label = label
+            self.blank_run = self.blank_run + len(list(run)) if label == blank else 0
 
     def _partial(self) -> Result:
         s2t, model = self.speech2text, self.asr_model

@@ -207,3 +207,71 @@ def test_command_line_refuses_block_search_options(trained, tmp_path):
         main(["--asr_train_config", str(config), "--asr_model_file", str(model),
               "--data_path_and_name_and_type", f"{ds.wav_scp('test')},speech,sound",
               "--output_dir", str(tmp_path), "--encoded_feat_length_limit", "5"])
+
+
+def joined(ds, silence_seconds=1.0):
+    """Two test utterances with a silence (low noise, as the synthetic audio's) between."""
+    wavs = audio(ds)
+    first, second = sorted(wavs)[:2]
+    gap = 0.003 * np.random.default_rng(1).standard_normal(int(silence_seconds * 16000))
+    return wavs[first], wavs[second], np.concatenate(
+        [wavs[first], gap.astype(np.float32), wavs[second]])
+
+
+def test_endpointing_splits_two_utterances_into_their_offline_decodes(trained):
+    """A silence ends the first utterance: two final results, each the offline decode of its
+    samples (the stream restarts from a fresh state at the endpoint)."""
+    ds, config, model = trained
+    offline = Speech2Text(asr_train_config=config, asr_model_file=model, device="cpu", **DECODE)
+    online = Speech2TextStreaming(asr_train_config=config, asr_model_file=model, device="cpu",
+                                  endpoint_blank_seconds=0.4, **DECODE)
+    wav1, wav2, wav = joined(ds)
+    finished, last, start = [], None, 0
+    for begin in range(0, len(wav), CHUNK):
+        is_final = begin + CHUNK >= len(wav)
+        start = online.start
+        out = online(wav[begin:begin + CHUNK], is_final=is_final)
+        finished += online.finished
+        if online.finished:  # the new utterance has no token yet
+            assert out[0][2] == []
+        if is_final:
+            last = out
+    assert len(finished) == 1, [(f.start, f.end) for f in finished]
+    cut = finished[0]
+    assert cut.start == 0 and len(wav1) < cut.end < len(wav) - len(wav2)  # in the silence
+    assert summary(cut.results) == summary(offline(wav[:cut.end]))
+    assert start >= cut.end
+    assert summary(last) == summary(offline(wav[start:]))
+    # and they are the two utterances' own hypotheses
+    assert cut.results[0][0] == offline(wav1)[0][0] and cut.results[0][0]
+    assert last[0][0] == offline(wav2)[0][0] and last[0][0]
+    assert online.start == 0 and online.frames == []  # is_final: the next stream starts afresh
+
+
+def test_max_utterance_seconds_bounds_the_frames_kept(trained):
+    ds, config, model = trained
+    offline = Speech2Text(asr_train_config=config, asr_model_file=model, device="cpu", **DECODE)
+    online = Speech2TextStreaming(asr_train_config=config, asr_model_file=model, device="cpu",
+                                  max_utterance_seconds=0.6, **DECODE)
+    _, _, wav = joined(ds)
+    finished, kept = [], []
+    for begin in range(0, len(wav), CHUNK):
+        online(wav[begin:begin + CHUNK], is_final=begin + CHUNK >= len(wav))
+        finished += online.finished
+        kept.append(sum(len(f) for f in online.frames))
+    # at most the bound plus one chunk's frames (8 of 40 ms) are ever held
+    assert max(kept[:-1]) < 0.6 / 0.04 + CHUNK // 640 + 1, kept
+    assert len(finished) >= 3
+    assert [f.start for f in finished[1:]] == [f.end for f in finished[:-1]]
+    for f in finished:
+        assert summary(f.results) == summary(offline(wav[f.start:f.end])), (f.start, f.end)
+
+
+def test_endpoint_options_are_checked(trained):
+    _, config, model = trained
+    with pytest.raises(ValueError, match="endpoint_blank_seconds must be > 0 seconds.*got 0"):
+        Speech2TextStreaming(asr_train_config=config, asr_model_file=model,
+                             endpoint_blank_seconds=0)
+    with pytest.raises(ValueError, match="max_utterance_seconds must be > 0 seconds.*got -1"):
+        Speech2TextStreaming(asr_train_config=config, asr_model_file=model,
+                             max_utterance_seconds=-1)
