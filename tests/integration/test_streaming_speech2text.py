@@ -275,3 +275,40 @@ def test_endpoint_options_are_checked(trained):
     with pytest.raises(ValueError, match="max_utterance_seconds must be > 0 seconds.*got -1"):
         Speech2TextStreaming(asr_train_config=config, asr_model_file=model,
                              max_utterance_seconds=-1)
+
+
+def test_stream_wav_demo_prints_partials_and_the_two_finals(trained, tmp_path):
+    import io
+
+    from espnet_mamba.integration.stream_wav import main
+
+    ds, config, model = trained
+    offline = Speech2Text(asr_train_config=config, asr_model_file=model, device="cpu", **DECODE)
+    wav1, wav2, wav = joined(ds)
+    path = tmp_path / "two.wav"
+    soundfile.write(str(path), wav, 16000, subtype="FLOAT")
+    out = io.StringIO()
+    finals = main([str(path), "--asr_train_config", str(config), "--asr_model_file",
+                   str(model), "--endpoint_blank_seconds", "0.4", "--beam_size", "3",
+                   "--ctc_weight", "0.3"], out=out)
+    lines = out.getvalue().splitlines()
+    assert [text for _, _, text in finals] == [offline(wav1)[0][0], offline(wav2)[0][0]]
+    assert finals[0][0] == 0 and finals[0][1] <= finals[1][0] and finals[1][1] == len(wav) / 16000
+    assert [line for line in lines if line.startswith("final")] == [
+        f"final {a:.2f}-{b:.2f} s: {t}" for a, b, t in finals]
+    partials = [line for line in lines if line.startswith("partial")]
+    assert partials and all(a != b for a, b in pairwise(partials)), lines
+    # partial hypotheses of each utterance before its final line; the second starts afresh
+    first = lines.index(f"final {finals[0][0]:.2f}-{finals[0][1]:.2f} s: {finals[0][2]}")
+    assert lines[0].startswith("partial") and lines[first + 1].startswith("partial"), lines
+    assert not lines[first + 1].endswith(lines[first - 1].split(": ", 1)[1]), lines
+
+
+def test_stream_wav_demo_names_a_wrong_sample_rate(trained, tmp_path):
+    from espnet_mamba.integration.stream_wav import main
+
+    _, config, model = trained
+    path = tmp_path / "8k.wav"
+    soundfile.write(str(path), np.zeros(8000, dtype=np.float32), 8000)
+    with pytest.raises(ValueError, match="8k.wav: sample rate 8000 Hz, the model takes 16000"):
+        main([str(path), "--asr_train_config", str(config), "--asr_model_file", str(model)])
