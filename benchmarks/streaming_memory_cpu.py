@@ -114,7 +114,7 @@ def measure(minutes: float, chunk_ms: float = 320, threads: int = 1, seed: int =
         model = s2t.asr_model
     else:
         frontend, encoder = StreamingFrontend(model), StreamingEncoder(model.encoder)
-    chunk = int(round(chunk_ms * SAMPLE_RATE / 1000))
+    chunk = round(chunk_ms * SAMPLE_RATE / 1000)
     total = int(minutes * 60 * SAMPLE_RATE)
     n_chunks = -(-total // chunk)
     seconds = np.zeros(n_chunks)  # allocated up front: the measurement does not grow either

@@ -63,7 +63,7 @@ def stream_file(s2t: Speech2TextStreaming, path, chunk_ms: float = 320.0,
     if info.channels != 1:
         raise ValueError(f"{path}: {info.channels} channels; streaming takes mono audio "
                          "(1 channel)")
-    block = max(1, int(round(chunk_ms * rate / 1000)))
+    block = max(1, round(chunk_ms * rate / 1000))
     finals, partial, position = [], None, 0
     s2t.reset()
     began = time.perf_counter()

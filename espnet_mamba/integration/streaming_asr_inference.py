@@ -13,6 +13,12 @@ block-synchronous search (``--disable_repetition_detection``, ``--encoded_feat_l
 ``streaming/rtf`` per utterance (processing seconds over audio seconds, summed over its
 chunks) and ``streaming/slowest_chunk_seconds`` (the longest call, usually the last one: the
 final beam search).
+
+With ``--endpoint_blank_seconds`` / ``--max_utterance_seconds`` (Speech2TextStreaming's
+endpointing; off by default) a long recording is decoded as the utterances that endpointing
+finds: its n-th best text, tokens and score are those of the utterances' n-th best hypotheses
+joined in order (texts with a space), and ``streaming/utterances`` lists their
+``start-end`` seconds.
 """
 
 from __future__ import annotations
@@ -40,7 +46,30 @@ NOT_APPLICABLE = {"disable_repetition_detection": False, "encoded_feat_length_li
 def get_parser():
     parser = espnet_parser()
     parser.description = "Streaming ASR decoding of causal samba_asr models"
+    group = parser.add_argument_group("Endpointing")
+    group.add_argument("--endpoint_blank_seconds", type=float, default=None,
+                       help="end an utterance after this long of CTC blanks after speech")
+    group.add_argument("--max_utterance_seconds", type=float, default=None,
+                       help="end an utterance once it is this long")
     return parser
+
+
+def join_utterances(parts: list, nbest: int) -> list:
+    """The n-best of a recording from those of its utterances, [(text, tokens, token_int,
+    hyp)] each: the n-th (or last, if fewer) of each utterance, joined in order."""
+    if len(parts) == 1:
+        return parts[0]
+    joined = []
+    for n in range(nbest):
+        picks = [p[min(n, len(p) - 1)] for p in parts if p]
+        texts = [r[0] for r in picks]
+        text = None if any(t is None for t in texts) else " ".join(t for t in texts if t)
+        tokens = [t for r in picks for t in r[1]]
+        token_int = [t for r in picks for t in r[2]]
+        hyp = Hypothesis(score=sum(float(r[3].score) for r in picks), scores={}, states={},
+                         yseq=[])
+        joined.append((text, tokens, token_int, hyp))
+    return joined
 
 
 def chunks(speech, length: int):
@@ -73,7 +102,9 @@ def inference(args) -> None:
         device="cuda" if args.ngpu else "cpu", maxlenratio=args.maxlenratio,
         minlenratio=args.minlenratio, dtype=args.dtype, beam_size=args.beam_size,
         ctc_weight=args.ctc_weight, lm_weight=args.lm_weight, penalty=args.penalty,
-        nbest=args.nbest, normalize_length=args.normalize_length)
+        nbest=args.nbest, normalize_length=args.normalize_length,
+        endpoint_blank_seconds=args.endpoint_blank_seconds,
+        max_utterance_seconds=args.max_utterance_seconds)
     train_args = s2t.asr_train_args
     loader = ASRTask.build_streaming_iterator(
         args.data_path_and_name_and_type, dtype=args.dtype, batch_size=1,
@@ -88,12 +119,20 @@ def inference(args) -> None:
             key = keys[0]
             speech = batch["speech"][0]
             parts = chunks(speech, args.sim_chunk_length)
-            seconds, slowest = 0.0, 0.0
+            seconds, slowest, utterances, found = 0.0, 0.0, [], []
             try:
                 for i, part in enumerate(parts):
+                    start = s2t.start
                     results = s2t(part, is_final=i == len(parts) - 1)
                     seconds += s2t.last_chunk_seconds
                     slowest = max(slowest, s2t.last_chunk_seconds)
+                    for done in s2t.finished:
+                        found.append(done.results)
+                        utterances.append((done.start, done.end))
+                if results or not found:
+                    found.append(results)
+                    utterances.append((start, len(speech)))
+                results = join_utterances(found, args.nbest)
             except TooShortUttError as e:
                 # as ESPnet's asr_inference: logged, an empty hypothesis, the next utterance
                 logger.warning(f"Utterance {key} {e}")
@@ -102,6 +141,9 @@ def inference(args) -> None:
             # a directory of its own: DatadirWriter compares the ids of sibling files only
             writer["streaming"]["rtf"][key] = f"{seconds / max(len(speech) / fs, 1e-9):.4f}"
             writer["streaming"]["slowest_chunk_seconds"][key] = f"{slowest:.4f}"
+            if args.endpoint_blank_seconds or args.max_utterance_seconds:
+                writer["streaming"]["utterances"][key] = " ".join(
+                    f"{a / fs:.2f}-{b / fs:.2f}" for a, b in utterances)
             for n, (text, token, token_int, hyp) in enumerate(results[:args.nbest], start=1):
                 best = writer[f"{n}best_recog"]
                 best["token"][key] = " ".join(token)

@@ -312,3 +312,26 @@ def test_stream_wav_demo_names_a_wrong_sample_rate(trained, tmp_path):
     soundfile.write(str(path), np.zeros(8000, dtype=np.float32), 8000)
     with pytest.raises(ValueError, match="8k.wav: sample rate 8000 Hz, the model takes 16000"):
         main([str(path), "--asr_train_config", str(config), "--asr_model_file", str(model)])
+
+
+def test_command_line_endpointing_joins_the_utterances_of_a_recording(trained, tmp_path):
+    from espnet_mamba.integration.streaming_asr_inference import main
+
+    ds, config, model = trained
+    offline = Speech2Text(asr_train_config=config, asr_model_file=model, device="cpu", **DECODE)
+    wav1, wav2, wav = joined(ds)
+    soundfile.write(str(tmp_path / "two.wav"), wav, 16000, subtype="FLOAT")
+    (tmp_path / "wav.scp").write_text(f"two {tmp_path / 'two.wav'}\n")
+    out = tmp_path / "decode"
+    main(["--asr_train_config", str(config), "--asr_model_file", str(model),
+          "--data_path_and_name_and_type", f"{tmp_path / 'wav.scp'},speech,sound",
+          "--sim_chunk_length", str(CHUNK), "--output_dir", str(out), "--num_workers", "0",
+          "--beam_size", "3", "--ctc_weight", "0.3", "--lm_weight", "0.0",
+          "--endpoint_blank_seconds", "0.4"])
+    first, second = offline(wav1)[0], offline(wav2)[0]
+    assert (out / "1best_recog/text").read_text() == f"two {first[0]} {second[0]}\n"
+    assert (out / "1best_recog/token_int").read_text().split()[1:] == list(
+        map(str, first[2] + second[2]))
+    ranges = (out / "streaming/utterances").read_text().split()[1:]
+    assert len(ranges) == 2 and ranges[0].startswith("0.00-")
+    assert ranges[1].endswith(f"-{len(wav) / 16000:.2f}")
