@@ -26,16 +26,10 @@ the synthesis runs in a process pool with a progress bar.
 from __future__ import annotations
 
 import argparse
-import io
-import math
-import multiprocessing as mp
 import os
 import random
 import shutil
-import subprocess
 import sys
-import tempfile
-import time
 import zlib
 from collections import defaultdict
 from pathlib import Path
@@ -43,7 +37,12 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-SR = 16000
+# tools/tts_corpus.py: synthesis, augmentation and data dirs shared with egs2/synth_speech (this
+# file is egs2/<recipe>/asr1/local/ of the repository; links are not resolved, so a copy of the recipe next to a
+# tools/ link finds it)
+sys.path.insert(0, str(Path(os.path.abspath(__file__)).parents[4] / "tools"))
+from tts_corpus import (SR, require_tools, synth_all, write_data_dir,  # noqa: E402
+                        write_durations)
 DIGITS = ["ZERO", "OH", "ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX", "SEVEN", "EIGHT", "NINE"]
 TEXT_DIR = Path(__file__).resolve().parent / "text"
 
@@ -125,106 +124,6 @@ def draw_texts(n: int, sentences: list, rng: random.Random, digits_frac: float, 
 
 
 # --------------------------------------------------------------------------------------------
-# synthesis (runs in the pool workers)
-
-def run(cmd, stdin=None):
-    p = subprocess.run(cmd, input=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    if p.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed: {p.stderr.decode(errors='replace')[-500:]}")
-    return p.stdout
-
-
-_PICO = None
-
-
-def tts(job) -> bytes:
-    """Raw synthesis of one utterance as a WAV (any rate) in memory."""
-    eng, voice, text = job["engine"], job["voice"], job["text"]
-    if eng == "espeak":
-        return run(["espeak-ng", "--stdout", "-v", voice, "-s", str(int(170 * job["speed"])),
-                    "-p", str(int(50 * job["pitch"])), text.lower()])
-    if eng == "flite":
-        with tempfile.NamedTemporaryFile(suffix=".wav") as f:
-            run(["flite", "-voice", voice, "--setf", f"duration_stretch={1 / job['speed']:.3f}",
-                 "--setf", f"int_f0_target_mean={100 * job['pitch']:.1f}", "-t", text.lower(),
-                 "-o", f.name])
-            return Path(f.name).read_bytes()
-    if eng == "pico":
-        global _PICO
-        if _PICO is None:
-            from py_nanotts import NanoTTS
-            _PICO = NanoTTS()
-        pcm = _PICO.speak(text.lower(), voice=voice, speed=job["speed"], pitch=job["pitch"],
-                          volume=0.5)
-        buf = io.BytesIO()
-        sf.write(buf, np.frombuffer(pcm, dtype="<i2"), SR, format="WAV", subtype="PCM_16")
-        return buf.getvalue()
-    raise ValueError(eng)
-
-
-def synth(job):
-    """Synthesise, resample to 16 kHz (+ sox augmentation), level, noise; write the wav."""
-    wav = tts(job)
-    effects = ["rate", "-h", str(SR)]
-    if job.get("sox_speed", 1.0) != 1.0:
-        effects = ["speed", f"{job['sox_speed']:.3f}"] + effects
-    if job.get("lowpass"):
-        effects += ["lowpass", str(job["lowpass"])]
-    out = run(["sox", "-V1", "-t", "wav", "-", "-t", "wav", "-b", "16", "-c", "1", "-", *effects],
-              stdin=wav)
-    x, sr = sf.read(io.BytesIO(out), dtype="float32")
-    assert sr == SR, sr
-    x = trim(x)
-    rng = np.random.default_rng(job["seed"])
-    lead, tail = (int(SR * rng.uniform(0.05, 0.3)) for _ in range(2))
-    x = np.concatenate([np.zeros(lead, np.float32), x, np.zeros(tail, np.float32)])
-    rms = math.sqrt(float(np.mean(x ** 2))) + 1e-9
-    x = x * (10 ** (job["level_db"] / 20) / rms)
-    if job.get("snr_db") is not None:
-        noise = rng.standard_normal(len(x)).astype(np.float32)
-        if job.get("pink"):
-            noise = np.cumsum(noise) * 0.02
-            noise -= np.convolve(noise, np.ones(400) / 400, mode="same")
-        noise *= 10 ** ((job["level_db"] - job["snr_db"]) / 20) / (np.std(noise) + 1e-9)
-        x = x + noise
-    x = np.clip(x, -0.99, 0.99)
-    sf.write(job["path"], x, SR, subtype="PCM_16")
-    return job["utt"], len(x) / SR
-
-
-def trim(x: np.ndarray, thresh: float = 1e-3) -> np.ndarray:
-    idx = np.flatnonzero(np.abs(x) > thresh)
-    return x[idx[0]: idx[-1] + 1] if len(idx) else x
-
-
-def synth_all(jobs, nj: int, desc: str):
-    durs = {}
-    if not jobs:
-        return durs
-    tqdm = None
-    if sys.stderr.isatty():  # a bar on a terminal; in a log file, a line every 10 %
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            pass
-    t0 = time.time()
-    ctx = mp.get_context("fork")
-    with ctx.Pool(nj) as pool:
-        it = pool.imap_unordered(synth, jobs, chunksize=8)
-        if tqdm is not None:
-            it = tqdm(it, total=len(jobs), desc=desc, unit="utt", file=sys.stderr,
-                      mininterval=1.0, dynamic_ncols=True)
-        for i, (utt, d) in enumerate(it, 1):
-            durs[utt] = d
-            if tqdm is None and (i % max(1, len(jobs) // 10) == 0 or i == len(jobs)):
-                print(f"{desc}: {i}/{len(jobs)}", file=sys.stderr, flush=True)
-    total = sum(durs.values())
-    print(f"{desc}: {len(jobs)} utterances, {total / 3600:.2f} h of audio, "
-          f"{time.time() - t0:.1f} s", file=sys.stderr, flush=True)
-    return durs
-
-
-# --------------------------------------------------------------------------------------------
 # jobs and data dirs
 
 def make_jobs(split: str, texts, speakers, weights, rng: random.Random, wav_dir: Path,
@@ -249,28 +148,6 @@ def make_jobs(split: str, texts, speakers, weights, rng: random.Random, wav_dir:
                 job["lowpass"] = 3800
         jobs.append(job)
     return jobs
-
-
-def write_data_dir(d: Path, rows):
-    """rows: (utt, wav path, text, spk); Kaldi sort order (C locale) by utterance id."""
-    d.mkdir(parents=True, exist_ok=True)
-    rows = sorted(rows)
-    with open(d / "wav.scp", "w") as f:
-        f.writelines(f"{u} {w}\n" for u, w, _, _ in rows)
-    with open(d / "text", "w") as f:
-        f.writelines(f"{u} {t}\n" for u, _, t, _ in rows)
-    with open(d / "utt2spk", "w") as f:
-        f.writelines(f"{u} {s}\n" for u, _, _, s in rows)
-    spk2utt = defaultdict(list)
-    for u, _, _, s in rows:
-        spk2utt[s].append(u)
-    with open(d / "spk2utt", "w") as f:
-        f.writelines(f"{s} {' '.join(us)}\n" for s, us in sorted(spk2utt.items()))
-
-
-def write_durations(d: Path, durs: dict):
-    with open(d / "utt2dur", "w") as f:
-        f.writelines(f"{u} {durs[u]:.3f}\n" for u in sorted(durs))
 
 
 def concat_long(name: str, target: float, n_rec: int, pool_jobs, durs, wav_dir: Path,
@@ -321,14 +198,7 @@ def main():
     p.add_argument("--nj", type=int, default=os.cpu_count() or 1)
     args = p.parse_args()
 
-    missing = [b for b in ("espeak-ng", "flite", "sox") if shutil.which(b) is None]
-    try:
-        import py_nanotts  # noqa: F401
-    except ImportError:
-        missing.append("py-nanotts (Python package)")
-    if missing:
-        sys.exit(f"error: missing {', '.join(missing)}: run 'bash tools/install_recipe_deps.sh' "
-                 "from the repository root")
+    require_tools()
 
     rng = random.Random(args.seed)
     sentences = {s: read_sentences(s) for s in ("train", "dev", "test")}

@@ -19,9 +19,15 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import random
 import re
+import sys
 from pathlib import Path
+
+# tools/tts_corpus.py: the WordNet reader shared with egs2/synth_speech
+sys.path.insert(0, str(Path(os.path.abspath(__file__)).parents[4] / "tools"))
+from tts_corpus import wordnet_glosses  # noqa: E402
 
 WORD = re.compile(r"[A-Z]+(?:'[A-Z]+)?")
 
@@ -34,15 +40,6 @@ def normalise(s: str) -> list[str] | None:
     if not words or not all(WORD.fullmatch(w) for w in words):
         return None  # digits, symbols, foreign letters: skip the sentence
     return words
-
-
-def glosses(wordnet_dir: Path):
-    for pos in ("noun", "verb", "adj", "adv"):
-        with open(wordnet_dir / f"data.{pos}", encoding="latin-1") as f:
-            for line in f:
-                if line.startswith("  ") or "|" not in line:
-                    continue  # licence header
-                yield line.split("|", 1)[1].strip()
 
 
 def main():
@@ -59,7 +56,7 @@ def main():
 
     counts: collections.Counter = collections.Counter()
     examples = []
-    for g in glosses(args.wordnet_dir):
+    for g in wordnet_glosses(args.wordnet_dir):
         words = normalise(g.replace('"', " "))
         if words is None:  # count what can be counted in messy glosses too
             words = WORD.findall(g.upper())
