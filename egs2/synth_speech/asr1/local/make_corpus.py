@@ -66,7 +66,7 @@ FLITE = {"kal": 100.0, "kal16": 100.0, "awb": 115.0, "rms": 100.0, "slt": 175.0}
 PICO = ["en-US", "en-GB"]
 ESPEAK_SHARE = 0.7  # of the utterances of a set; the other engines' voices share the rest
 SETS = ("train", "dev", "test", "test_unseen_voice", "test_unseen_engine")
-SECONDS_PER_WORD, SECONDS_PER_UTT = 0.36, 0.6  # rough length of a sentence, for --hours
+SECONDS_PER_WORD, SECONDS_PER_UTT = 0.31, 0.55  # mean length of a sentence (fit on made sets)
 
 
 def voice(engine: str, name: str, **extra) -> dict:
