@@ -2,7 +2,10 @@
 process, 20 CPU epochs of 4 utterances): audio fed in chunks gives, at is_final, the hypotheses of ESPnet's
 offline Speech2Text on the whole audio (attention decoder + CTC beam search), and before it CTC
 best-path partial results that grow as audio arrives; the last partial result is the offline
-encoder's CTC best path.  A bidirectional model is refused by name."""
+encoder's CTC best path.  A bidirectional model is refused by name.  With endpointing, two
+utterances joined by a silence give two finished utterances, each the offline decode of its
+samples (also through the command line and the stream_wav demo), and max_utterance_seconds
+bounds the encoder frames kept."""
 
 from itertools import groupby, pairwise
 
