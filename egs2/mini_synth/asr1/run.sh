@@ -13,6 +13,9 @@
 #   5 decode espnet2.bin.asr_inference, nj jobs over all test sets
 #   6 score  local/score.py: WER and CER per test set -> ${asr_exp}/RESULTS.md
 #   7 pack   local/model_card.py -> ${asr_exp}/README.md; espnet2.bin.pack asr -> ${asr_exp}/*.zip
+#   8 stream only with --streaming true (causal models): streaming_asr_inference in chunks of
+#            --streaming_chunk samples over the test sets, scored as stage 6, with the real-time
+#            factor -> ${asr_exp}/<streaming_tag>/RESULTS.md
 # No path.sh/cmd.sh: everything runs locally with the project's Python (see find_python below).
 # The body is one { ... } block: bash parses all of it before running, so editing this file
 # while a run is going cannot derail that run.
@@ -63,11 +66,16 @@ wavdir=corpus/wav
 train_set=train
 valid_set=dev
 test_sets=           # default: test + one test_<N>s per long duration
+# streaming (stage 8; a model trained with encoder_conf.bidirectional: false)
+streaming=false      # true: stage 8 decodes the test sets as streams too
+streaming_chunk=5120 # samples a chunk (5120 = 320 ms at 16 kHz)
+streaming_args=      # extra options, e.g. "--endpoint_blank_seconds 0.8 --max_utterance_seconds 20"
+streaming_tag=       # default: streaming<chunk>_<inference tag>, + _ep when streaming_args endpoints
 # end of options
 
 options_block() { sed -n '/^# -* options$/,/^# end of options$/p' "$SELF" | grep -E '^[a-z_]+='; }
 usage() {
-    sed -n '2,17p' "$SELF" | sed 's/^# \{0,1\}//'
+    sed -n '2,20p' "$SELF" | sed 's/^# \{0,1\}//'
     echo; echo "Options (default):"
     options_block | sed -E 's/^([a-z_]+)=(.*)/  --\1 \2/'
 }
@@ -108,6 +116,10 @@ tok_suffix=${token_type}; [[ $token_type == bpe ]] && tok_suffix+=${nbpe}
 asr_exp=${expdir}/asr_${asr_tag}
 asr_stats_dir=${expdir}/asr_stats_raw_${lang}_${tok_suffix}
 inference_tag="$(basename "${inference_config}" .yaml)_asr_model_${inference_asr_model%.pth}"
+if [[ -z $streaming_tag ]]; then
+    streaming_tag=streaming${streaming_chunk}_${inference_tag}
+    [[ $streaming_args == *endpoint* || $streaming_args == *max_utterance* ]] && streaming_tag+=_ep
+fi
 
 # ------------------------------------------------------------------------------ environment
 find_python() {
@@ -410,8 +422,80 @@ if stage_on 7; then
     stage_end
 fi
 
+# ------------------------------------------------------------------------------ 8: stream
+if [[ $streaming == true ]] && stage_on 8; then
+    stage_start 8 "streaming decoding of ${test_sets} in ${streaming_chunk}-sample chunks" \
+        "(${nj} jobs${streaming_args:+, $streaming_args}) -> ${asr_exp}/${streaming_tag}"
+    [[ -e ${asr_exp}/${inference_asr_model} ]] || die "no ${asr_exp}/${inference_asr_model}: run stage 4"
+    tasks=()
+    for dset in ${test_sets}; do
+        ddir=${asr_exp}/${streaming_tag}/${dset}
+        rm -rf "$ddir"; mkdir -p "$ddir/logdir"
+        k=$(split_keys "${dumpdir}/raw/${dset}" "$nj" "$ddir/logdir/keys")
+        for i in $(seq 1 "$k"); do tasks+=("$dset:$i"); done
+    done
+    # the same decoding options as stage 5 (config, then inference_args), so that the final
+    # hypotheses differ from stage 5's only by what streaming changes
+    pids=(); failed=
+    for t in "${tasks[@]}"; do
+        IFS=: read -r dset i <<< "$t"
+        ddir=${asr_exp}/${streaming_tag}/${dset}
+        "$python" -m espnet_mamba.integration.streaming_asr_inference --ngpu "$ngpu" \
+            --batch_size 1 --config "$inference_config" \
+            --asr_train_config "${asr_exp}/config.yaml" \
+            --asr_model_file "${asr_exp}/${inference_asr_model}" \
+            --data_path_and_name_and_type "${dumpdir}/raw/${dset}/wav.scp,speech,sound" \
+            --key_file "$ddir/logdir/keys.$i" --output_dir "$ddir/logdir/output.$i" \
+            --sim_chunk_length "$streaming_chunk" ${inference_args} ${streaming_args} \
+            > "$ddir/logdir/streaming_inference.$i.log" 2>&1 &
+        pids+=($!)
+        if [[ ${#pids[@]} -ge $nj ]]; then
+            wait "${pids[0]}" || failed=1; pids=("${pids[@]:1}")
+        fi
+    done
+    for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+    [[ -z $failed ]] || die "streaming decoding failed (logs: ${asr_exp}/${streaming_tag}/*/logdir/streaming_inference.*.log)"
+    for dset in ${test_sets}; do
+        ddir=${asr_exp}/${streaming_tag}/${dset}
+        for f in text token score; do
+            cat "$ddir"/logdir/output.*/1best_recog/$f 2>/dev/null | sort > "$ddir/$f" || true
+        done
+        for f in rtf slowest_chunk_seconds utterances; do
+            cat "$ddir"/logdir/output.*/streaming/$f 2>/dev/null | sort > "$ddir/$f" || true
+        done
+        nref=$(wc -l < "${dumpdir}/raw/${dset}/text"); nhyp=$(wc -l < "$ddir/text")
+        [[ $nref -eq $nhyp ]] || die "${dset}: ${nhyp} streaming hypotheses for ${nref} utterances"
+    done
+    # results.json lands next to this RESULTS.md, inside the tag's directory: the offline
+    # ${asr_exp}/results.json (and the combined table of stage 6) stay the offline ones
+    "$python" local/score.py --exp "${asr_exp}" --decode_tag "${streaming_tag}" \
+        --dumpdir "${dumpdir}/raw" --test_sets ${test_sets} \
+        --out "${asr_exp}/${streaming_tag}/RESULTS.md"
+    # real-time factor of a set: processing seconds over audio seconds, summed over its
+    # recordings (each line of rtf is one recording's ratio; utt2dur gives its seconds)
+    "$python" - "${asr_exp}/${streaming_tag}" "${dumpdir}/raw" ${test_sets} \
+        >> "${asr_exp}/${streaming_tag}/RESULTS.md" <<'EOF'
+import sys
+from pathlib import Path
+root, dump, sets = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
+read = lambda f: {l.split()[0]: float(l.split()[1]) for l in open(f) if l.strip()}
+print("### Real-time factor (processing s / audio s, one thread a job)\n")
+print("|dataset|recordings|audio s|RTF|slowest chunk s|")
+print("|---|---|---|---|---|")
+for dset in sets:
+    dur, rtf = read(dump / dset / "utt2dur"), read(root / dset / "rtf")
+    slow = read(root / dset / "slowest_chunk_seconds")
+    audio = sum(dur[k] for k in rtf)
+    proc = sum(rtf[k] * dur[k] for k in rtf)
+    print(f"|{root.name}/{dset}|{len(rtf)}|{audio:.1f}|{proc / max(audio, 1e-9):.4f}|"
+          f"{max(slow.values(), default=0.0):.3f}|")
+EOF
+    cat "${asr_exp}/${streaming_tag}/RESULTS.md" >&2
+    stage_end
+fi
+
 summary="total $((SECONDS - t_all)) s"
-for s in 1 2 3 4 5 6 7; do [[ -n ${stage_time[$s]:-} ]] && summary+=", stage $s ${stage_time[$s]} s"; done
+for s in 1 2 3 4 5 6 7 8; do [[ -n ${stage_time[$s]:-} ]] && summary+=", stage $s ${stage_time[$s]} s"; done
 log "finished: ${summary}"
 if [[ -n ${stage_time[*]:-} ]]; then
     mkdir -p "${asr_exp}"; echo "$(date '+%F %T') stages ${stage}-${stop_stage}: ${summary}" >> "${asr_exp}/run_times.txt"
