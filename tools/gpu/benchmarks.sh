@@ -16,15 +16,31 @@
 #   decode     7. decoder step and whole beam search, graphs on and off
 #   recipe     8. the mini recipe's seconds per epoch (tools/gpu/mini_synth_epochs.sh; needs the
 #                 corpus or .gpu/recipe/mini_synth.tar)
+#   espnet_train  through ESPnet's asr_train: seconds per 1,000 utterances of the shipped
+#                 LibriSpeech-100 Samba-ASR and Speech-Mamba configs and ESPnet's Conformer, 600
+#                 synthetic utterances of LibriSpeech's lengths, 3 epochs (the first not counted)
+#                 (benchmarks/asr_train_throughput.py; needs ESPnet's recipes in .cache/espnet-*,
+#                 tools/fetch_espnet_recipes.sh)
+#   espnet_decode through ESPnet's asr_inference, beam 10, CTC 0.3: real-time factor of the
+#                 models espnet_train trained (run it first, same machine and SPEED_WORK), on
+#                 LibriSpeech-length and 60 s recordings, batch 1 and 8
+#                 (benchmarks/asr_inference_rtf.py)
 # Each step writes its JSON and an encoder_report.py table (STEP.md) to $OUT (default
 # /tmp/benchmarks).  EXTRA_ARGS is added to every benchmark's options (e.g. "--device cpu --tiny"
-# for a smoke run on a CPU).  Exit status: 0 only if every step ran to the end.
+# for a smoke run on a CPU; the espnet_* steps take only its --tiny).  SPEED_WORK (default
+# /tmp/espnet_speed): the espnet_* steps' corpus, exp and decode dirs.  Exit status: 0 only if
+# every step ran to the end.
 set -uo pipefail
-(($#)) || { sed -n '2,21p' "${BASH_SOURCE[0]}"; exit 2; }
+(($#)) || { sed -n '2,32p' "${BASH_SOURCE[0]}"; exit 2; }
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 OUT=${OUT:-/tmp/benchmarks}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 read -r -a EXTRA <<< "${EXTRA_ARGS:-}"
+SPEED_WORK=${SPEED_WORK:-/tmp/espnet_speed}
+SPEED_TRAIN=(--utts 600 --epochs 3) SPEED_DECODE=(--utts 24 --long-utts 4 --batch-sizes 1 8)
+if [[ " ${EXTRA[*]} " == *" --tiny "* ]]; then
+    SPEED_TRAIN=(--tiny --utts 8 --epochs 2) SPEED_DECODE=(--tiny --utts 2 --long-utts 1 --batch-sizes 1 2)
+fi
 FAST=(conformer_sdpa samba_asr_mamba2_graphed speech_mamba_mamba2_graphed)
 stage() { echo; echo "=== [$(date -u +%H:%M:%S)] $*"; }
 failed=()
@@ -95,6 +111,13 @@ for step in "$@"; do
             --out "$OUT/decode.json" --plot "$OUT/decode.png" "${EXTRA[@]}" ;;
     recipe)
         run "$step" env OUT="$OUT" bash tools/gpu/mini_synth_epochs.sh ;;
+    espnet_train)
+        # each asr_train run is cut at 200 s so one slow model cannot take the whole step
+        run "$step" python3 benchmarks/asr_train_throughput.py --ngpu 1 "${SPEED_TRAIN[@]}" \
+            --timeout 200 --work "$SPEED_WORK" --out "$OUT/espnet_train.json" ;;
+    espnet_decode)
+        run "$step" python3 benchmarks/asr_inference_rtf.py --ngpu 1 "${SPEED_DECODE[@]}" \
+            --timeout 120 --work "$SPEED_WORK" --out "$OUT/espnet_decode.json" ;;
     *)
         echo "unknown step '$step' (see: bash $0)"; failed+=("$step") ;;
     esac
