@@ -22,9 +22,10 @@
 #                 (benchmarks/asr_train_throughput.py; needs ESPnet's recipes in .cache/espnet-*,
 #                 tools/fetch_espnet_recipes.sh)
 #   espnet_decode through ESPnet's asr_inference, beam 10, CTC 0.3: real-time factor of the
-#                 models espnet_train trained (run it first, same machine and SPEED_WORK), on
-#                 LibriSpeech-length and 60 s recordings, batch 1 and 8
+#                 models espnet_train trained (run it first, same machine and SPEED_WORK), on 24
+#                 utterances of LibriSpeech's lengths, batch 1 and 8
 #                 (benchmarks/asr_inference_rtf.py)
+#   espnet_decode_long  the same on four 60 s recordings
 # Each step writes its JSON and an encoder_report.py table (STEP.md) to $OUT (default
 # /tmp/benchmarks).  EXTRA_ARGS is added to every benchmark's options (e.g. "--device cpu --tiny"
 # for a smoke run on a CPU; the espnet_* steps take only its --tiny).  SPEED_WORK (default
@@ -39,7 +40,8 @@ read -r -a EXTRA <<< "${EXTRA_ARGS:-}"
 SPEED_WORK=${SPEED_WORK:-/tmp/espnet_speed}
 SPEED_TRAIN=(--utts 600 --epochs 3) SPEED_DECODE=(--utts 24 --long-utts 4 --batch-sizes 1 8)
 if [[ " ${EXTRA[*]} " == *" --tiny "* ]]; then
-    SPEED_TRAIN=(--tiny --utts 8 --epochs 2) SPEED_DECODE=(--tiny --utts 2 --long-utts 1 --batch-sizes 1 2)
+    SPEED_TRAIN=(--tiny --utts 8 --epochs 2)
+    SPEED_DECODE=(--tiny --utts 2 --long-utts 1 --batch-sizes 1 2)
 fi
 FAST=(conformer_sdpa samba_asr_mamba2_graphed speech_mamba_mamba2_graphed)
 stage() { echo; echo "=== [$(date -u +%H:%M:%S)] $*"; }
@@ -115,9 +117,11 @@ for step in "$@"; do
         # each asr_train run is cut at 200 s so one slow model cannot take the whole step
         run "$step" python3 benchmarks/asr_train_throughput.py --ngpu 1 "${SPEED_TRAIN[@]}" \
             --timeout 200 --work "$SPEED_WORK" --out "$OUT/espnet_train.json" ;;
-    espnet_decode)
+    espnet_decode|espnet_decode_long)
+        # one set a step: the two sets, 3 models x 2 batch sizes each, are about 8 minutes
+        set_name=librispeech; [[ $step == espnet_decode_long ]] && set_name=long
         run "$step" python3 benchmarks/asr_inference_rtf.py --ngpu 1 "${SPEED_DECODE[@]}" \
-            --timeout 120 --work "$SPEED_WORK" --out "$OUT/espnet_decode.json" ;;
+            --sets "$set_name" --timeout 120 --work "$SPEED_WORK" --out "$OUT/$step.json" ;;
     *)
         echo "unknown step '$step' (see: bash $0)"; failed+=("$step") ;;
     esac
