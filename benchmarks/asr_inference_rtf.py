@@ -23,7 +23,9 @@ beam refills.  maxlenratio = 0.156 output tokens per encoder frame is 3.9 tokens
 minlenratio 0.116 (< maxlenratio, or the <eos> ESPnet appends at the last step would come before
 minlen and leave no ended hypothesis, which makes ESPnet decode again with a smaller
 minlenratio; such retries are counted, ``retries``, expected 0).  ``search_steps`` is the sum of
-ESPnet's logged maximum output lengths.
+ESPnet's logged maximum output lengths (warm-up included).  Triton autotuning or CUDA-graph
+capture that a new utterance length triggers after the warm-up is counted, as a user would pay
+it.
 
 Timing from ESPnet's own log timestamps (millisecond resolution): the set starts with one batch
 of warm-up utterances (CUDA/Triton first-call costs, not counted); the decoding time is from the
