@@ -196,6 +196,25 @@ progress_filter() {
 }
 
 # split a key list (first column of a file) into N parts balanced by utt2dur
+decode_jobs() {  # decode_jobs TAG: a fresh ${asr_exp}/TAG/<set>/logdir per test set, its keys
+    # split for --nj jobs (split_keys); the jobs, as "set:index", in the array tasks
+    local dset ddir k i
+    tasks=()
+    for dset in ${test_sets}; do
+        ddir=${asr_exp}/$1/${dset}
+        rm -rf "$ddir"; mkdir -p "$ddir/logdir"
+        k=$(split_keys "${dumpdir}/raw/${dset}" "$nj" "$ddir/logdir/keys")
+        for i in $(seq 1 "$k"); do tasks+=("$dset:$i"); done
+    done
+}
+
+collect_1best() {  # collect_1best DIR: the decoding jobs' 1-best text, token and score, sorted
+    local f
+    for f in text token score; do
+        cat "$1"/logdir/output.*/1best_recog/$f 2>/dev/null | sort > "$1/$f" || true
+    done
+}
+
 split_keys() {  # split_keys SRC_DIR N OUT_PREFIX  -> OUT_PREFIX.1 .. OUT_PREFIX.N (non-empty only)
     "$python" - "$@" <<'EOF'
 import sys
@@ -341,16 +360,10 @@ fi
 if stage_on 5; then
     stage_start 5 "decoding ${test_sets} with ${inference_config} (${nj} jobs)"
     [[ -e ${asr_exp}/${inference_asr_model} ]] || die "no ${asr_exp}/${inference_asr_model}: run stage 4"
-    tasks=()
-    for dset in ${test_sets}; do
-        ddir=${asr_exp}/${inference_tag}/${dset}
-        rm -rf "$ddir"; mkdir -p "$ddir/logdir"
-        k=$(split_keys "${dumpdir}/raw/${dset}" "$nj" "$ddir/logdir/keys")
-        for i in $(seq 1 "$k"); do tasks+=("$dset:$i:$k"); done
-    done
+    decode_jobs "${inference_tag}"
     running=0; done_n=0; failed=
     for t in "${tasks[@]}"; do
-        IFS=: read -r dset i k <<< "$t"
+        IFS=: read -r dset i <<< "$t"
         ddir=${asr_exp}/${inference_tag}/${dset}
         (
             "$python" -m espnet2.bin.asr_inference --ngpu "$ngpu" --batch_size 1 \
@@ -375,9 +388,7 @@ if stage_on 5; then
     [[ -z $failed ]] || die "decoding failed (logs under ${asr_exp}/${inference_tag}/*/logdir)"
     for dset in ${test_sets}; do
         ddir=${asr_exp}/${inference_tag}/${dset}
-        for f in text token score; do
-            cat "$ddir"/logdir/output.*/1best_recog/$f 2>/dev/null | sort > "$ddir/$f" || true
-        done
+        collect_1best "$ddir"
         nref=$(wc -l < "${dumpdir}/raw/${dset}/text"); nhyp=$(wc -l < "$ddir/text")
         [[ $nref -eq $nhyp ]] || die "${dset}: ${nhyp} hypotheses for ${nref} utterances"
     done
@@ -427,13 +438,7 @@ if [[ $streaming == true ]] && stage_on 8; then
     stage_start 8 "streaming decoding of ${test_sets} in ${streaming_chunk}-sample chunks" \
         "(${nj} jobs${streaming_args:+, $streaming_args}) -> ${asr_exp}/${streaming_tag}"
     [[ -e ${asr_exp}/${inference_asr_model} ]] || die "no ${asr_exp}/${inference_asr_model}: run stage 4"
-    tasks=()
-    for dset in ${test_sets}; do
-        ddir=${asr_exp}/${streaming_tag}/${dset}
-        rm -rf "$ddir"; mkdir -p "$ddir/logdir"
-        k=$(split_keys "${dumpdir}/raw/${dset}" "$nj" "$ddir/logdir/keys")
-        for i in $(seq 1 "$k"); do tasks+=("$dset:$i"); done
-    done
+    decode_jobs "${streaming_tag}"
     # the same decoding options as stage 5 (config, then inference_args), so that the final
     # hypotheses differ from stage 5's only by what streaming changes
     pids=(); failed=
@@ -457,9 +462,7 @@ if [[ $streaming == true ]] && stage_on 8; then
     [[ -z $failed ]] || die "streaming decoding failed (logs: ${asr_exp}/${streaming_tag}/*/logdir/streaming_inference.*.log)"
     for dset in ${test_sets}; do
         ddir=${asr_exp}/${streaming_tag}/${dset}
-        for f in text token score; do
-            cat "$ddir"/logdir/output.*/1best_recog/$f 2>/dev/null | sort > "$ddir/$f" || true
-        done
+        collect_1best "$ddir"
         for f in rtf slowest_chunk_seconds utterances; do
             cat "$ddir"/logdir/output.*/streaming/$f 2>/dev/null | sort > "$ddir/$f" || true
         done
