@@ -20,11 +20,12 @@ MODELS = ["conformer", "samba_asr"]
 
 
 @pytest.fixture(scope="module")
-def train_run(tmp_path_factory):
+def train_run(tmp_path_factory, espnet_root):
     work = tmp_path_factory.mktemp("asr_speed")
     out = work / "train.json"
     returned = train_bench.main(["--tiny", "--models", "samba_asr", "--utts", "8",
                                  "--valid-utts", "2", "--epochs", "2", "--work", str(work),
+                                 "--baseline-config", str(espnet_root / train_bench.BASELINE_REL),
                                  "--out", str(out)])
     return returned, json.loads(out.read_text()), work
 

@@ -96,17 +96,6 @@ def missing_tools() -> list[str]:
     return missing
 
 
-@pytest.fixture(scope="module")
-def espnet_root() -> Path:
-    env = dict(os.environ, PYTHON=sys.executable)
-    proc = subprocess.run(["bash", str(REPO / "tools" / "fetch_espnet_recipes.sh")], env=env,
-                          capture_output=True, text=True, timeout=TIMEOUT)
-    assert proc.returncode == 0, f"tools/fetch_espnet_recipes.sh failed:\n{proc.stderr}"
-    root = Path(proc.stdout.strip().splitlines()[-1])
-    assert (root / "egs2" / "TEMPLATE" / "asr1" / "asr.sh").is_file(), root
-    return root
-
-
 def copy_tree(work: Path, espnet_root: Path) -> Path:
     """tmp/egs2/{librispeech,librispeech_100}/asr1 with the shared scripts; tools/, mini_synth
     (make_tiny_corpus.py imports its synthesis) and .cache/espnet-<version> (where the README's
