@@ -10,7 +10,7 @@ from espnet_mamba.decoders.samba_asr import SambaASRDecoder
 from espnet_mamba.decoders.speech_mamba import SpeechMambaDecoder
 from espnet_mamba.encoders.samba_asr import SambaASREncoder
 from espnet_mamba.encoders.speech_mamba import SpeechMambaEncoder
-from helpers import grad_error, projection_loss, rel_err
+from tensor_checks import grad_error, projection_loss, rel_err
 
 ENCODERS = {"samba_asr": SambaASREncoder, "speech_mamba": SpeechMambaEncoder}
 DECODERS = {"samba_asr": SambaASRDecoder, "speech_mamba": SpeechMambaDecoder}

@@ -140,16 +140,14 @@ def environment_overrides(environ: Mapping[str, str] | None = None) -> dict:
     return out
 
 
-def resolve(backend: str | None = None, execution: "Execution | None" = None,
-            **options) -> Execution:
+def resolve(backend: str | None = None, execution: "Execution | None" = None) -> Execution:
     """The Execution of a module built on its own (``Mamba(d, backend='torch')``): ``execution``
-    as given, else one from ``backend`` and ``options`` with the environment's overrides."""
+    as given, else one from ``backend`` with the environment's overrides."""
     if execution is not None:
-        if backend is not None or options:
-            raise TypeError("give either execution or backend/execution options, not both")
+        if backend is not None:
+            raise TypeError("give either execution or backend, not both")
         return execution
-    values = {"backend": (backend or "auto").lower(), **options, **environment_overrides()}
-    return Execution(**values)
+    return Execution(**{"backend": (backend or "auto").lower(), **environment_overrides()})
 
 
 def set_execution(model, **changes):

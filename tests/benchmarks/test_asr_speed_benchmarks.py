@@ -157,7 +157,7 @@ def test_rtf_numbers_come_from_the_logs(rtf_run):
             assert r["ratio_to_conformer"] == pytest.approx(r["rtf"] / base)
 
 
-def test_ratio_helpers_follow_their_inputs():
+def test_ratio_functions_follow_their_inputs():
     train = {"models": {"conformer": {"seconds_per_1k_utts": 4.0},
                         "samba_asr": {"seconds_per_1k_utts": 6.0},
                         "speech_mamba": {"seconds_per_1k_utts": None}}}

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from espnet_mamba.modules.execution import set_execution
-from helpers import projection_loss
+from tensor_checks import projection_loss
 from model_checks import ENCODERS, MIXER_CONF
 
 pytestmark = pytest.mark.gpu

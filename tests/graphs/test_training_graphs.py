@@ -12,7 +12,7 @@ import torch
 
 from espnet_mamba.graphs import training as training_graphs
 from espnet_mamba.graphs.training import TrainingGraphs
-from helpers import grad_error, projection_loss
+from tensor_checks import grad_error, projection_loss
 from model_checks import ENCODERS
 
 FEATS = 20

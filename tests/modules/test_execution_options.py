@@ -17,7 +17,7 @@ from espnet_mamba.modules.execution import (
     CONFIG_FIELDS, Execution, environment_overrides, set_execution,
 )
 from espnet_mamba.modules.option_rules import BadOptionError
-from helpers import rel_err
+from tensor_checks import rel_err
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,7 +11,7 @@ from espnet_mamba.modules.factory import build_mixer
 from espnet_mamba.modules.mamba import Mamba
 from espnet_mamba.modules.mamba2 import Mamba2
 from espnet_mamba.modules.padding import reverse_padded
-from helpers import rel_err
+from tensor_checks import rel_err
 from model_checks import ENCODERS
 
 F64 = torch.float64

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from espnet_mamba.modules.block import Residual, Stream
-from helpers import rel_err
+from tensor_checks import rel_err
 
 
 def units(dropout=0.0):

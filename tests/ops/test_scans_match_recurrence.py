@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from espnet_mamba.ops.selective_scan import selective_scan_torch, selective_state_step
 from espnet_mamba.ops.ssd import ssd_scan_torch, ssd_step
 from espnet_mamba.ops.reference import selective_scan_loop, ssd_loop
-from helpers import rel_err
+from tensor_checks import rel_err
 
 F64 = torch.float64
 

@@ -6,7 +6,7 @@ import torch
 
 from espnet_mamba.ops.reference import selective_scan_loop
 from espnet_mamba.ops.selective_scan import selective_scan_torch, window_steps
-from helpers import rel_err
+from tensor_checks import rel_err
 
 F64 = torch.float64
 
