@@ -1,4 +1,4 @@
-"""Small helpers shared by the tests."""
+"""Tensor comparisons and losses shared by the tests (relative error, gradient error, a projection loss)."""
 
 import torch
 
