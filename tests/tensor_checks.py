@@ -1,4 +1,5 @@
-"""Tensor comparisons and losses shared by the tests (relative error, gradient error, a projection loss)."""
+"""Tensor comparisons and losses shared by the tests: relative error, gradient error and a
+projection loss."""
 
 import torch
 
