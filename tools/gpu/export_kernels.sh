@@ -24,7 +24,9 @@ for name in mamba_ssm causal_conv1d; do
     if command -v strip >/dev/null; then strip --strip-unneeded "$tmp"/site/*.so; fi
     basename "${wheels[0]}" > "$tmp/site/KERNEL_WHEELS.$name"
     t0=$SECONDS
-    tar -C "$tmp" -cf - site | xz -9e -T0 > "$tmp/$name.tar.xz"
+    # 16 MiB blocks: xz -T0 then compresses on every core (its default block, 3x the dictionary,
+    # would hold a whole extension and leave one thread doing the work)
+    tar -C "$tmp" -cf - site | xz -9 -T0 --block-size=16MiB > "$tmp/$name.tar.xz"
     if [[ -n ${PART_MIB:-} ]]; then
         split -b "${PART_MIB}M" -d "$tmp/$name.tar.xz" "$out/$name.tar.xz.part"
     else
