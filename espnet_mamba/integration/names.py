@@ -30,9 +30,12 @@ REGISTRY: dict[str, dict[str, dict[str, str]]] = {
 # {ESPnet module: "module:function"} run right after that module executes, before any other
 # module imports names from it.  Fixes that leave every result unchanged: linear memory for
 # ESPnet's pad masks, a clear (and per-utterance skippable) error for audio too short to STFT,
-# the utterance ids of a training batch with NaN/inf input in the log.
+# the utterance ids of a training batch with NaN/inf input in the log; CTC prefix scores of the
+# batched beam search without a Python loop over frames (ctc_prefix.py, ESPNET_MAMBA_CTC_PREFIX).
 POST_IMPORT = {
     "espnet2.legacy.nets.pytorch_backend.nets_utils": "espnet_mamba.integration.pad_mask:patch",
     "espnet2.layers.stft": "espnet_mamba.integration.stft:patch",
     "espnet2.asr.espnet_model": "espnet_mamba.integration.nonfinite_batches:patch",
+    "espnet2.legacy.nets.scorers.ctc": "espnet_mamba.integration.ctc_prefix:patch_scorer",
+    "espnet2.legacy.nets.beam_search": "espnet_mamba.integration.ctc_prefix:patch_beam_search",
 }

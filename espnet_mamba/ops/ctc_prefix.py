@@ -1,0 +1,132 @@
+"""CTC prefix scores for a batch of hypotheses, every frame at once.
+
+The CTC prefix score of a label sequence ``g + c`` (Watanabe et al. 2017, Algorithm 2) runs
+two forward variables over the frames ``t``: ``rn_t`` (``g + c`` read by frame ``t``, its last
+frame on ``c``) and ``rb_t`` (the same, last frame on blank).  In the log semiring:
+
+    rn_t = logaddexp(rn_{t-1}, phi_{t-1}) + x_t(c)
+    rb_t = logaddexp(rn_{t-1}, rb_{t-1}) + x_t(blank)
+
+where ``phi_t`` is what ``g`` has reached by frame ``t`` (``rn + rb`` of ``g``, or only its
+``rb`` when ``c`` repeats the last label of ``g``).  Each is a first-order linear recurrence
+``h_i = logaddexp(h_{i-1}, d_{i-1}) + a_i``; with ``s_i = a_1 + ... + a_i`` its solution is
+
+    h_i = s_i + logcumsumexp(h_0 - s_0, d_0 - s_0, ..., d_{i-1} - s_{i-1})_i
+
+(:func:`log_linear_scan`): one cumulative sum and one ``logcumsumexp`` over the frames instead of
+a Python step per frame, so a beam step costs a fixed number of tensor operations whatever the
+number of frames.  ``s_i`` is a sum of log-probabilities over up to thousands of frames (down to
+-1e5 for a label absent from an hour-long recording) and the solution is a difference of two such
+sums: float32 would leave about 1e-2 of it, so the cumulative terms are float64 (1e-11).
+
+ESPnet's convention for padded frames of a batch (label ``logzero``, blank 0) is kept; they are
+left out of the cumulative sums (a ``logzero`` per padded frame would swamp them) and ``rn`` is
+``logzero`` there, which is what the recursion gives to within float64 rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+
+WORK_DTYPE = torch.float64
+# elements of one (frames, hypotheses, labels) float64 work tensor; larger label sets
+# (scoring every token) are split so the few temporaries stay near 32 MiB each
+CHUNK_ELEMENTS = 1 << 22
+
+
+def logcumsumexp(x: torch.Tensor, block: int = 32) -> torch.Tensor:
+    """``torch.logcumsumexp(x, 0)``.  On a CPU in two levels (a short loop of ``logaddexp``
+    inside blocks of ``block`` steps, ``logcumsumexp`` over the block totals, one ``logaddexp``
+    to carry them in): the same values to rounding at a quarter of the time of PyTorch's CPU
+    kernel, which takes about 40 ns per element.  Elsewhere PyTorch's own (one kernel)."""
+    steps = x.shape[0]
+    if x.device.type != "cpu" or steps <= 2 * block:
+        return torch.logcumsumexp(x, 0)
+    n_blocks = -(-steps // block)
+    out = torch.cat((x, x.new_full((n_blocks * block - steps, *x.shape[1:]), float("-inf"))))
+    blocks = out.view(n_blocks, block, *x.shape[1:])
+    for k in range(1, block):
+        torch.logaddexp(blocks[:, k - 1], blocks[:, k], out=blocks[:, k])
+    carry = torch.logcumsumexp(blocks[:-1, -1], 0)  # everything before each later block
+    torch.logaddexp(blocks[1:], carry.unsqueeze(1), out=blocks[1:])
+    return out[:steps]
+
+
+def log_linear_scan(h0: torch.Tensor, drive: torch.Tensor, cum: torch.Tensor) -> torch.Tensor:
+    """Every ``h_i`` of ``h_i = logaddexp(h_{i-1}, drive_{i-1}) + (cum_i - cum_{i-1})``.
+
+    h0 (...) is ``h`` at step 0; drive and cum (W, ...) broadcast against each other and ``h0``;
+    ``cum`` holds the running sums of the per-step log-factors (any origin).  Returns (W, ...)
+    with ``h[0] == h0``.  Computed in the dtype of the inputs (use float64: see the module
+    docstring)."""
+    terms = torch.cat(((h0 - cum[0]).unsqueeze(0).expand_as(drive[:1]),
+                       drive[:-1] - cum[:-1]), dim=0)
+    return cum + logcumsumexp(terms)
+
+
+def ctc_prefix_window(logp: torch.Tensor, blank_cum: torch.Tensor, valid: torch.Tensor | None,
+                      utt: torch.Tensor, ids: torch.Tensor | None, r_sum: torch.Tensor,
+                      r_blank: torch.Tensor, last: torch.Tensor, blank: int, first: bool,
+                      t0: int, t1: int, logzero: float, chunk_elements: int = CHUNK_ELEMENTS):
+    """Forward variables and prefix scores of ``g + c`` for every hypothesis ``g`` and label ``c``
+    over the frames ``t0 .. t1-1``.
+
+    logp (T, B, O)      log-posteriors of B utterances (padded frames: labels ``logzero``,
+                        blank 0)
+    blank_cum (T, B)    float64 running sum of the blank's log-posterior over frames
+    valid (T, B)        True on the frames inside each utterance; None if the window holds no
+                        padded frame
+    utt (N,)            utterance of each hypothesis
+    ids (N, S)          the labels to score per hypothesis, or None for all O
+    r_sum, r_blank (T, N)  log(rn + rb) and log(rb) of each hypothesis ``g`` at every frame
+    last (N,)           the last label of each ``g``
+    blank               the blank's id (its padded frames are certain, not impossible)
+    first               ``g`` is empty, so ``c`` may start at frame ``t0`` (which must be 0);
+                        else ``rn`` and ``rb`` are ``logzero`` at ``t0``
+    Returns float64 ``rn``, ``rb`` (t1 - t0, N, S) on frames t0 .. t1-1 and the log prefix
+    probability ``psi`` (N, S): ``rn`` at ``t0`` plus the mass entering ``c`` at every frame
+    after it.
+    """
+    n_hyp, n_lab = utt.numel(), (logp.shape[2] if ids is None else ids.shape[1])
+    width = t1 - t0
+    frames = logp[t0:t1].reshape(width, -1)  # (W, B * O), a view: frames are contiguous
+    offsets = (utt * logp.shape[2]).unsqueeze(1)  # (N, 1)
+    b_cum = blank_cum[t0:t1].index_select(1, utt).unsqueeze(2)  # (W, N, 1)
+    # what g has reached, as c's predecessor: all of it, or its blank-ending part where c
+    # repeats g's last label (CTC reads a repeated label only across a blank)
+    sum_w = r_sum[t0:t1].to(WORK_DTYPE).unsqueeze(2)
+    blank_w = r_blank[t0:t1].to(WORK_DTYPE).unsqueeze(2)
+    win_valid = None if valid is None else valid[t0:t1].index_select(1, utt).unsqueeze(2)
+    step = max(1, chunk_elements // max(1, width * n_hyp))
+    rns, rbs, psis = [], [], []
+    for lo in range(0, n_lab, step):
+        hi = min(n_lab, lo + step)
+        labels = (torch.arange(lo, hi, device=logp.device).expand(n_hyp, -1) if ids is None
+                  else ids[:, lo:hi])  # (N, s)
+        xc = frames.index_select(1, (offsets + labels).reshape(-1)).view(width, n_hyp, -1)
+        xc = xc.to(WORK_DTYPE)
+        # phi: sum_w everywhere but at c = last label (at most one column per hypothesis),
+        # written through a spare column for the hypotheses whose last label is not scored
+        repeat = labels == last.unsqueeze(1)
+        column = torch.where(repeat.any(1), repeat.to(torch.int8).argmax(1), hi - lo)
+        phi = sum_w.expand(-1, -1, hi - lo + 1).contiguous()
+        phi.scatter_(2, column.view(1, -1, 1).expand(width, -1, 1), blank_w)
+        phi = phi[:, :, :-1]
+        h0 = xc[0] if first else torch.full_like(xc[0], logzero)
+        psis.append(torch.logsumexp(torch.cat((h0.unsqueeze(0), phi[:-1] + xc[1:]), 0), 0))
+        if win_valid is None:
+            inc = xc.clone()
+        else:
+            # padded frames add no decay (no logzero in the running sum) and rn is logzero
+            # there, except for c = blank, which a padded frame holds with certainty
+            dead = ~(win_valid | (labels == blank).unsqueeze(0))
+            inc = xc.masked_fill(dead, 0.0)
+        inc[0] = 0.0
+        rn = log_linear_scan(h0, phi, inc.cumsum_(0))
+        if win_valid is not None:
+            rn.masked_fill_(dead, logzero)
+        rbs.append(log_linear_scan(torch.full_like(h0, logzero), rn, b_cum))
+        rns.append(rn)
+    if len(rns) == 1:
+        return rns[0], rbs[0], psis[0]
+    return torch.cat(rns, 2), torch.cat(rbs, 2), torch.cat(psis, 1)

@@ -1,0 +1,237 @@
+"""The vectorised CTC prefix scorer (integration/ctc_prefix.py) against ESPnet's
+CTCPrefixScoreTH: the same scores and states step by step, and the same n-best through
+ESPnet's BatchBeamSearch; which searches use it (ESPNET_MAMBA_CTC_PREFIX)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from espnet2.asr.ctc import CTC
+from espnet2.legacy.nets.batch_beam_search import BatchBeamSearch
+from espnet2.legacy.nets.ctc_prefix_score import CTCPrefixScoreTH
+from espnet2.legacy.nets.scorers.ctc import CTCPrefixScorer
+from model_checks import VOCAB, tiny_decoder
+
+from espnet_mamba.integration.ctc_prefix import ENV_VAR, VectorizedCTCPrefixScoreTH
+
+LOGZERO = -1e10
+
+
+def random_logp(n_utt, frames, n_lab, seed, dtype=torch.float64, peaky=False):
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n_utt, frames, n_lab, generator=gen, dtype=torch.float64) * 3
+    if peaky:  # mostly blank, as a trained CTC head
+        logits = logits * 2
+        logits[..., 0] += 6
+    return torch.log_softmax(logits, -1).to(dtype)
+
+
+def run_steps(cls, logp, lengths, hyps, n_scored, steps, margin, seed=1):
+    """Drive a scorer as BatchBeamSearch does (score, then reorder the states to the chosen
+    (hypothesis, label) pairs), with random choices among the scored labels.  Returns each
+    step's (scores, state)."""
+    n_utt, _, n_lab = logp.shape
+    eos = n_lab - 1
+    scorer = cls(logp.clone(), lengths, 0, eos, margin=margin)
+    gen = torch.Generator().manual_seed(seed)
+    yseq = torch.full((n_utt * hyps, 1), eos)
+    state, out = None, []
+    for _ in range(steps):
+        ids = None
+        if n_scored:
+            ids = torch.stack([torch.randperm(n_lab - 2, generator=gen)[:n_scored] + 1
+                               for _ in range(n_utt * hyps)])
+        scores, new_state = scorer(yseq, state, ids)
+        out.append((scores, new_state))
+        hyp = torch.randint(0, hyps, (n_utt, hyps), generator=gen)
+        if ids is None:
+            label = torch.randint(1, n_lab - 1, (n_utt, hyps), generator=gen)
+        else:
+            pick = torch.randint(0, n_scored, (n_utt, hyps), generator=gen)
+            rows = hyp + (torch.arange(n_utt) * hyps).unsqueeze(1)
+            label = ids[rows, pick]
+        best = hyp * n_lab + label  # (B, H): h * O + c, as BatchBeamSearch hands them
+        state = scorer.index_select_state(new_state, best)
+        rows = (hyp + (torch.arange(n_utt) * hyps).unsqueeze(1)).view(-1)
+        yseq = torch.cat((yseq[rows], label.view(-1, 1)), 1)
+        out[-1] += (state,)
+    return out
+
+
+def assert_log_close(got, want, rtol, atol):
+    """Equal where ESPnet's value is a probability; both at most logzero / 2 (no probability)
+    elsewhere (ESPnet's padded frames read -1e10 plus whatever the recursion adds)."""
+    live = want > LOGZERO / 2
+    assert torch.equal(live, got > LOGZERO / 2)
+    assert torch.allclose(got[live], want[live], rtol=rtol, atol=atol), \
+        (got[live] - want[live]).abs().max()
+
+
+CASES = [  # (utterances, frames, lengths, hypotheses, scored labels, margin)
+    (1, 40, [40], 1, 0, 0),
+    (1, 70, [70], 4, 5, 0),
+    (3, 70, [70, 33, 51], 3, 5, 0),
+    (3, 70, [70, 33, 51], 3, 0, 0),
+    (2, 90, [90, 64], 4, 6, 6),
+    (2, 90, [90, 64], 2, 0, 6),
+    (1, 12, [12], 3, 4, 0),  # more steps than frames: prefixes longer than the utterance
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}T{}H{}S{}m{}".format(*c[:2], *c[3:]))
+def test_scores_and_states_equal_espnet_float64(case):
+    """Float64 on both sides: scores, forward variables r, log_psi, windows (f_min, f_max),
+    the partial-scoring id map and the states after index_select_state equal ESPnet's to
+    1e-9 (the two differ only in the order of float64 additions)."""
+    n_utt, frames, lengths, hyps, n_scored, margin = case
+    logp = random_logp(n_utt, frames, 21, seed=frames + hyps)
+    lengths = torch.tensor(lengths)
+    steps = 15 if frames == 12 else 8
+    ours = run_steps(VectorizedCTCPrefixScoreTH, logp, lengths, hyps, n_scored, steps, margin)
+    theirs = run_steps(CTCPrefixScoreTH, logp, lengths, hyps, n_scored, steps, margin)
+    for (s1, st1, sel1), (s2, st2, sel2) in zip(ours, theirs):
+        assert_log_close(s1, s2, 1e-12, 1e-9)
+        r1, psi1, fmin1, fmax1, map1 = st1
+        r2, psi2, fmin2, fmax2, map2 = st2
+        assert (fmin1, fmax1) == (fmin2, fmax2)
+        assert (map1 is None and map2 is None) or torch.equal(map1, map2)
+        assert_log_close(r1, r2, 1e-12, 1e-9)
+        assert_log_close(psi1, psi2, 1e-12, 1e-9)
+        assert_log_close(sel1[0], sel2[0], 1e-12, 1e-9)
+        assert_log_close(sel1[1], sel2[1], 1e-12, 1e-9)
+
+
+@pytest.mark.parametrize("n_scored,n_lab", [(10, 200), (0, 40)])
+def test_float32_error_within_espnets_own(n_scored, n_lab):
+    """Float32, 600 frames of peaky log-probs, compared with ESPnet's scorer in float64 (exact to
+    ~1e-12).  Scores are log-probabilities, so an absolute error e is a relative error e of the
+    probability.  Float32 holds a log-probability of magnitude |v| to |v| * 6e-8 (1.2e-4 at the
+    -2000 these prefixes reach), and both scorers keep their states in float32 between tokens:
+    ours must stay within 16 such units of the largest |log_psi| and no worse than ESPnet's own
+    float32 error.  (Ours computes the cumulative terms in float64 inside, so only its inputs
+    and stored states round; ESPnet's recursion rounds at every frame, 5x more here.)"""
+    logp = random_logp(1, 600, n_lab, seed=5, peaky=True)
+    lengths = torch.tensor([600])
+    exact = run_steps(CTCPrefixScoreTH, logp, lengths, 6, n_scored, 6, 0)
+
+    def worst(cls):
+        got = run_steps(cls, logp.float(), lengths, 6, n_scored, 6, 0)
+        err = 0.0
+        for (s, state, _), (ref, ref_state, _) in zip(got, exact):
+            for mine, want in ((s, ref), (state[1], ref_state[1])):
+                live = want > LOGZERO / 2
+                err = max(err, float((mine.double() - want)[live].abs().max()))
+        return err
+
+    scale = max(float(st[1][st[1] > LOGZERO / 2].abs().max()) for _, st, _ in exact)
+    ours, espnet = worst(VectorizedCTCPrefixScoreTH), worst(CTCPrefixScoreTH)
+    print(f"float32 max abs error: ours {ours:.2e}, ESPnet's {espnet:.2e}, |log_psi| {scale:.0f}")
+    assert ours <= 16 * torch.finfo(torch.float32).eps * scale and ours <= espnet, \
+        (ours, espnet, scale)
+
+
+def ctc_head(seed=3, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    ctc = CTC(VOCAB, 32).to(dtype=dtype)
+    with torch.no_grad():
+        for p in ctc.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=dtype) * 0.5)
+    return ctc.eval()
+
+
+def decode(x, x_lengths, decoder, margin, pre_beam, beam=4):
+    """n-best of ESPnet's BatchBeamSearch, decoder + CTC 0.3, and the CTC scorer it used."""
+    eos = VOCAB - 1
+    ctc = CTCPrefixScorer(ctc_head(), eos, window_margin=margin)
+    search = BatchBeamSearch(scorers={"decoder": decoder, "ctc": ctc},
+                             weights={"decoder": 0.7, "ctc": 0.3}, beam_size=beam,
+                             vocab_size=VOCAB, sos=eos, eos=eos, token_list=None,
+                             pre_beam_ratio=pre_beam / beam,
+                             pre_beam_score_key="full")
+    search.eval()
+    with torch.no_grad():
+        hyps = search(x=x, maxlenratio=0.0, minlenratio=0.0, x_lengths=x_lengths)
+    return hyps, ctc.impl
+
+
+def nbest(hyps):
+    if hyps and isinstance(hyps[0], list):
+        return [nbest(h) for h in hyps]
+    return [(h.yseq.tolist(), float(h.score), float(h.scores["ctc"])) for h in hyps]
+
+
+def assert_same_nbest(a, b):
+    if a and isinstance(a[0], list):
+        for x, y in zip(a, b, strict=True):
+            assert_same_nbest(x, y)
+        return
+    assert [h[0] for h in a] == [h[0] for h in b]
+    for (_, s1, c1), (_, s2, c2) in zip(a, b):
+        assert s1 == pytest.approx(s2, abs=1e-8) and c1 == pytest.approx(c2, abs=1e-8)
+
+
+@pytest.mark.parametrize("margin,pre_beam", [(0, 6), (0, VOCAB), (5, 6)],
+                         ids=["exact-partial", "exact-full", "window-partial"])
+@pytest.mark.parametrize("batch", [False, True], ids=["one", "padded-batch"])
+def test_batch_beam_search_same_nbest(monkeypatch, margin, pre_beam, batch):
+    """A whole BatchBeamSearch decode (tiny samba_asr decoder + CTC 0.3, float64) gives the same
+    n-best (token sequences, total and CTC scores) with our scorer as with ESPnet's: one
+    utterance, and two padded utterances decoded together."""
+    torch.manual_seed(0)
+    decoder = tiny_decoder("samba_asr", "mamba")
+    if batch:
+        x = torch.randn(2, 30, 32, dtype=torch.float64)
+        x_lengths = torch.tensor([30, 19])
+    else:
+        x, x_lengths = torch.randn(30, 32, dtype=torch.float64), None
+    results = {}
+    for mode in ("espnet", "auto"):
+        monkeypatch.setenv(ENV_VAR, mode)
+        hyps, impl = decode(x, x_lengths, decoder, margin, pre_beam)
+        used = type(impl)
+        assert used is (VectorizedCTCPrefixScoreTH if mode == "auto" else CTCPrefixScoreTH)
+        results[mode] = nbest(hyps)
+    assert_same_nbest(results["auto"], results["espnet"])
+    assert len(results["auto"]) > 0
+
+
+def test_which_searches_use_it(monkeypatch):
+    """auto: searches whose decoder is ours; all: every search (also ESPnet's Transformer
+    decoder); espnet: none; another value: an error naming the variable and the choices."""
+    from espnet2.asr.decoder.transformer_decoder import TransformerDecoder
+
+    ours = tiny_decoder("samba_asr", "mamba")
+    theirs = TransformerDecoder(VOCAB, 32, attention_heads=2, linear_units=32,
+                                num_blocks=1).double().eval()
+    x = torch.randn(20, 32, dtype=torch.float64)
+    expect = {("auto", "ours"): True, ("auto", "theirs"): False, ("all", "ours"): True,
+              ("all", "theirs"): True, ("espnet", "ours"): False, ("espnet", "theirs"): False}
+    for (mode, which), vectorised in expect.items():
+        monkeypatch.setenv(ENV_VAR, mode)
+        _, impl = decode(x, None, ours if which == "ours" else theirs, 0, 6, beam=2)
+        assert (type(impl) is VectorizedCTCPrefixScoreTH) == vectorised, (mode, which)
+    monkeypatch.setenv(ENV_VAR, "fast")
+    with pytest.raises(ValueError, match=f"{ENV_VAR}='fast': must be one of auto, all, espnet"):
+        decode(x, None, ours, 0, 6, beam=2)
+
+
+def test_hook_patches_and_disabled_hook_does_not():
+    """With the import hook ESPnet's CTCPrefixScorer and BeamSearch carry our wrappers (each
+    once); with ESPNET_MAMBA_DISABLE_HOOK=1 they are ESPnet's own."""
+    from espnet2.legacy.nets.beam_search import BeamSearch
+
+    assert getattr(CTCPrefixScorer.batch_init_state, "_espnet_mamba_vectorized", False)
+    assert getattr(BeamSearch.__init__, "_espnet_mamba_ctc_marking", False)
+    code = ("from espnet2.legacy.nets.scorers.ctc import CTCPrefixScorer\n"
+            "from espnet2.legacy.nets.beam_search import BeamSearch\n"
+            "print(hasattr(CTCPrefixScorer.batch_init_state, '_espnet_mamba_vectorized'),"
+            " hasattr(BeamSearch.__init__, '_espnet_mamba_ctc_marking'))")
+    env = dict(os.environ, ESPNET_MAMBA_DISABLE_HOOK="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=False, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False"]
