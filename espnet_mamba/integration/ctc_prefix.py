@@ -35,7 +35,7 @@ import torch
 from espnet2.legacy.nets.ctc_prefix_score import CTCPrefixScoreTH
 
 from espnet_mamba.integration.patching import wrap_method
-from espnet_mamba.ops.ctc_prefix import ctc_prefix_window
+from espnet_mamba.ops.ctc_prefix import ctc_prefix_window, label_rows
 
 ENV_VAR = "ESPNET_MAMBA_CTC_PREFIX"
 MODES = ("auto", "all", "espnet")
@@ -70,6 +70,7 @@ class VectorizedCTCPrefixScoreTH(CTCPrefixScoreTH):
 
     def _prepare(self):
         logp = self.x[0]  # (T, B, O), padded frames already set to (logzero, blank 0)
+        self._rows = label_rows(logp)  # (B * O, T)
         self._blank_cum = logp[:, :, self.blank].to(torch.float64).cumsum(0)  # (T, B)
         lengths = self.end_frames.to(self.device) + 1
         frames = torch.arange(self.input_length, device=self.device)
@@ -127,7 +128,7 @@ class VectorizedCTCPrefixScoreTH(CTCPrefixScoreTH):
         self.scoring_num = 0 if scoring_ids is None else n_lab  # read by index_select_state
 
         rn, rb, psi = ctc_prefix_window(
-            self.x[0], self._blank_cum, self._valid if end > self._shortest else None, utt, scoring_ids, r_sum, r_prev[:, 1],
+            self._rows, self._blank_cum, self._valid if end > self._shortest else None, utt, scoring_ids, r_sum, r_prev[:, 1],
             last, self.blank, output_length == 0, start - 1, end, logzero)
         r = torch.full((total, 2, n_hyp, n_lab), logzero, dtype=self.dtype, device=self.device)
         r[start - 1:end, 0] = rn.to(self.dtype)

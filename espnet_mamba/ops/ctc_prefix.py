@@ -34,45 +34,72 @@ WORK_DTYPE = torch.float64
 CHUNK_ELEMENTS = 1 << 22
 
 
-def logcumsumexp(x: torch.Tensor, block: int = 32) -> torch.Tensor:
-    """``torch.logcumsumexp(x, 0)``.  On a CPU in two levels (a short loop of ``logaddexp``
-    inside blocks of ``block`` steps, ``logcumsumexp`` over the block totals, one ``logaddexp``
-    to carry them in): the same values to rounding at a quarter of the time of PyTorch's CPU
-    kernel, which takes about 40 ns per element.  Elsewhere PyTorch's own (one kernel)."""
-    steps = x.shape[0]
-    if x.device.type != "cpu" or steps <= 2 * block:
-        return torch.logcumsumexp(x, 0)
-    n_blocks = -(-steps // block)
-    out = torch.cat((x, x.new_full((n_blocks * block - steps, *x.shape[1:]), float("-inf"))))
-    blocks = out.view(n_blocks, block, *x.shape[1:])
-    for k in range(1, block):
+BLOCK = 32
+
+
+def _padded_steps(steps: int, device) -> int:
+    """Steps of the buffer :func:`logcumsumexp_` works in (a whole number of blocks on a CPU)."""
+    if device.type != "cpu" or steps <= 2 * BLOCK:
+        return steps
+    return -(-steps // BLOCK) * BLOCK
+
+
+def logcumsumexp_(buf: torch.Tensor, steps: int) -> torch.Tensor:
+    """``torch.logcumsumexp(buf[:steps], 0)``, in place where it can be.
+
+    On a CPU ``buf`` holds :func:`_padded_steps` rows (those past ``steps`` are overwritten) and
+    the scan runs in two levels: a short loop of ``logaddexp`` inside blocks of ``BLOCK`` steps,
+    ``logcumsumexp`` over the block totals, one ``logaddexp`` to carry them in.  The same values
+    to rounding at a quarter of the time of PyTorch's CPU kernel (about 40 ns an element, two
+    transcendental functions per step).  Elsewhere PyTorch's own kernel (one launch)."""
+    if buf.shape[0] == steps and (buf.device.type != "cpu" or steps <= 2 * BLOCK):
+        return torch.logcumsumexp(buf, 0)
+    buf[steps:] = float("-inf")
+    blocks = buf.view(buf.shape[0] // BLOCK, BLOCK, *buf.shape[1:])
+    for k in range(1, BLOCK):
         torch.logaddexp(blocks[:, k - 1], blocks[:, k], out=blocks[:, k])
     carry = torch.logcumsumexp(blocks[:-1, -1], 0)  # everything before each later block
     torch.logaddexp(blocks[1:], carry.unsqueeze(1), out=blocks[1:])
-    return out[:steps]
+    return buf[:steps]
+
+
+def logcumsumexp(x: torch.Tensor) -> torch.Tensor:
+    """``torch.logcumsumexp(x, 0)`` (see :func:`logcumsumexp_`)."""
+    buf = x.new_empty((_padded_steps(x.shape[0], x.device), *x.shape[1:]))
+    buf[:x.shape[0]] = x
+    return logcumsumexp_(buf, x.shape[0])
 
 
 def log_linear_scan(h0: torch.Tensor, drive: torch.Tensor, cum: torch.Tensor) -> torch.Tensor:
     """Every ``h_i`` of ``h_i = logaddexp(h_{i-1}, drive_{i-1}) + (cum_i - cum_{i-1})``.
 
-    h0 (...) is ``h`` at step 0; drive and cum (W, ...) broadcast against each other and ``h0``;
-    ``cum`` holds the running sums of the per-step log-factors (any origin).  Returns (W, ...)
-    with ``h[0] == h0``.  Computed in the dtype of the inputs (use float64: see the module
-    docstring)."""
-    terms = torch.cat(((h0 - cum[0]).unsqueeze(0).expand_as(drive[:1]),
-                       drive[:-1] - cum[:-1]), dim=0)
-    return cum + logcumsumexp(terms)
+    h0 (...) is ``h`` at step 0; drive (W, ...) and cum (W, ...) broadcast to drive's shape,
+    h0 to one step of it; ``cum`` holds the running sums of the per-step log-factors (any
+    origin).  Returns (W, ...) with ``h[0] == h0``.  Computed in the dtype of the inputs (use
+    float64: see the module docstring)."""
+    steps = drive.shape[0]
+    terms = drive.new_empty((_padded_steps(steps, drive.device), *drive.shape[1:]))
+    torch.sub(h0, cum[0], out=terms[0])
+    torch.sub(drive[:-1], cum[:-1], out=terms[1:steps])
+    return logcumsumexp_(terms, steps).add_(cum)
 
 
-def ctc_prefix_window(logp: torch.Tensor, blank_cum: torch.Tensor, valid: torch.Tensor | None,
+def label_rows(logp: torch.Tensor) -> torch.Tensor:
+    """(T, B, O) log-posteriors as (B * O, T): row ``b * O + c`` holds label ``c`` of utterance
+    ``b`` over the frames, so the labels a step scores are gathered as whole rows (on a CPU 20x
+    faster than gathering columns of the frame-major layout)."""
+    return logp.permute(1, 2, 0).reshape(-1, logp.shape[0]).contiguous()
+
+
+def ctc_prefix_window(rows: torch.Tensor, blank_cum: torch.Tensor, valid: torch.Tensor | None,
                       utt: torch.Tensor, ids: torch.Tensor | None, r_sum: torch.Tensor,
                       r_blank: torch.Tensor, last: torch.Tensor, blank: int, first: bool,
                       t0: int, t1: int, logzero: float, chunk_elements: int = CHUNK_ELEMENTS):
     """Forward variables and prefix scores of ``g + c`` for every hypothesis ``g`` and label ``c``
     over the frames ``t0 .. t1-1``.
 
-    logp (T, B, O)      log-posteriors of B utterances (padded frames: labels ``logzero``,
-                        blank 0)
+    rows (B * O, T)     log-posteriors of B utterances over O labels, :func:`label_rows`
+                        (padded frames: labels ``logzero``, blank 0)
     blank_cum (T, B)    float64 running sum of the blank's log-posterior over frames
     valid (T, B)        True on the frames inside each utterance; None if the window holds no
                         padded frame
@@ -83,28 +110,29 @@ def ctc_prefix_window(logp: torch.Tensor, blank_cum: torch.Tensor, valid: torch.
     blank               the blank's id (its padded frames are certain, not impossible)
     first               ``g`` is empty, so ``c`` may start at frame ``t0`` (which must be 0);
                         else ``rn`` and ``rb`` are ``logzero`` at ``t0``
-    Returns float64 ``rn``, ``rb`` (t1 - t0, N, S) on frames t0 .. t1-1 and the log prefix
-    probability ``psi`` (N, S): ``rn`` at ``t0`` plus the mass entering ``c`` at every frame
-    after it.
+    ``phi`` and ``psi`` (sums, not differences of sums) are computed in the dtype of ``rows``,
+    the forward recursions in float64.  Returns float64 ``rn``, ``rb`` (t1 - t0, N, S) on
+    frames t0 .. t1-1 and the log prefix probability ``psi`` (N, S): ``rn`` at ``t0`` plus the
+    mass entering ``c`` at every frame after it.
     """
-    n_hyp, n_lab = utt.numel(), (logp.shape[2] if ids is None else ids.shape[1])
+    n_all = rows.shape[0] // blank_cum.shape[1]
+    n_hyp, n_lab = utt.numel(), (n_all if ids is None else ids.shape[1])
     width = t1 - t0
-    frames = logp[t0:t1].reshape(width, -1)  # (W, B * O), a view: frames are contiguous
-    offsets = (utt * logp.shape[2]).unsqueeze(1)  # (N, 1)
+    offsets = (utt * n_all).unsqueeze(1)  # (N, 1)
     b_cum = blank_cum[t0:t1].index_select(1, utt).unsqueeze(2)  # (W, N, 1)
     # what g has reached, as c's predecessor: all of it, or its blank-ending part where c
     # repeats g's last label (CTC reads a repeated label only across a blank)
-    sum_w = r_sum[t0:t1].to(WORK_DTYPE).unsqueeze(2)
-    blank_w = r_blank[t0:t1].to(WORK_DTYPE).unsqueeze(2)
+    sum_w = r_sum[t0:t1].to(rows.dtype).unsqueeze(2)
+    blank_w = r_blank[t0:t1].to(rows.dtype).unsqueeze(2)
     win_valid = None if valid is None else valid[t0:t1].index_select(1, utt).unsqueeze(2)
     step = max(1, chunk_elements // max(1, width * n_hyp))
     rns, rbs, psis = [], [], []
     for lo in range(0, n_lab, step):
         hi = min(n_lab, lo + step)
-        labels = (torch.arange(lo, hi, device=logp.device).expand(n_hyp, -1) if ids is None
+        labels = (torch.arange(lo, hi, device=rows.device).expand(n_hyp, -1) if ids is None
                   else ids[:, lo:hi])  # (N, s)
-        xc = frames.index_select(1, (offsets + labels).reshape(-1)).view(width, n_hyp, -1)
-        xc = xc.to(WORK_DTYPE)
+        xc = rows.index_select(0, (offsets + labels).reshape(-1))[:, t0:t1]
+        xc = xc.t().contiguous().view(width, n_hyp, -1)  # (W, N, s)
         # phi: sum_w everywhere but at c = last label (at most one column per hypothesis),
         # written through a spare column for the hypotheses whose last label is not scored
         repeat = labels == last.unsqueeze(1)
@@ -113,14 +141,16 @@ def ctc_prefix_window(logp: torch.Tensor, blank_cum: torch.Tensor, valid: torch.
         phi.scatter_(2, column.view(1, -1, 1).expand(width, -1, 1), blank_w)
         phi = phi[:, :, :-1]
         h0 = xc[0] if first else torch.full_like(xc[0], logzero)
-        psis.append(torch.logsumexp(torch.cat((h0.unsqueeze(0), phi[:-1] + xc[1:]), 0), 0))
+        # psi is a sum, not a difference of sums: the inputs' precision does
+        entering = torch.logsumexp(phi[:-1] + xc[1:], 0)
+        psis.append(torch.logaddexp(h0, entering).to(WORK_DTYPE))
         if win_valid is None:
-            inc = xc.clone()
+            inc = xc.to(WORK_DTYPE, copy=True)
         else:
             # padded frames add no decay (no logzero in the running sum) and rn is logzero
             # there, except for c = blank, which a padded frame holds with certainty
             dead = ~(win_valid | (labels == blank).unsqueeze(0))
-            inc = xc.masked_fill(dead, 0.0)
+            inc = xc.to(WORK_DTYPE, copy=True).masked_fill_(dead, 0.0)
         inc[0] = 0.0
         rn = log_linear_scan(h0, phi, inc.cumsum_(0))
         if win_valid is not None:

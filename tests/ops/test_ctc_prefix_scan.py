@@ -4,7 +4,12 @@ frame per Python step in float64."""
 import pytest
 import torch
 
-from espnet_mamba.ops.ctc_prefix import ctc_prefix_window, log_linear_scan, logcumsumexp
+from espnet_mamba.ops.ctc_prefix import (
+    ctc_prefix_window,
+    label_rows,
+    log_linear_scan,
+    logcumsumexp,
+)
 
 LOGZERO = -1e10
 
@@ -86,7 +91,7 @@ def test_prefix_window_equals_the_recursion(first, t0, t1, partial):
     r_sum = torch.logaddexp(r_blank, torch.randn(n_frames, n_hyp, generator=gen,
                                                  dtype=torch.float64) * 5 - 20)
     blank_cum = logp[:, :, blank].cumsum(0)
-    rn, rb, psi = ctc_prefix_window(logp, blank_cum, valid, utt, ids if partial else None,
+    rn, rb, psi = ctc_prefix_window(label_rows(logp), blank_cum, valid, utt, ids if partial else None,
                                     r_sum, r_blank, last, blank, first, t0, t1, LOGZERO,
                                     chunk_elements=200)  # several label chunks
     want_rn, want_rb, want_psi = reference_window(logp, valid, utt, ids, r_sum, r_blank, last,
