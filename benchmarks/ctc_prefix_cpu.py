@@ -63,7 +63,9 @@ def sync(device):
 
 
 def path_states(logp, tokens, beam, pre_beam, margin, points, seed):
-    """(yseq, state, ids) at ``points`` steps spread over the utterance, from our scorer."""
+    """(yseq, state, ids) at ``points`` steps spread over the utterance, from our scorer.  The
+    path is scored partially (a state selected for the next step has the same layout and values
+    whichever labels were scored), then ``ids`` is None for ``pre_beam`` 0 (every label)."""
     vocab = logp.shape[2]
     eos = vocab - 1
     device = logp.device
@@ -75,12 +77,10 @@ def path_states(logp, tokens, beam, pre_beam, margin, points, seed):
     yseq = torch.full((beam, 1), eos, device=device)
     state, out = None, []
     for step in range(n_steps):
-        ids = None
-        if pre_beam:
-            others = torch.randint(1, vocab - 1, (beam, pre_beam - 1), generator=gen)
-            ids = torch.cat((tokens[step].expand(beam, 1), others), 1).to(device)
+        others = torch.randint(1, vocab - 1, (beam, max(1, pre_beam) - 1), generator=gen)
+        ids = torch.cat((tokens[step].expand(beam, 1), others), 1).to(device)
         if step in wanted:
-            out.append((yseq, state, ids))
+            out.append((yseq, state, ids if pre_beam else None))
         _, new_state = scorer(yseq, state, ids)
         best = (torch.arange(beam) * vocab + tokens[step]).unsqueeze(0).to(device)
         state = scorer.index_select_state(new_state, best)

@@ -127,18 +127,18 @@ class VectorizedCTCPrefixScoreTH(CTCPrefixScoreTH):
         n_lab = self.odim if scoring_ids is None else scoring_ids.size(-1)
         self.scoring_num = 0 if scoring_ids is None else n_lab  # read by index_select_state
 
-        rn, rb, psi = ctc_prefix_window(
-            self._rows, self._blank_cum, self._valid if end > self._shortest else None, utt, scoring_ids, r_sum, r_prev[:, 1],
-            last, self.blank, output_length == 0, start - 1, end, logzero)
-        r = torch.full((total, 2, n_hyp, n_lab), logzero, dtype=self.dtype, device=self.device)
-        r[start - 1:end, 0] = rn.to(self.dtype)
-        r[start - 1:end, 1] = rb.to(self.dtype)
+        r = torch.empty((total, 2, n_hyp, n_lab), dtype=self.dtype, device=self.device)
+        r[:start - 1] = logzero  # before the prefix's first possible frame
+        psi, edge = ctc_prefix_window(
+            self._rows, self._blank_cum, self._valid if end > self._shortest else None, utt,
+            scoring_ids, r_sum, r_prev[:, 1], last, self.blank, output_length == 0, start - 1,
+            end, logzero, out=r[start - 1:end])
         if end < total:
             # past the window a hypothesis can still stay silent (all <eos> asks of it):
             # carry what it reached at the window's edge through the blank frames
-            edge = torch.logaddexp(rn[-1], rb[-1])  # (N, S)
             tail = (self._blank_cum[end:] - self._blank_cum[end - 1]).index_select(1, utt)
-            r[end:, 1] = (edge.unsqueeze(0) + tail.unsqueeze(2)).to(self.dtype)
+            r[end:, 0] = logzero
+            r[end:, 1] = edge.unsqueeze(0) + tail.unsqueeze(2)
 
         if scoring_ids is None:
             log_psi = psi.to(self.dtype)

@@ -94,7 +94,8 @@ def label_rows(logp: torch.Tensor) -> torch.Tensor:
 def ctc_prefix_window(rows: torch.Tensor, blank_cum: torch.Tensor, valid: torch.Tensor | None,
                       utt: torch.Tensor, ids: torch.Tensor | None, r_sum: torch.Tensor,
                       r_blank: torch.Tensor, last: torch.Tensor, blank: int, first: bool,
-                      t0: int, t1: int, logzero: float, chunk_elements: int = CHUNK_ELEMENTS):
+                      t0: int, t1: int, logzero: float, out: torch.Tensor,
+                      chunk_elements: int = CHUNK_ELEMENTS):
     """Forward variables and prefix scores of ``g + c`` for every hypothesis ``g`` and label ``c``
     over the frames ``t0 .. t1-1``.
 
@@ -110,10 +111,12 @@ def ctc_prefix_window(rows: torch.Tensor, blank_cum: torch.Tensor, valid: torch.
     blank               the blank's id (its padded frames are certain, not impossible)
     first               ``g`` is empty, so ``c`` may start at frame ``t0`` (which must be 0);
                         else ``rn`` and ``rb`` are ``logzero`` at ``t0``
+    out (t1 - t0, 2, N, S)  receives ``rn`` (``[:, 0]``) and ``rb`` (``[:, 1]``) on frames
+                        t0 .. t1-1, in its own dtype
     ``phi`` and ``psi`` (sums, not differences of sums) are computed in the dtype of ``rows``,
-    the forward recursions in float64.  Returns float64 ``rn``, ``rb`` (t1 - t0, N, S) on
-    frames t0 .. t1-1 and the log prefix probability ``psi`` (N, S): ``rn`` at ``t0`` plus the
-    mass entering ``c`` at every frame after it.
+    the forward recursions in float64.  Returns the log prefix probability ``psi`` (N, S):
+    ``rn`` at ``t0`` plus the mass entering ``c`` at every frame after it; and
+    ``log(rn + rb)`` at frame t1-1 (N, S), both float64.
     """
     n_all = rows.shape[0] // blank_cum.shape[1]
     n_hyp, n_lab = utt.numel(), (n_all if ids is None else ids.shape[1])
@@ -126,7 +129,7 @@ def ctc_prefix_window(rows: torch.Tensor, blank_cum: torch.Tensor, valid: torch.
     blank_w = r_blank[t0:t1].to(rows.dtype).unsqueeze(2)
     win_valid = None if valid is None else valid[t0:t1].index_select(1, utt).unsqueeze(2)
     step = max(1, chunk_elements // max(1, width * n_hyp))
-    rns, rbs, psis = [], [], []
+    psis, edges = [], []
     for lo in range(0, n_lab, step):
         hi = min(n_lab, lo + step)
         labels = (torch.arange(lo, hi, device=rows.device).expand(n_hyp, -1) if ids is None
@@ -155,8 +158,10 @@ def ctc_prefix_window(rows: torch.Tensor, blank_cum: torch.Tensor, valid: torch.
         rn = log_linear_scan(h0, phi, inc.cumsum_(0))
         if win_valid is not None:
             rn.masked_fill_(dead, logzero)
-        rbs.append(log_linear_scan(torch.full_like(h0, logzero), rn, b_cum))
-        rns.append(rn)
-    if len(rns) == 1:
-        return rns[0], rbs[0], psis[0]
-    return torch.cat(rns, 2), torch.cat(rbs, 2), torch.cat(psis, 1)
+        rb = log_linear_scan(torch.full_like(h0, logzero), rn, b_cum)
+        out[:, 0, :, lo:hi] = rn
+        out[:, 1, :, lo:hi] = rb
+        edges.append(torch.logaddexp(rn[-1], rb[-1]))
+    if len(psis) == 1:
+        return psis[0], edges[0]
+    return torch.cat(psis, 1), torch.cat(edges, 1)

@@ -91,12 +91,15 @@ def test_prefix_window_equals_the_recursion(first, t0, t1, partial):
     r_sum = torch.logaddexp(r_blank, torch.randn(n_frames, n_hyp, generator=gen,
                                                  dtype=torch.float64) * 5 - 20)
     blank_cum = logp[:, :, blank].cumsum(0)
-    rn, rb, psi = ctc_prefix_window(label_rows(logp), blank_cum, valid, utt, ids if partial else None,
-                                    r_sum, r_blank, last, blank, first, t0, t1, LOGZERO,
-                                    chunk_elements=200)  # several label chunks
+    out = torch.empty(t1 - t0, 2, n_hyp, ids.shape[1], dtype=torch.float64)
+    psi, edge = ctc_prefix_window(label_rows(logp), blank_cum, valid, utt,
+                                  ids if partial else None, r_sum, r_blank, last, blank, first,
+                                  t0, t1, LOGZERO, out=out, chunk_elements=200)  # label chunks
+    rn, rb = out[:, 0], out[:, 1]
     want_rn, want_rb, want_psi = reference_window(logp, valid, utt, ids, r_sum, r_blank, last,
                                                   blank, first, t0, t1)
-    for got, want in ((rn, want_rn), (rb, want_rb), (psi, want_psi)):
+    want_edge = torch.logaddexp(want_rn[-1], want_rb[-1])
+    for got, want in ((rn, want_rn), (rb, want_rb), (psi, want_psi), (edge, want_edge)):
         live = want > LOGZERO / 2
         assert torch.equal(live, got > LOGZERO / 2)
         assert torch.allclose(got[live], want[live], rtol=1e-12, atol=1e-9)
