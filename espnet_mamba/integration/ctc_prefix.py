@@ -99,7 +99,7 @@ class VectorizedCTCPrefixScoreTH(CTCPrefixScoreTH):
         if self.margin <= 0:
             return min(max(output_length, 1), total), total, 0, 0
         peak = r_sum.argmax(dim=0)
-        low, high = torch.stack((peak.min(), peak.max())).tolist()  # one host sync
+        low, high = torch.stack(peak.aminmax()).tolist()  # one host sync
         f_min, f_max = max(low, f_min_prev), max(high, f_max_prev)
         start = min(f_max_prev, max(f_min - self.margin, output_length, 1))
         return start, self._window_end(f_max, f_max + self.margin + 1), f_min, f_max

@@ -34,29 +34,38 @@ WORK_DTYPE = torch.float64
 CHUNK_ELEMENTS = 1 << 22
 
 
-BLOCK = 32
+MIN_BLOCKED_STEPS = 64  # shorter scans: PyTorch's kernel is as fast as the Python loop
+
+
+def _block(steps: int) -> int:
+    """Block length of the CPU scan: about sqrt(steps), so the loop inside the blocks and the
+    scan over the block totals are both short."""
+    return max(8, int(steps ** 0.5 + 0.5))
 
 
 def _padded_steps(steps: int, device) -> int:
     """Steps of the buffer :func:`logcumsumexp_` works in (a whole number of blocks on a CPU)."""
-    if device.type != "cpu" or steps <= 2 * BLOCK:
+    if device.type != "cpu" or steps <= MIN_BLOCKED_STEPS:
         return steps
-    return -(-steps // BLOCK) * BLOCK
+    block = _block(steps)
+    return -(-steps // block) * block
 
 
 def logcumsumexp_(buf: torch.Tensor, steps: int) -> torch.Tensor:
     """``torch.logcumsumexp(buf[:steps], 0)``, in place where it can be.
 
     On a CPU ``buf`` holds :func:`_padded_steps` rows (those past ``steps`` are overwritten) and
-    the scan runs in two levels: a short loop of ``logaddexp`` inside blocks of ``BLOCK`` steps,
-    ``logcumsumexp`` over the block totals, one ``logaddexp`` to carry them in.  The same values
-    to rounding at a quarter of the time of PyTorch's CPU kernel (about 40 ns an element, two
-    transcendental functions per step).  Elsewhere PyTorch's own kernel (one launch)."""
-    if buf.shape[0] == steps and (buf.device.type != "cpu" or steps <= 2 * BLOCK):
-        return torch.logcumsumexp(buf, 0)
+    the scan runs in two levels: a short loop of ``logaddexp`` inside blocks of about
+    sqrt(steps) steps, ``logcumsumexp`` over the block totals, one ``logaddexp`` to carry them
+    in.  The same values to rounding in a quarter of the time of PyTorch's CPU kernel (about 40
+    ns an element: two transcendental functions per step, not vectorised).  Elsewhere
+    PyTorch's own kernel (one launch)."""
+    if buf.device.type != "cpu" or steps <= MIN_BLOCKED_STEPS:
+        return torch.logcumsumexp(buf[:steps], 0)
+    block = _block(steps)
     buf[steps:] = float("-inf")
-    blocks = buf.view(buf.shape[0] // BLOCK, BLOCK, *buf.shape[1:])
-    for k in range(1, BLOCK):
+    blocks = buf.view(buf.shape[0] // block, block, *buf.shape[1:])
+    for k in range(1, block):
         torch.logaddexp(blocks[:, k - 1], blocks[:, k], out=blocks[:, k])
     carry = torch.logcumsumexp(blocks[:-1, -1], 0)  # everything before each later block
     torch.logaddexp(blocks[1:], carry.unsqueeze(1), out=blocks[1:])

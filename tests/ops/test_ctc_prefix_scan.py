@@ -22,10 +22,10 @@ def scan_loop(h0, drive, factors):
     return torch.stack(hs)
 
 
-@pytest.mark.parametrize("steps", [1, 2, 63, 64, 65, 200, 1000])
+@pytest.mark.parametrize("steps", [1, 2, 64, 65, 81, 82, 200, 1000, 1601])
 def test_logcumsumexp_equals_torch(steps):
-    """The CPU path in blocks gives torch.logcumsumexp's values, for lengths around and between
-    the block sizes, with logzero and -inf entries and a large spread."""
+    """The CPU path in blocks gives torch.logcumsumexp's values, for lengths around the
+    threshold, whole and partial blocks, with logzero and -inf entries and a large spread."""
     x = torch.randn(steps, 3, 5, dtype=torch.float64) * 300
     x[steps // 3] = LOGZERO
     x[:, 1, 2] = float("-inf")
