@@ -46,14 +46,18 @@ MODELS = {
                   "transformer", {"num_blocks": 2, "attention_heads": 4, "linear_units": 512,
                                   "dropout_rate": 0.0}),
 }
+TINY = {"output_size": 32, "num_blocks": 1}  # --tiny: the test suite's smoke run
 
 
-def build_model_files(out_dir: Path, name: str, vocab: int, seed: int = 0):
+def build_model_files(out_dir: Path, name: str, vocab: int, seed: int = 0, tiny=False):
     """config.yaml + model.pth of an untrained model with ``vocab`` word tokens."""
     import yaml
     from espnet2.tasks.asr import ASRTask
 
     encoder, encoder_conf, decoder, decoder_conf = MODELS[name]
+    if tiny:
+        encoder_conf = dict(encoder_conf, **TINY)
+        decoder_conf = dict(decoder_conf, num_blocks=1)
     tokens = ["<blank>", "<unk>", *[f"w{i}" for i in range(vocab - 3)], "<sos/eos>"]
     token_file = out_dir / "tokens.txt"
     token_file.write_text("".join(t + "\n" for t in tokens))
@@ -125,6 +129,7 @@ def main(argv=None):
     ap.add_argument("--minlenratio", type=float, default=0.116)
     ap.add_argument("--baseline", action="store_true",
                     help="also ESPnet's Conformer + Transformer (espnet vs all)")
+    ap.add_argument("--tiny", action="store_true", help="width 32, one block (a smoke run)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: a shared CPU; 0 leaves torch's default)")
     ap.add_argument("--out", type=Path)
@@ -143,7 +148,7 @@ def main(argv=None):
     previous = os.environ.get("ESPNET_MAMBA_CTC_PREFIX")
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
-            config, model, n_params = build_model_files(Path(tmp), name, a.vocab)
+            config, model, n_params = build_model_files(Path(tmp), name, a.vocab, tiny=a.tiny)
             ours = "auto" if name == "samba_asr" else "all"
             for margin in a.margins:
                 s2t = Speech2Text(asr_train_config=config, asr_model_file=model,
