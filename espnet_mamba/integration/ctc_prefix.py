@@ -29,6 +29,7 @@ whose decoder is ours).
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
@@ -36,6 +37,8 @@ from espnet2.legacy.nets.ctc_prefix_score import CTCPrefixScoreTH
 
 from espnet_mamba.integration.patching import wrap_method
 from espnet_mamba.ops.ctc_prefix import ctc_prefix_window, label_rows
+
+logger = logging.getLogger(__name__)
 
 ENV_VAR = "ESPNET_MAMBA_CTC_PREFIX"
 MODES = ("auto", "all", "espnet")
@@ -169,6 +172,10 @@ def _vectorizing(original):
         result = original(self, x, xs_lengths)
         if _use_ours(self) and type(self.impl) is CTCPrefixScoreTH:
             self.impl = VectorizedCTCPrefixScoreTH.adopt(self.impl)
+            if not getattr(self, "_espnet_mamba_logged", False):  # once per scorer
+                self._espnet_mamba_logged = True
+                logger.info("CTC prefix scores: espnet_mamba's VectorizedCTCPrefixScoreTH "
+                            "(%s=%s; 'espnet' for ESPnet's CTCPrefixScoreTH)", ENV_VAR, mode())
         return result
 
     return batch_init_state

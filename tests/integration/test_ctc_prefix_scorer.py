@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -235,3 +236,50 @@ def test_hook_patches_and_disabled_hook_does_not():
                          check=False, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.slow
+def test_stock_asr_inference_uses_it(tmp_path, monkeypatch):
+    """``python -m espnet2.bin.asr_inference`` (beam 3, CTC 0.3, its default window) on a tiny
+    untrained samba_asr model: the log names our scorer, and the 1-best texts equal
+    Speech2Text's with ESPnet's scorer (ESPNET_MAMBA_CTC_PREFIX=espnet)."""
+    import numpy as np
+    import soundfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import ctc_prefix_decode
+
+    config, model, _ = ctc_prefix_decode.build_model_files(tmp_path, "samba_asr", 40, tiny=True)
+    scp = tmp_path / "wav.scp"
+    lines = []
+    for i, seconds in enumerate((2.0, 3.5)):
+        wav = tmp_path / f"u{i}.wav"
+        audio = np.random.default_rng(i).standard_normal(int(16000 * seconds)) * 0.1
+        soundfile.write(str(wav), audio.astype(np.float32), 16000)
+        lines.append(f"u{i} {wav}\n")
+    scp.write_text("".join(lines))
+    out = tmp_path / "decode"
+    env = {k: v for k, v in os.environ.items() if k != ENV_VAR}
+    proc = subprocess.run(
+        [sys.executable, "-m", "espnet2.bin.asr_inference", "--ngpu", "0", "--beam_size", "3",
+         "--ctc_weight", "0.3", "--maxlenratio", "0.3", "--asr_train_config", str(config),
+         "--asr_model_file", str(model), "--data_path_and_name_and_type",
+         f"{scp},speech,sound", "--output_dir", str(out)],
+        env=env, capture_output=True, text=True, check=False, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "CTC prefix scores: espnet_mamba's VectorizedCTCPrefixScoreTH" in proc.stderr
+    got = dict((line.split(maxsplit=1) + [""])[:2]
+               for line in (out / "1best_recog" / "text").read_text().splitlines())
+
+    from espnet2.bin.asr_inference import Speech2Text
+
+    monkeypatch.setenv(ENV_VAR, "espnet")
+    s2t = Speech2Text(asr_train_config=config, asr_model_file=model, device="cpu",
+                      beam_size=3, ctc_weight=0.3, maxlenratio=0.3, nbest=1)
+    for line in lines:
+        utt, wav = line.split()
+        audio, _ = soundfile.read(wav, dtype="float32")
+        with torch.no_grad():
+            want = s2t(audio)[0][0]
+        assert type(s2t.beam_search.scorers["ctc"].impl) is CTCPrefixScoreTH
+        assert got[utt].strip() == want.strip(), (utt, got[utt], want)
