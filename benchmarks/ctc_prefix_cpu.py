@@ -17,9 +17,10 @@ by ``index_select_state`` (what BatchBeamSearch calls per output token).  The st
 of our scorer along the path; both scorers keep the same state layout, so each is timed on the
 same states at ``--points`` positions spread over the utterance (the cost of both depends on
 how many frames are left after the prefix), and the median over positions and repeats is
-reported with the largest difference between the two scorers' scores.  Wall time (with a
-device synchronisation on a GPU) and, on a CPU, this process's CPU time (on a shared machine
-less inflated by waiting for a core).
+reported with the largest difference between the two scorers' scores and the number of ATen
+operations of one step in the middle of the utterance (views left out; on a GPU about one
+kernel launch each).  Wall time (with a device synchronisation on a GPU) and, on a CPU, this
+process's CPU time (on a shared machine less inflated by waiting for a core).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from pathlib import Path
 
 import torch
 from espnet2.legacy.nets.ctc_prefix_score import CTCPrefixScoreTH
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from espnet_mamba.integration.ctc_prefix import VectorizedCTCPrefixScoreTH
 
@@ -103,6 +105,30 @@ def time_step(scorer, yseq, state, ids, repeats, device):
     return times, cpu_times, scores
 
 
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen operations that compute (on a GPU, about one kernel launch each); views,
+    which launch nothing, are left out."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not (func.is_view or func.overloadpacket in FREE_OPS):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+FREE_OPS = {torch.ops.aten.empty, torch.ops.aten.empty_strided, torch.ops.aten.empty_like,
+            torch.ops.aten.lift_fresh, torch.ops.aten.detach}
+
+
+def count_ops(scorer, yseq, state, ids, device) -> int:
+    with OpCounter() as counter:
+        time_step(scorer, yseq, state, ids, 1, device)
+    return counter.count
+
+
 def measure(frames, vocab, beam, pre_beam, margin, device, points, repeats, seed=0):
     logp, tokens = synthetic_logp(frames, vocab, seed, device)
     path = path_states(logp, tokens, beam, pre_beam, margin, points, seed)
@@ -124,6 +150,8 @@ def measure(frames, vocab, beam, pre_beam, margin, device, points, repeats, seed
         live = scores["espnet"] > LOGZERO / 2
         diff = (scores["espnet"].double() - scores["vectorized"].double())[live].abs()
         worst = max(worst, float(diff.max()) if diff.numel() else 0.0)
+    ops = {name: count_ops(scorer, *path[len(path) // 2], device)
+           for name, scorer in scorers.items()}
     med = {name: statistics.median(t) * 1e3 for name, t in times.items()}
     cpu = {name: statistics.median(t) * 1e3 for name, t in cpu_times.items()}
     return {"frames": frames, "vocab": vocab, "beam": beam,
@@ -134,6 +162,7 @@ def measure(frames, vocab, beam, pre_beam, margin, device, points, repeats, seed
             "espnet_cpu_ms": round(cpu["espnet"], 3),
             "vectorized_cpu_ms": round(cpu["vectorized"], 3),
             "cpu_speedup": round(cpu["espnet"] / cpu["vectorized"], 2),
+            "espnet_ops": ops["espnet"], "vectorized_ops": ops["vectorized"],
             "steps_timed": len(path) * repeats, "max_abs_score_diff": worst}
 
 
