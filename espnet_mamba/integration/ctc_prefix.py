@@ -184,6 +184,9 @@ def _vectorizing(original):
 def _marking_ctc_of_our_decoders(original):
     def __init__(self, scorers, *args, **kwargs):
         original(self, scorers, *args, **kwargs)
+        # by module name first: a search of ESPnet's own models never imports our decoders
+        if not any(type(s).__module__.startswith("espnet_mamba.") for s in scorers.values()):
+            return
         from espnet2.legacy.nets.scorers.ctc import CTCPrefixScorer
 
         from espnet_mamba.decoders.recurrent import RecurrentDecoder
