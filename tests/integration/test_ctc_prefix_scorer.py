@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from ctc_prefix_checks import CASES, LOGZERO, assert_log_close, random_logp, run_steps
 from espnet2.asr.ctc import CTC
 from espnet2.legacy.nets.batch_beam_search import BatchBeamSearch
 from espnet2.legacy.nets.ctc_prefix_score import CTCPrefixScoreTH
@@ -18,69 +19,6 @@ from espnet2.legacy.nets.scorers.ctc import CTCPrefixScorer
 from model_checks import VOCAB, tiny_decoder
 
 from espnet_mamba.integration.ctc_prefix import ENV_VAR, VectorizedCTCPrefixScoreTH
-
-LOGZERO = -1e10
-
-
-def random_logp(n_utt, frames, n_lab, seed, dtype=torch.float64, peaky=False):
-    gen = torch.Generator().manual_seed(seed)
-    logits = torch.randn(n_utt, frames, n_lab, generator=gen, dtype=torch.float64) * 3
-    if peaky:  # mostly blank, as a trained CTC head
-        logits = logits * 2
-        logits[..., 0] += 6
-    return torch.log_softmax(logits, -1).to(dtype)
-
-
-def run_steps(cls, logp, lengths, hyps, n_scored, steps, margin, seed=1):
-    """Drive a scorer as BatchBeamSearch does (score, then reorder the states to the chosen
-    (hypothesis, label) pairs), with random choices among the scored labels.  Returns each
-    step's (scores, state)."""
-    n_utt, _, n_lab = logp.shape
-    eos = n_lab - 1
-    scorer = cls(logp.clone(), lengths, 0, eos, margin=margin)
-    gen = torch.Generator().manual_seed(seed)
-    yseq = torch.full((n_utt * hyps, 1), eos)
-    state, out = None, []
-    for _ in range(steps):
-        ids = None
-        if n_scored:
-            ids = torch.stack([torch.randperm(n_lab - 2, generator=gen)[:n_scored] + 1
-                               for _ in range(n_utt * hyps)])
-        scores, new_state = scorer(yseq, state, ids)
-        out.append((scores, new_state))
-        hyp = torch.randint(0, hyps, (n_utt, hyps), generator=gen)
-        if ids is None:
-            label = torch.randint(1, n_lab - 1, (n_utt, hyps), generator=gen)
-        else:
-            pick = torch.randint(0, n_scored, (n_utt, hyps), generator=gen)
-            rows = hyp + (torch.arange(n_utt) * hyps).unsqueeze(1)
-            label = ids[rows, pick]
-        best = hyp * n_lab + label  # (B, H): h * O + c, as BatchBeamSearch hands them
-        state = scorer.index_select_state(new_state, best)
-        rows = (hyp + (torch.arange(n_utt) * hyps).unsqueeze(1)).view(-1)
-        yseq = torch.cat((yseq[rows], label.view(-1, 1)), 1)
-        out[-1] += (state,)
-    return out
-
-
-def assert_log_close(got, want, rtol, atol):
-    """Equal where ESPnet's value is a probability; both at most logzero / 2 (no probability)
-    elsewhere (ESPnet's padded frames read -1e10 plus whatever the recursion adds)."""
-    live = want > LOGZERO / 2
-    assert torch.equal(live, got > LOGZERO / 2)
-    assert torch.allclose(got[live], want[live], rtol=rtol, atol=atol), \
-        (got[live] - want[live]).abs().max()
-
-
-CASES = [  # (utterances, frames, lengths, hypotheses, scored labels, margin)
-    (1, 40, [40], 1, 0, 0),
-    (1, 70, [70], 4, 5, 0),
-    (3, 70, [70, 33, 51], 3, 5, 0),
-    (3, 70, [70, 33, 51], 3, 0, 0),
-    (2, 90, [90, 64], 4, 6, 6),
-    (2, 90, [90, 64], 2, 0, 6),
-    (1, 12, [12], 3, 4, 0),  # more steps than frames: prefixes longer than the utterance
-]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}T{}H{}S{}m{}".format(*c[:2], *c[3:]))
