@@ -15,13 +15,15 @@ where ``phi_t`` is what ``g`` has reached by frame ``t`` (``rn + rb`` of ``g``, 
 
 (:func:`log_linear_scan`): one cumulative sum and one ``logcumsumexp`` over the frames instead of
 a Python step per frame, so a beam step costs a fixed number of tensor operations whatever the
-number of frames.  ``s_i`` is a sum of log-probabilities over up to thousands of frames (down to
--1e5 for a label absent from an hour-long recording) and the solution is a difference of two such
-sums: float32 would leave about 1e-2 of it, so the cumulative terms are float64 (1e-11).
+number of frames.  ``s_i`` is a sum of log-probabilities over up to thousands of frames (about
+-1e5 for a label absent from a minute of audio: 1,500 frames at down to -70) and the solution is
+a difference of two such sums: float32 would leave about 1e-2 of it, so the cumulative terms are
+float64 (1e-11).
 
 ESPnet's convention for padded frames of a batch (label ``logzero``, blank 0) is kept; they are
 left out of the cumulative sums (a ``logzero`` per padded frame would swamp them) and ``rn`` is
-``logzero`` there, which is what the recursion gives to within float64 rounding.
+``logzero`` there (the recursion gives ``logzero`` plus terms of no weight), except for the blank
+label, which a padded frame holds with certainty.
 """
 
 from __future__ import annotations
