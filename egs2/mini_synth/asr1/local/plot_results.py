@@ -6,10 +6,13 @@
 
 Reads the results.json that local/score.py writes next to each RESULTS.md; the x axis is the
 mean recording length of each test set (test: single utterances, test_<N>s: concatenations).
+--plot_sets (a regular expression) plots only the sets whose whole name matches it (the table
+keeps every set); --title names the plot (egs2/synth_speech/asr1 shares this script).
 """
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -30,6 +33,8 @@ def main():
     p.add_argument("results", nargs="+", type=Path)
     p.add_argument("--out", type=Path, default=Path("wer_vs_length.png"))
     p.add_argument("--table", action="store_true", help="print a markdown table, no plot")
+    p.add_argument("--plot_sets", default=".*", help="regular expression of the sets to plot")
+    p.add_argument("--title", default="mini_synth: error rate vs length")
     args = p.parse_args()
     runs = [json.loads(r.read_text()) for r in args.results]
     sets = sorted({s for r in runs for s in r["sets"]},
@@ -50,7 +55,7 @@ def main():
 
     fig, axes = plt.subplots(1, 2, figsize=(7.5, 3.0), dpi=80)
     for r in runs:
-        ss = [s for s in sets if s in r["sets"]]
+        ss = [s for s in sets if s in r["sets"] and re.fullmatch(args.plot_sets, s)]
         x = [r["sets"][s]["mean_duration_s"] for s in ss]
         for ax, m in zip(axes, ("WER", "CER")):
             ax.plot(x, [r["sets"][s][m] for s in ss], marker="o", label=label(r))
@@ -60,7 +65,7 @@ def main():
         ax.set_ylabel(f"{m} (%)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle("mini_synth: error rate vs length", fontsize=10)
+    fig.suptitle(args.title, fontsize=10)
     fig.tight_layout()
     fig.savefig(args.out)
     print(f"wrote {args.out}", file=sys.stderr)
