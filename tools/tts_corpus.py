@@ -11,6 +11,11 @@ seed (noise and pauses), path, level_db, f0 (flite's mean F0 before the pitch fa
 100 if absent); optional augmentation: sox_speed (factor),
 sox_pitch (cents), reverb (reverberance %, room scale %), lowpass (Hz), snr_db with
 noise (white | lowfreq | hum; the older key pink=True means lowfreq).
+
+Long recordings (one voice's utterances joined with pauses, as in Speech-Mamba's long-context
+sets): concat_long draws recordings of about a target length from a pool (mini_synth),
+cut_long cuts every utterance of a set, in order, into recordings of about a target length
+(synth_speech: each long set holds exactly the words of its short set).
 """
 
 from __future__ import annotations
@@ -32,6 +37,48 @@ import numpy as np
 import soundfile as sf
 
 SR = 16000
+
+
+def prefix_dir(prefix: str | os.PathLike) -> Path:
+    """The folder of a TTS bundle (tools/gpu/fetch_tts.sh): a prefix folder as is, or its
+    .tar.xz unpacked once into $TMPDIR (default /tmp), next to a copy from another run."""
+    src = Path(prefix).resolve()
+    if src.is_dir():
+        root = src
+    elif src.is_file() and src.name.endswith(".tar.xz"):
+        st = src.stat()
+        root = Path(tempfile.gettempdir()) / f"tts_prefix-{st.st_size}-{int(st.st_mtime)}"
+        if not (root / "prefix" / "BUNDLE.txt").is_file():
+            import tarfile
+            part = Path(tempfile.mkdtemp(prefix=root.name + ".", dir=root.parent))
+            with tarfile.open(src) as tar:
+                tar.extractall(part, filter="tar")
+            try:
+                part.rename(root)
+            except OSError:  # another process unpacked it meanwhile
+                shutil.rmtree(part, ignore_errors=True)
+        root = root / "prefix"
+    else:
+        raise FileNotFoundError(f"TTS bundle {prefix}: neither a folder nor a .tar.xz file "
+                                "(tools/gpu/fetch_tts.sh makes .gpu/tts/tts_prefix.tar.xz)")
+    if src.is_dir() and (root / "prefix" / "BUNDLE.txt").is_file():
+        root = root / "prefix"  # the folder the archive unpacks into
+    for sub in ("bin/espeak-ng", "bin/flite", "bin/sox", "python/py_nanotts", "text/stats.json"):
+        if not (root / sub).exists():
+            raise FileNotFoundError(f"TTS bundle {prefix}: no {sub} in {root}")
+    return root
+
+
+def prefix_environment(prefix) -> dict[str, str]:
+    """The variables that make a bundle's engines the ones the recipes run: PATH (its wrappers
+    first; they set their own LD_LIBRARY_PATH and ESPEAK_DATA_PATH), PYTHONPATH (py_nanotts)
+    and SYNTH_SPEECH_TEXT_DIR (egs2/synth_speech's sentence lists, made from WordNet)."""
+    root = prefix_dir(prefix)
+    env = {"PATH": f"{root / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(root / "python"),
+                                                       os.environ.get("PYTHONPATH")])),
+           "SYNTH_SPEECH_TEXT_DIR": str(root / "text")}
+    return env
 
 
 def missing_tools() -> list[str]:
@@ -198,6 +245,88 @@ def synth_all(jobs, nj: int, desc: str, resume: bool = False):
     return durs
 
 
+def pause(rng) -> np.ndarray:
+    """The silence between two joined utterances: 0.2-0.6 s (one draw of rng, a random.Random)."""
+    return np.zeros(int(SR * rng.uniform(0.2, 0.6)), np.float32)
+
+
+def write_recording(path: Path, parts) -> float:
+    """Join arrays into one 16-bit wav at path; its length in seconds."""
+    x = np.concatenate(parts)
+    sf.write(path, x, SR, subtype="PCM_16")
+    return len(x) / SR
+
+
+def concat_long(name: str, target: float, n_rec: int, pool_jobs, durs, wav_dir: Path, rng):
+    """n_rec recordings of about `target` s, each from consecutive pool utterances of one voice
+    (voices in turn; an utterance that would pass 1.1 x target is left out).  Returns the data
+    dir rows (utt, wav, text, spk) and {utt: seconds}."""
+    by_spk = defaultdict(list)
+    for j in pool_jobs:
+        by_spk[j["spk"]].append(j)
+    spks = sorted(by_spk)
+    rows, rec_durs = [], {}
+    wav_dir.mkdir(parents=True, exist_ok=True)
+    for r in range(n_rec):
+        spk = spks[r % len(spks)]
+        parts, texts, total = [], [], 0.0
+        while by_spk[spk] and total < target:
+            j = by_spk[spk].pop()
+            if parts and total + durs[j["utt"]] > target * 1.1:
+                continue
+            x, _ = sf.read(j["path"], dtype="float32")
+            gap = pause(rng)
+            parts += [x, gap]
+            texts.append(j["text"])
+            total += durs[j["utt"]] + len(gap) / SR
+        utt = f"{spk}-{name}{r:03d}"
+        path = wav_dir / f"{utt}.wav"
+        rec_durs[utt] = write_recording(path, parts)
+        rows.append((utt, str(path), " ".join(texts), spk))
+    return rows, rec_durs
+
+
+def cut_points(lengths, k: int) -> list[int]:
+    """Where to cut a sequence of lengths into k consecutive non-empty groups of about equal
+    sums: the group starts (first 0), each cut at the running sum nearest to j / k of the total."""
+    total, cum = sum(lengths), np.cumsum(lengths)
+    starts = [0]
+    for j in range(1, k):
+        i = int(np.argmin(np.abs(cum - total * j / k))) + 1  # a group starts after element i - 1
+        i = min(max(i, starts[-1] + 1), len(lengths) - (k - j))
+        starts.append(i)
+    return starts
+
+
+def cut_long(name: str, target: float, utts, durs, wav_dir: Path, rng):
+    """Every utterance of `utts` (dicts with utt, path, text, spk; in order) once, each voice's
+    in order, joined with pauses into recordings of about `target` s: a voice with T s of speech
+    and pauses gets max(1, round(T / target)) recordings of about equal length.  Returns the data
+    dir rows (utt, wav, text, spk) and {utt: seconds}."""
+    by_spk = defaultdict(list)
+    for u in utts:
+        by_spk[u["spk"]].append(u)
+    rows, rec_durs = [], {}
+    wav_dir.mkdir(parents=True, exist_ok=True)
+    r = 0
+    for spk in sorted(by_spk):
+        us = by_spk[spk]
+        gaps = [pause(rng) for _ in us]
+        lengths = [durs[u["utt"]] + len(g) / SR for u, g in zip(us, gaps)]
+        k = max(1, min(len(us), round(sum(lengths) / target)))
+        starts = cut_points(lengths, k) + [len(us)]
+        for a, b in zip(starts, starts[1:]):
+            parts = []
+            for u, g in zip(us[a:b], gaps[a:b]):
+                parts += [sf.read(u["path"], dtype="float32")[0], g]
+            utt = f"{spk}-{name}{r:03d}"
+            path = wav_dir / f"{utt}.wav"
+            rec_durs[utt] = write_recording(path, parts)
+            rows.append((utt, str(path), " ".join(u["text"] for u in us[a:b]), spk))
+            r += 1
+    return rows, rec_durs
+
+
 def write_data_dir(d: Path, rows):
     """rows: (utt, wav path, text, spk); Kaldi sort order (C locale) by utterance id."""
     d.mkdir(parents=True, exist_ok=True)
@@ -239,3 +368,22 @@ def wordnet_licence(wordnet_dir: Path) -> str:
                 break
             lines.append(line[2:].split(" ", 1)[1].rstrip() if " " in line[2:] else "")
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import argparse
+    import shlex
+
+    p = argparse.ArgumentParser(description="The recipes' speech synthesis (imported by them); "
+                                "as a command: the environment of a TTS bundle.")
+    p.add_argument("--prefix_env", metavar="BUNDLE", required=True,
+                   help="print 'export NAME=value' lines for a bundle of tools/gpu/fetch_tts.sh "
+                        "(a folder or its .tar.xz, unpacked once under /tmp): "
+                        'eval "$(python tools/tts_corpus.py --prefix_env B)"')
+    a = p.parse_args()
+    try:
+        env = prefix_environment(a.prefix_env)
+    except (FileNotFoundError, OSError) as exc:
+        sys.exit(f"error: {exc}")
+    for k, v in env.items():
+        print(f"export {k}={shlex.quote(v)}")

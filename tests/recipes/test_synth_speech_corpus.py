@@ -5,7 +5,8 @@ about a minute and checks: Kaldi data dirs that ESPnet reads (sorted, the same k
 file, spk2utt the inverse of utt2spk, utterance ids prefixed by the speaker, 16 kHz mono wavs
 of the utt2dur lengths); train texts disjoint from the dev and test texts; the unseen voices and
 the unseen engine absent from training; the same bytes for the same seed with another --nj;
-a second run remakes only what is missing and refuses a wav dir planned with other options.
+a second run remakes only what is missing and refuses a wav dir planned with other options;
+the long sets are test_long's utterances of one voice, joined in order.
 The text normaliser is checked on its own.
 """
 
@@ -24,9 +25,10 @@ import soundfile as sf
 REPO = Path(__file__).resolve().parents[2]
 LOCAL = REPO / "egs2" / "synth_speech" / "asr1" / "local"
 MAKE_CORPUS = LOCAL / "make_corpus.py"
-SETS = ("train", "dev", "test", "test_unseen_voice", "test_unseen_engine")
+SETS = ("train", "dev", "test", "test_unseen_voice", "test_unseen_engine", "test_long",
+        "test_long_4s", "test_long_12s")
 TEST_SETS = SETS[2:]
-SMALL = ["--hours", "0.01", "--min_eval_utts", "6", "--seed", "7"]
+SMALL = ["--hours", "0.01", "--min_eval_utts", "6", "--seed", "7", "--long_durations", "4,12"]
 
 
 def local_module(directory: Path, name: str):
@@ -164,13 +166,49 @@ def test_resume_remakes_only_missing_wavs(corpus):
     (work / "wav" / "train" / "left.wav.part").write_bytes(b"interrupted")
     proc = make(work, text_dir, nj=2)
     assert proc.returncode == 0, proc.stderr
-    gen = json.loads((work / "data" / "report.json").read_text())["generation"]
+    report = json.loads((work / "data" / "report.json").read_text())
+    gen = report["generation"]
     assert gen["utterances_made"] == len(gone)
-    assert gen["utterances_skipped"] == len(before) - len(gone)
+    # the long sets' recordings are joined anew from the utterances, not synthesised
+    n_utts = sum(r.get("utterances", 0) for r in report["sets"].values())
+    assert n_utts == len(before) - sum(r.get("recordings", 0) for r in report["sets"].values())
+    assert gen["utterances_skipped"] == n_utts - len(gone)
     assert wav_bytes(work) == before
     # the same wav dir with another seed would mix two corpora: refused
     proc = make(work, text_dir, "--seed", "8")
     assert proc.returncode != 0 and "other options" in proc.stderr, proc.stderr
+
+
+def test_long_sets_are_test_long_joined_in_order(corpus):
+    root, _ = corpus
+    data = root / "a" / "data"
+    short = dict(read_map(data / "test_long" / "text"))
+    short_durs = {u: float(d) for u, d in read_map(data / "test_long" / "utt2dur")}
+    voice = set_speakers(data, "test_long")
+    assert len(voice) == 1 and not voice & set_speakers(data, "test_unseen_voice")
+    assert voice <= {v["id"] for v in local_module(LOCAL, "make_corpus").voice_sets("pico")["train"]}
+    report = json.loads((data / "report.json").read_text())
+    for target in (4, 12):
+        name = f"test_long_{target}s"
+        text = dict(read_map(data / name / "text"))
+        assert " ".join(text[u] for u in sorted(text)) == " ".join(short[u] for u in sorted(short))
+        assert set_speakers(data, name) == voice
+        durs = [float(d) for _, d in read_map(data / name / "utt2dur")]
+        pauses = sum(durs) - sum(short_durs.values())  # 0.2-0.6 s after every utterance
+        assert 0.2 * len(short) - 1e-3 <= pauses <= 0.6 * len(short) + 1e-3, (name, pauses)
+        assert 0.5 * target < sum(durs) / len(durs) < 1.6 * target, (name, durs)
+        assert report["sets"][name]["recordings"] == len(durs)
+    # the longest set: all of the voice's utterances in one recording
+    assert len(read_map(data / "test_long_12s" / "text")) == 1
+
+
+def test_cut_points_balance_consecutive_groups():
+    tc = local_module(REPO / "tools", "tts_corpus")
+    assert tc.cut_points([1.0] * 10, 3) == [0, 3, 7]
+    assert tc.cut_points([1.0] * 4, 4) == [0, 1, 2, 3]
+    assert tc.cut_points([5.0, 1.0, 1.0, 1.0], 2) == [0, 1]
+    assert tc.cut_points([1.0, 1.0, 1.0, 9.0], 2) == [0, 3]
+    assert tc.cut_points([2.0], 1) == [0]
 
 
 def test_normalise_spells_numbers_and_drops_unreadable():

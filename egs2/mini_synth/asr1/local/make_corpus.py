@@ -31,18 +31,15 @@ import random
 import shutil
 import sys
 import zlib
-from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
-import soundfile as sf
 
 # tools/tts_corpus.py: synthesis, augmentation and data dirs shared with egs2/synth_speech (this
 # file is egs2/<recipe>/asr1/local/ of the repository; links are not resolved, so a copy of the recipe next to a
 # tools/ link finds it)
 sys.path.insert(0, str(Path(os.path.abspath(__file__)).parents[4] / "tools"))
-from tts_corpus import (SR, require_tools, synth_all, write_data_dir,  # noqa: E402
-                        write_durations)
+from tts_corpus import (concat_long, require_tools, synth_all,  # noqa: E402
+                        write_data_dir, write_durations)
 DIGITS = ["ZERO", "OH", "ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX", "SEVEN", "EIGHT", "NINE"]
 TEXT_DIR = Path(__file__).resolve().parent / "text"
 
@@ -148,36 +145,6 @@ def make_jobs(split: str, texts, speakers, weights, rng: random.Random, wav_dir:
                 job["lowpass"] = 3800
         jobs.append(job)
     return jobs
-
-
-def concat_long(name: str, target: float, n_rec: int, pool_jobs, durs, wav_dir: Path,
-                rng: random.Random):
-    """Recordings of about `target` s, each from consecutive pool utterances of one voice."""
-    by_spk = defaultdict(list)
-    for j in pool_jobs:
-        by_spk[j["spk"]].append(j)
-    spks = sorted(by_spk)
-    rows, rec_durs = [], {}
-    wav_dir.mkdir(parents=True, exist_ok=True)
-    for r in range(n_rec):
-        spk = spks[r % len(spks)]
-        parts, texts, total = [], [], 0.0
-        while by_spk[spk] and total < target:
-            j = by_spk[spk].pop()
-            if parts and total + durs[j["utt"]] > target * 1.1:
-                continue
-            x, _ = sf.read(j["path"], dtype="float32")
-            gap = np.zeros(int(SR * rng.uniform(0.2, 0.6)), np.float32)
-            parts += [x, gap]
-            texts.append(j["text"])
-            total += durs[j["utt"]] + len(gap) / SR
-        utt = f"{spk}-{name}{r:03d}"
-        path = wav_dir / f"{utt}.wav"
-        x = np.concatenate(parts)
-        sf.write(path, x, SR, subtype="PCM_16")
-        rows.append((utt, str(path), " ".join(texts), spk))
-        rec_durs[utt] = len(x) / SR
-    return rows, rec_durs
 
 
 def main():

@@ -13,6 +13,13 @@ train, dev and test lists.  Sets:
                       and held-out variants with every accent), test sentences, clean
   test_unseen_engine  the engine family out of training (--unseen_engine: Pico by default,
                       or flite), test sentences, clean
+  test_long           single utterances of --long_voices training voices (test sentences,
+                      clean), about max(--long_durations) seconds of each voice
+  test_long_<N>s      test_long cut into recordings of about N s for each of --long_durations
+                      (default 30, 60, 120, 300, 1200): each voice's utterances in order,
+                      joined with 0.2-0.6 s pauses, transcripts joined in the same order; every
+                      long set holds exactly test_long's utterances, so its WER against
+                      test_long's measures the length of the recordings alone
 Voices: espeak-ng's 8 English accents x its human-sounding variants (no MBROLA), flite kal,
 kal16, awb, rms, slt, Pico en-US and en-GB; every utterance draws its speaking rate and pitch.
 A speaker is one voice.  Augmentation of training utterances (sox, per utterance, seeded):
@@ -40,7 +47,8 @@ import zlib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(os.path.abspath(__file__)).parents[4] / "tools"))
-from tts_corpus import require_tools, synth_all, write_data_dir, write_durations  # noqa: E402
+from tts_corpus import (cut_long, require_tools, synth_all, write_data_dir,  # noqa: E402
+                        write_durations)
 from wordnet_text import make_lists, oov_rate  # noqa: E402
 
 ACCENTS = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd",
@@ -150,10 +158,42 @@ def make_jobs(name: str, texts: list, voices: list, rng: random.Random, wav_dir:
     return jobs
 
 
+def long_durations(spec: str) -> list:
+    """--long_durations '30,60,120' -> [30.0, 60.0, 120.0] (seconds, > 0, no repeats)."""
+    out = [float(x) for x in spec.split(",") if x.strip()]
+    if any(d <= 0 for d in out) or len(set(out)) != len(out):
+        sys.exit(f"error: --long_durations {spec!r}: positive seconds, each once (e.g. 30,60,120)")
+    return sorted(out)
+
+
+def long_set_name(seconds: float) -> str:
+    return f"test_long_{seconds:g}s"
+
+
+def long_jobs(n_voices: int, seconds: float, voices: list, sentences: list,
+              rng: random.Random, wav_dir: Path) -> list:
+    """test_long: n_voices distinct training voices (drawn with the training weights), each
+    speaking about `seconds` of test sentences, clean."""
+    w, chosen = weights(voices), []
+    while len(chosen) < min(n_voices, len(voices)):
+        v = rng.choices(voices, w)[0]
+        if v not in chosen:
+            chosen.append(v)
+    jobs = []
+    for v in chosen:
+        jobs += make_jobs("test_long", draw_texts(seconds, 1, sentences, rng), [v], rng,
+                          wav_dir, augment=False)
+    return jobs
+
+
 def plan_signature(args, text_stats: dict) -> dict:
-    return {"hours": args.hours, "eval_frac": args.eval_frac, "min_eval_utts": args.min_eval_utts,
-            "seed": args.seed, "unseen_engine": args.unseen_engine,
-            "text": text_stats["options"], "text_sentences": text_stats["sentences"]}
+    sig = {"hours": args.hours, "eval_frac": args.eval_frac, "min_eval_utts": args.min_eval_utts,
+           "seed": args.seed, "unseen_engine": args.unseen_engine,
+           "text": text_stats["options"], "text_sentences": text_stats["sentences"]}
+    durations = long_durations(args.long_durations)
+    if durations:  # test_long's utterances; the cuts into recordings are not synthesised
+        sig |= {"long_voices": args.long_voices, "long_seconds": durations[-1]}
+    return sig
 
 
 def check_plan(wav_dir: Path, plan: dict, jobs: list):
@@ -186,6 +226,11 @@ def main():
                    help="utterances of each of dev and the test sets at least")
     p.add_argument("--unseen_engine", default="pico", choices=["pico", "flite"],
                    help="the engine family kept out of training (test_unseen_engine)")
+    p.add_argument("--long_durations", default="30,60,120,300,1200",
+                   help="seconds per recording of each long set test_long_<N>s ('' for none); "
+                        "the longest is every test_long utterance of a voice in one recording")
+    p.add_argument("--long_voices", type=int, default=1,
+                   help="training voices that speak test_long (max(--long_durations) s each)")
     p.add_argument("--out_dir", type=Path, default=Path("data"))
     p.add_argument("--wav_dir", type=Path, default=Path("corpus/wav"))
     p.add_argument("--text_dir", type=Path, default=None,
@@ -194,9 +239,12 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--nj", type=int, default=os.cpu_count() or 1)
     args = p.parse_args()
-    if args.hours <= 0 or args.eval_frac < 0 or args.min_eval_utts < 1 or args.nj < 1:
+    if (args.hours <= 0 or args.eval_frac < 0 or args.min_eval_utts < 1 or args.nj < 1
+            or args.long_voices < 1):
         sys.exit(f"error: --hours {args.hours} must be > 0, --eval_frac {args.eval_frac} >= 0, "
-                 f"--min_eval_utts {args.min_eval_utts} and --nj {args.nj} >= 1")
+                 f"--min_eval_utts {args.min_eval_utts}, --nj {args.nj} and --long_voices "
+                 f"{args.long_voices} >= 1")
+    durations = long_durations(args.long_durations)
     require_tools()
 
     text_dir = args.text_dir or args.out_dir / "local" / "text"
@@ -217,9 +265,16 @@ def main():
             texts = draw_texts(eval_s, args.min_eval_utts,
                                sentences["dev" if name == "dev" else "test"], rng)
         jobs[name] = make_jobs(name, texts, voices[name], rng, args.wav_dir, name == "train")
-    all_jobs = [j for name in SETS for j in jobs[name]]
+    sets = list(SETS)
+    if durations:
+        # drawn after the other sets, so that they do not depend on the long sets' options
+        sets.append("test_long")
+        jobs["test_long"] = long_jobs(args.long_voices, durations[-1], voices["train"],
+                                      sentences["test"], rng, args.wav_dir)
+        voices["test_long"] = sorted({j["spk"] for j in jobs["test_long"]})
+    all_jobs = [j for name in sets for j in jobs[name]]
     check_plan(args.wav_dir, plan_signature(args, text_stats), all_jobs)
-    for name in SETS:
+    for name in sets:
         (args.wav_dir / name).mkdir(parents=True, exist_ok=True)
 
     t0 = time.time()
@@ -232,7 +287,7 @@ def main():
     report = {"sets": {}, "text": text_stats, "options": vars(args) | {
         "out_dir": str(args.out_dir), "wav_dir": str(args.wav_dir), "text_dir": str(text_dir),
         "wordnet_dir": str(args.wordnet_dir)}}
-    for name in SETS:
+    for name in sets:
         d = args.out_dir / name
         write_data_dir(d, [(j["utt"], j["path"], j["text"], j["spk"]) for j in jobs[name]])
         write_durations(d, {j["utt"]: durs[j["utt"]] for j in jobs[name]})
@@ -253,6 +308,22 @@ def main():
               + (f", OOV {100 * r['oov_rate_train_set']:.1f} % of the train set's words, "
                  f"{100 * r['oov_rate_text_lists']:.1f} % of the training lists'"
                  if name != "train" else ""), file=sys.stderr)
+    for target in durations:
+        name = long_set_name(target)
+        # its own seeded pauses: a set is the same whichever other durations are asked for
+        rows, rec_durs = cut_long(name, target, jobs["test_long"], durs, args.wav_dir / name,
+                                  random.Random(f"{args.seed}-{name}"))
+        write_data_dir(args.out_dir / name, rows)
+        write_durations(args.out_dir / name, rec_durs)
+        report["sets"][name] = {
+            "recordings": len(rows), "hours": sum(rec_durs.values()) / 3600,
+            "seconds_min": min(rec_durs.values()), "seconds_max": max(rec_durs.values()),
+            "speakers": len({r[3] for r in rows}), "source": "test_long",
+            # test_long's words, hence its OOV rates
+            "oov_rate_text_lists": report["sets"]["test_long"]["oov_rate_text_lists"],
+            "oov_rate_train_set": report["sets"]["test_long"]["oov_rate_train_set"]}
+        print(f"{args.out_dir / name}: {len(rows)} recordings of {min(rec_durs.values()):.0f}-"
+              f"{max(rec_durs.values()):.0f} s (test_long's utterances)", file=sys.stderr)
     made, n_before = len(todo), len(all_jobs) - len(todo)
     audio_made = sum(durs[u] for u in todo)
     report["generation"] = {
