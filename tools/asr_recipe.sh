@@ -14,7 +14,7 @@
 # asr_args, inference_args, inference_asr_model, expdir, dumpdir, datadir, train_set, valid_set,
 # test_sets, streaming, streaming_chunk, streaming_args, streaming_tag, recipe
 # (egs2/<name>/asr1), and optionally decode_split (jobs per test set in decoding, default nj),
-# num_workers (data loader processes of training, default 0), plot_sets (regular expression of
+# decode_union (true: the test sets decoded as one list, see decode_jobs), num_workers (data loader processes of training, default 0), plot_sets (regular expression of
 # the sets local/plot_results.py plots) and plot_title, usage_lines (lines of run.sh's header
 # that --help prints).
 # Functions only: sourcing this file runs nothing.
@@ -147,14 +147,40 @@ progress_filter() {
 
 decode_jobs() {  # decode_jobs TAG: a fresh ${asr_exp}/TAG/<set>/logdir per test set, its keys
     # split for decode_split (default nj) jobs (split_keys); the jobs, as "set:index", in the
-    # array tasks (nj of them run at a time)
+    # array tasks (nj of them run at a time).  With decode_union=true, one pseudo set ALL_SETS
+    # of every test set's recordings (each job then loads ESPnet and the model once for all
+    # sets); split_decoded gives each set its share of the results.
     local dset ddir k i
     tasks=()
-    for dset in ${test_sets}; do
+    for dset in $(decode_sets); do
         ddir=${asr_exp}/$1/${dset}
         rm -rf "$ddir"; mkdir -p "$ddir/logdir"
-        k=$(split_keys "${dumpdir}/raw/${dset}" "${decode_split:-$nj}" "$ddir/logdir/keys")
+        [[ $dset == "$ALL_SETS" ]] && union_dir "$ddir"
+        k=$(split_keys "$(decode_src "$1" "$dset")" "${decode_split:-$nj}" "$ddir/logdir/keys")
         for i in $(seq 1 "$k"); do tasks+=("$dset:$i"); done
+    done
+}
+ALL_SETS=all_test_sets
+decode_sets() { if [[ ${decode_union:-false} == true ]]; then echo "$ALL_SETS"; else echo ${test_sets}; fi; }
+decode_src() {  # decode_src TAG SET: the folder of the set's wav.scp and utt2dur
+    if [[ $2 == "$ALL_SETS" ]]; then echo "${asr_exp}/$1/$2"; else echo "${dumpdir}/raw/$2"; fi
+}
+union_dir() {  # union_dir DIR: wav.scp and utt2dur of every test set in DIR; keys must differ
+    local dset f
+    for f in wav.scp utt2dur; do
+        for dset in ${test_sets}; do cat "${dumpdir}/raw/${dset}/$f"; done | LC_ALL=C sort > "$1/$f"
+    done
+    [[ -z $(cut -d' ' -f1 "$1/wav.scp" | uniq -d | head -1) ]] \
+        || die "test sets share recording ids ($(cut -d' ' -f1 "$1/wav.scp" | uniq -d | head -3 | tr '\n' ' ')): decode them with decode_union=false"
+}
+split_decoded() {  # split_decoded TAG: the ALL_SETS 1-best files into each test set's folder
+    local dset f
+    for dset in ${test_sets}; do
+        rm -rf "${asr_exp}/$1/${dset}"; mkdir -p "${asr_exp}/$1/${dset}"
+        for f in text token score; do
+            awk 'NR == FNR { keep[$1]; next } ($1 in keep)' "${dumpdir}/raw/${dset}/wav.scp" \
+                "${asr_exp}/$1/${ALL_SETS}/$f" > "${asr_exp}/$1/${dset}/$f"
+        done
     done
 }
 
@@ -311,7 +337,7 @@ asr_stage_decode() {
                 --config "$inference_config" \
                 --asr_train_config "${asr_exp}/config.yaml" \
                 --asr_model_file "${asr_exp}/${inference_asr_model}" \
-                --data_path_and_name_and_type "${dumpdir}/raw/${dset}/wav.scp,speech,sound" \
+                --data_path_and_name_and_type "$(decode_src "${inference_tag}" "$dset")/wav.scp,speech,sound" \
                 --key_file "$ddir/logdir/keys.$i" --output_dir "$ddir/logdir/output.$i" \
                 ${inference_args} > "$ddir/logdir/asr_inference.$i.log" 2>&1 \
                 || { echo "decode job failed: $ddir/logdir/asr_inference.$i.log" >&2; exit 1; }
@@ -327,9 +353,10 @@ asr_stage_decode() {
         log "decode: ${done_n}/${#tasks[@]} jobs done"
     done
     [[ -z $failed ]] || die "decoding failed (logs under ${asr_exp}/${inference_tag}/*/logdir)"
+    for dset in $(decode_sets); do collect_1best "${asr_exp}/${inference_tag}/${dset}"; done
+    [[ ${decode_union:-false} == true ]] && split_decoded "${inference_tag}"
     for dset in ${test_sets}; do
         ddir=${asr_exp}/${inference_tag}/${dset}
-        collect_1best "$ddir"
         nref=$(wc -l < "${dumpdir}/raw/${dset}/text"); nhyp=$(wc -l < "$ddir/text")
         [[ $nref -eq $nhyp ]] || die "${dset}: ${nhyp} hypotheses for ${nref} utterances"
     done
@@ -380,6 +407,7 @@ asr_stage_stream() {
     stage_start 8 "streaming decoding of ${test_sets} in ${streaming_chunk}-sample chunks" \
         "(${nj} jobs${streaming_args:+, $streaming_args}) -> ${asr_exp}/${streaming_tag}"
     [[ -e ${asr_exp}/${inference_asr_model} ]] || die "no ${asr_exp}/${inference_asr_model}: run stage 4"
+    local decode_union=false  # one job list per set: the real-time factor is summed per set
     decode_jobs "${streaming_tag}"
     # the same decoding options as stage 5 (config, then inference_args), so that the final
     # hypotheses differ from stage 5's only by what streaming changes

@@ -49,7 +49,11 @@ def main():
     if args.table:
         return
 
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # the table is the result; the plot is a view of it
+        print(f"no matplotlib here: {args.out} not drawn", file=sys.stderr)
+        return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

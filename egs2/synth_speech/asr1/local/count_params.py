@@ -1,0 +1,1 @@
+../../../mini_synth/asr1/local/count_params.py

@@ -1,0 +1,1 @@
+../../../mini_synth/asr1/local/plot_results.py
