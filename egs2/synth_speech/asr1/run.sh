@@ -101,7 +101,7 @@ resolve_names
 setup_python
 
 # TTS engines from a bundle, where the machine has none
-if [[ -z $tts_prefix ]] && ! command -v espeak-ng >/dev/null; then
+if [[ -z $tts_prefix ]] && ! espeak-ng --version >/dev/null 2>&1; then
     for f in "${REPO_ROOT}/.gpu/tts/tts_prefix.tar.xz" "${REPO_ROOT}/.gpu/tts/prefix"; do
         [[ -e $f ]] && { tts_prefix=$f; break; }
     done

@@ -41,6 +41,7 @@ import hashlib
 import json
 import os
 import random
+import resource
 import sys
 import time
 import zlib
@@ -212,6 +213,13 @@ def check_plan(wav_dir: Path, plan: dict, jobs: list):
     f.write_text(json.dumps(plan, indent=1) + "\n")
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and of its children that have ended (the pool's
+    workers and the engines they ran)."""
+    me, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def words(texts) -> list:
     return [w for t in texts for w in t.split()]
 
@@ -277,10 +285,10 @@ def main():
     for name in sets:
         (args.wav_dir / name).mkdir(parents=True, exist_ok=True)
 
-    t0 = time.time()
+    t0, cpu0 = time.time(), cpu_seconds()
     todo = {j["utt"] for j in all_jobs if not os.path.exists(j["path"])}
     durs = synth_all(all_jobs, args.nj, "synthesising", resume=True)
-    seconds = time.time() - t0
+    seconds, cpu = time.time() - t0, cpu_seconds() - cpu0
 
     train_vocab = set(words(sentences["train"]))
     corpus_train_vocab = set(words(j["text"] for j in jobs["train"]))
@@ -330,13 +338,17 @@ def main():
         "utterances_made": made, "utterances_skipped": n_before, "seconds": seconds, "nj": args.nj,
         "cpu_count": os.cpu_count(), "audio_hours_made": audio_made / 3600,
         "utterances_per_second": made / seconds if made else None,
-        "audio_seconds_per_second": audio_made / seconds if made else None}
+        "audio_seconds_per_second": audio_made / seconds if made else None,
+        # CPU time of the synthesis (workers and engines): the rate of one core kept busy
+        "cpu_seconds": cpu, "audio_seconds_per_cpu_second": audio_made / cpu if made else None}
     (args.out_dir / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     g = report["generation"]
     if made:
-        print(f"generation: {made} utterances in {seconds:.1f} s with --nj {args.nj} "
-              f"({g['utterances_per_second']:.1f} utterances/s), {n_before} already there",
-              file=sys.stderr)
+        print(f"generation: {made} utterances ({audio_made / 3600:.3f} h) in {seconds:.1f} s with "
+              f"--nj {args.nj} ({g['utterances_per_second']:.1f} utterances/s, "
+              f"{g['audio_seconds_per_second']:.0f} s of audio a second), {cpu:.1f} CPU s "
+              f"({g['audio_seconds_per_cpu_second']:.0f} s of audio a CPU second), "
+              f"{n_before} already there", file=sys.stderr)
     else:
         print(f"generation: all {n_before} utterances were already there", file=sys.stderr)
 
