@@ -13,11 +13,13 @@
 # ngpu, nthreads, seed, lang, token_type, nbpe, bpemode, asr_config, inference_config, asr_tag,
 # asr_args, inference_args, inference_asr_model, expdir, dumpdir, datadir, train_set, valid_set,
 # test_sets, streaming, streaming_chunk, streaming_args, streaming_tag, recipe
-# (egs2/<name>/asr1), and optionally decode_split (jobs per test set in decoding, default nj),
-# decode_union (true: the test sets decoded as one list, see decode_jobs), num_workers (data loader processes of training, default 0), plot_sets (regular expression of
-# the sets local/plot_results.py plots) and plot_title, usage_lines (lines of run.sh's header
-# that --help prints).
-# Functions only: sourcing this file runs nothing.
+# (egs2/<name>/asr1), and optionally:
+#   decode_split   jobs per test set in decoding (default nj)
+#   decode_union   true: every test set decoded as one list (see decode_jobs)
+#   num_workers    data loader processes of training (default 0)
+#   plot_sets      regular expression of the sets local/plot_results.py plots; plot_title
+#   usage_lines    the lines of run.sh's header that --help prints (default 2,20)
+# Sourcing this file defines functions and the variables stage_time and ALL_SETS; it runs nothing.
 
 log() { echo -e "[$(date '+%H:%M:%S')] $*" >&2; }
 die() { echo -e "ERROR: $*" >&2; exit 1; }

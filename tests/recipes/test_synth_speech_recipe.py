@@ -32,6 +32,21 @@ TEST_SETS = ["test", "test_unseen_voice", "test_unseen_engine", "test_long", "te
 TIMEOUT = 900
 
 
+def test_help_lists_every_option_and_unknown_ones_are_refused():
+    lines = (RECIPE / "run.sh").read_text().splitlines()
+    block = lines[lines.index("# " + "-" * 78 + " options") + 1:lines.index("# end of options")]
+    names = [x.split("=", 1)[0] for x in block if "=" in x and x[:1].isalpha()]
+    assert {"hours", "long_durations", "ngpu", "tts_prefix", "asr_config"} <= set(names), names
+    proc = subprocess.run(["bash", str(RECIPE / "run.sh"), "--help"], cwd="/",
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    for name in names:
+        assert f"  --{name} " in proc.stdout, (name, proc.stdout)
+    proc = subprocess.run(["bash", str(RECIPE / "run.sh"), "--hourz", "3"], cwd="/",
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "unknown option --hourz" in proc.stderr, proc.stderr
+
+
 def missing_tools() -> list[str]:
     sys.path.insert(0, str(REPO / "tools"))
     try:

@@ -2,7 +2,7 @@
 # synth_speech: ASR on a synthetic English corpus sized in hours, from corpus to RESULTS.md.
 #
 #   ./run.sh                                     # 20 h corpus, Samba-ASR, one GPU if there is one
-#   ./run.sh --asr_config conf/tuning/train_asr_conformer.yaml --stage 3
+#   ./run.sh --asr_config conf/tuning/train_asr_conformer.yaml --stage 4
 #   ./run.sh --smoke true                        # tiny corpus and model, 1 epoch, CPU (the test)
 #
 # Stages (ESPnet's order; asr.sh's argument names where they exist):
@@ -17,7 +17,7 @@
 #   8 stream only with --streaming true (causal models), as egs2/mini_synth/asr1
 # Stages 2-8 are tools/asr_recipe.sh, shared with egs2/mini_synth/asr1.  Without TTS engines on
 # the machine (a GPU machine without network), --tts_prefix names the bundle of
-# tools/gpu/fetch_tts.sh (default: the repository's .gpu/tts when espeak-ng is not on PATH).
+# tools/gpu/fetch_tts.sh (default: the repository's .gpu/tts when espeak-ng does not run).
 {
 set -euo pipefail
 SELF=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
