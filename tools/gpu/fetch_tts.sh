@@ -90,8 +90,9 @@ fetch "${ROOT_PKGS[@]}"
 # the shared libraries the binaries and libraries of the prefix need, closed under NEEDED: each
 # one missing from the prefix comes from the package that holds it on this machine (dpkg -S)
 for round in 1 2 3 4 5 6 7 8; do
-    needed=$(find "$P" -type f \( -perm -u+x -o -name '*.so*' \) -exec sh -c \
-        'readelf -d "$1" 2>/dev/null | sed -n "s/.*(NEEDED).*\[\(.*\)\]/\1/p"' _ {} \; | sort -u)
+    # readelf reads many files a call; it complains about (and skips) the ones that are not ELF
+    needed=$({ find "$P" -type f \( -perm -u+x -o -name '*.so*' \) -exec readelf -d {} + \
+        2>/dev/null || true; } | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | sort -u)
     new=()
     for so in $needed; do
         [[ $SYSTEM_LIBS == *" $so "* ]] && continue
