@@ -44,6 +44,12 @@ wheels=(.gpu/wheels/*.whl)
 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$SITE" "${wheels[@]}"
 export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
 echo "${#wheels[@]} wheels installed; PYTHONPATH=$PYTHONPATH"
+if [[ -f .gpu/tts/tts_prefix.tar.xz ]]; then
+    # the speech synthesis tools of the synthetic-speech recipes (tools/gpu/fetch_tts.sh)
+    stage "TTS engines from .gpu/tts"
+    eval "$(python3 tools/tts_corpus.py --prefix_env .gpu/tts/tts_prefix.tar.xz)"
+    espeak-ng --version | head -1
+fi
 
 SKIP_BUILD=()
 if [[ ${SKIP_KERNELS:-0} != 1 ]] && compgen -G '.gpu/kernels/*.tar.xz' >/dev/null; then
