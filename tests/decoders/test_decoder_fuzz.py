@@ -22,6 +22,10 @@ def decoder_cases(draw):
         conf["attention_heads"] = draw(st.sampled_from([1, 2, 3, 4]))
     else:
         conf["speech_summary"] = draw(st.booleans())
+        conf["cross_connection"] = draw(st.sampled_from(["prefix", "attention",
+                                                         "prefix_attention"]))
+        if conf["cross_connection"] != "prefix":
+            conf["cross_attention_heads"] = draw(st.sampled_from([None, 1, 2, 3, 4]))
     vocab = draw(st.integers(2, 20))
     batch = draw(st.integers(1, 3))
     frames, tokens = draw(st.integers(1, 24)), draw(st.integers(1, 8))

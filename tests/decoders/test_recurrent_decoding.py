@@ -1,6 +1,7 @@
 """The decoders on CPU: padding, teacher forcing vs decoding steps, ESPnet's beam searches
 (BeamSearch == BatchBeamSearch, several utterances at once, joint CTC), decoder states (batched,
-compacted, of constant size, never modified in place)."""
+compacted, of constant size, never modified in place).  samba_asr runs with each of its
+``cross_connection`` readings (``samba_asr:attention`` ...)."""
 
 import pytest
 import torch
@@ -11,16 +12,25 @@ from model_checks import (
     teacher_forced_score, teacher_forcing_vs_steps, tiny_decoder,
 )
 
-PAIRS = [(name, mixer) for name in ("samba_asr", "speech_mamba") for mixer in MIXER_CONF]
+# a decoder, with the samba_asr readings of the cross-connection besides its default (prefix)
+NAMES = ["samba_asr", "samba_asr:attention", "samba_asr:prefix_attention", "speech_mamba"]
+PAIRS = [(name, mixer) for name in NAMES for mixer in MIXER_CONF]
+
+
+def decoder(name, mixer="mamba", **kw):
+    """tiny_decoder of ``name`` or ``name:cross_connection``."""
+    name, _, how = name.partition(":")
+    return tiny_decoder(name, mixer, **({"cross_connection": how} if how else {}), **kw)
 
 
 @pytest.mark.parametrize("name,mixer", PAIRS)
 def test_decoder_padding_invariance(name, mixer):
-    assert decoder_padding_error(tiny_decoder(name, mixer)) < 1e-5
+    assert decoder_padding_error(decoder(name, mixer)) < 1e-5
 
 
-def test_samba_decoder_without_speech_summary():
-    dec = tiny_decoder("samba_asr", "mamba", speech_summary=False)
+@pytest.mark.parametrize("name", ["samba_asr", "samba_asr:attention"])
+def test_samba_decoder_without_speech_summary(name):
+    dec = decoder(name, speech_summary=False)
     assert dec.speech_summary is None
     assert decoder_padding_error(dec) < 1e-5
     assert teacher_forcing_vs_steps(dec) < 1e-10
@@ -28,25 +38,25 @@ def test_samba_decoder_without_speech_summary():
 
 @pytest.mark.parametrize("name,mixer", PAIRS)
 def test_teacher_forcing_equals_batch_score(name, mixer):
-    assert teacher_forcing_vs_steps(tiny_decoder(name, mixer)) < 1e-10
+    assert teacher_forcing_vs_steps(decoder(name, mixer)) < 1e-10
 
 
 @pytest.mark.parametrize("name,mixer", PAIRS)
 def test_beam_search_and_batch_beam_search_agree(name, mixer):
     """Attention-only decoding: the two ESPnet searches give the same n-best, scores included."""
-    _, (single, batched) = run_beam_searches(tiny_decoder(name, mixer), ctc_weight=0.0)
+    _, (single, batched) = run_beam_searches(decoder(name, mixer), ctc_weight=0.0)
     assert len(single) == len(batched) > 0
     for h1, h2 in zip(single, batched):
         assert h1.yseq.tolist() == h2.yseq.tolist()
         assert abs(float(h1.score) - float(h2.score)) < 1e-8
 
 
-@pytest.mark.parametrize("name", ["samba_asr", "speech_mamba"])
+@pytest.mark.parametrize("name", NAMES)
 def test_batch_search_keeps_states_batched(name, monkeypatch):
     """BatchBeamSearch reorders the decoder states with batch_select_state (one index_select
     per tensor, no per-hypothesis slices), and the n-best equals the per-hypothesis path."""
     from espnet_mamba.decoders.recurrent import RecurrentDecoder
-    dec = tiny_decoder(name, "mamba")
+    dec = decoder(name)
     _, (_, fast) = run_beam_searches(dec, ctc_weight=0.0)
     calls = []
     original = RecurrentDecoder.batch_select_state
@@ -61,12 +71,12 @@ def test_batch_search_keeps_states_batched(name, monkeypatch):
                                                            abs=1e-10)
 
 
-@pytest.mark.parametrize("name", ["samba_asr", "speech_mamba"])
+@pytest.mark.parametrize("name", NAMES)
 def test_batch_of_utterances_equals_one_at_a_time(name, caplog):
     """BatchBeamSearch over 2 padded utterances (ESPnet's (utterance, beam) grid, reordered by
     batch_select_state with per-utterance offsets) == decoding each alone, scores included."""
     from espnet2.legacy.nets.batch_beam_search import BatchBeamSearch
-    dec = tiny_decoder(name, "mamba")
+    dec = decoder(name)
     eos = VOCAB - 1
     search = BatchBeamSearch(scorers={"decoder": dec}, weights={"decoder": 1.0}, beam_size=3,
                              vocab_size=VOCAB, sos=eos, eos=eos, token_list=None,
@@ -83,11 +93,12 @@ def test_batch_of_utterances_equals_one_at_a_time(name, caplog):
     assert "xs_mask" not in caplog.text  # no "padded frames are attended to" warning
 
 
-def test_ended_hypothesis_states_are_compacted():
+@pytest.mark.parametrize("name", ["samba_asr", "samba_asr:attention"])
+def test_ended_hypothesis_states_are_compacted(name):
     """ESPnet copies an ended hypothesis's state out of the step's batch (_compact): our lazy
     row reference must turn into the row itself, which batch_score still accepts."""
     from espnet2.legacy.nets.batch_beam_search import _compact
-    dec = tiny_decoder("samba_asr", "mamba")
+    dec = decoder(name)
     x = torch.randn(6, 32, dtype=torch.float64)
     ys = torch.full((3, 1), VOCAB - 1)
     with torch.no_grad():
@@ -108,7 +119,7 @@ def test_joint_ctc_decoding_scores_are_exact_in_both_searches(name, mixer):
     hypotheses (its own TransformerDecoder does too: the CTC prefix scorers differ, see README),
     so check what the decoder controls: every hypothesis either search returns carries the
     decoder score that teacher forcing gives for its token sequence."""
-    dec = tiny_decoder(name, mixer)
+    dec = decoder(name, mixer)
     x, (single, batched) = run_beam_searches(dec, ctc_weight=0.3)
     for hyp in single + batched:
         # at the length limit ESPnet appends <eos> without scoring it
@@ -118,9 +129,9 @@ def test_joint_ctc_decoding_scores_are_exact_in_both_searches(name, mixer):
     assert single[0].yseq.tolist()[0] == batched[0].yseq.tolist()[0] == VOCAB - 1
 
 
-@pytest.mark.parametrize("name", ["samba_asr", "speech_mamba"])
+@pytest.mark.parametrize("name", NAMES)
 def test_state_size_is_constant(name):
-    dec = tiny_decoder(name, "mamba")
+    dec = decoder(name)
     x = torch.randn(10, 32, dtype=torch.float64)
     state = dec.init_state(x)
     sizes = {}

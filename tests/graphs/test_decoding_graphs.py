@@ -240,13 +240,16 @@ def test_copies_and_casts_of_a_decoder_start_without_graphs():
     assert dec.step_graphs.graphs == {}
 
 
-@pytest.mark.parametrize("name", ["samba_asr", "speech_mamba"])
-def test_beam_search_through_graphs_equals_eager(name, fake_capture, monkeypatch):
+@pytest.mark.parametrize("name,kw", [("samba_asr", {}),
+                                     ("samba_asr", {"cross_connection": "attention"}),
+                                     ("speech_mamba", {})])
+def test_beam_search_through_graphs_equals_eager(name, kw, fake_capture, monkeypatch):
     """ESPnet's BeamSearch and BatchBeamSearch with every step replayed from (stand-in)
     graphs give the n-best of the eager decoder: the decoders hand the graphs the right
-    states and memory, and speech_mamba's memory is the utterance's one shared object."""
+    states and memory, and the cross-attention decoders' memory (speech_mamba, samba_asr's
+    ``cross_connection: attention``) is the utterance's one shared object."""
     made, _ = fake_capture
-    dec = tiny_decoder(name, "mamba")
+    dec = tiny_decoder(name, "mamba", **kw)
     _, eager = run_beam_searches(dec, 0.3)
     assert not made
     monkeypatch.setattr(StepGraphs, "usable", lambda self, tokens, training: not training)
