@@ -73,8 +73,8 @@ def register_into(module) -> dict[str, list[str]]:
 
 def after_import(module) -> None:
     """Run by the import hook right after ESPnet executes ``module``."""
-    if module.__name__ in POST_IMPORT:
-        load_class(POST_IMPORT[module.__name__])(module)
+    for patch in POST_IMPORT.get(module.__name__, ()):
+        load_class(patch)(module)
     if module.__name__ in REGISTRY:
         register_into(module)
 
