@@ -88,9 +88,10 @@ def register(eager: bool = False) -> dict[str, dict[str, list[str]]]:
     """
     check_install_once()
     install_import_hook(force=True)
-    for name, target in POST_IMPORT.items():  # already imported: patch now (best effort)
+    for name, patches in POST_IMPORT.items():  # already imported: patch now (best effort)
         if name in sys.modules:
-            load_class(target)(sys.modules[name])
+            for patch in patches:
+                load_class(patch)(sys.modules[name])
     done = {}
     for name in REGISTRY:
         if eager and name not in sys.modules:
