@@ -66,3 +66,23 @@ CASES = [  # (utterances, frames, lengths, hypotheses, scored labels, margin)
     (2, 90, [90, 64], 2, 0, 6),
     (1, 12, [12], 3, 4, 0),  # more steps than frames: prefixes longer than the utterance
 ]
+
+
+def float32_errors(espnet_cls, ours_cls, n_scored, n_lab, device="cpu"):
+    """Largest absolute error in float32 of ESPnet's scorer and ours against ESPnet's in float64
+    (600 frames, 6 hypotheses, 6 steps), and the largest |log_psi|: (ours, espnet, scale)."""
+    logp = random_logp(1, 600, n_lab, seed=5, peaky=True, device=device)
+    lengths = torch.tensor([600])
+    exact = run_steps(espnet_cls, logp, lengths, 6, n_scored, 6, 0)
+
+    def worst(cls):
+        got = run_steps(cls, logp.float(), lengths, 6, n_scored, 6, 0)
+        err = 0.0
+        for (s, state, _), (ref, ref_state, _) in zip(got, exact):
+            for mine, want in ((s, ref), (state[1], ref_state[1])):
+                live = want > LOGZERO / 2
+                err = max(err, float((mine.double() - want)[live].abs().max()))
+        return err
+
+    scale = max(float(st[1][st[1] > LOGZERO / 2].abs().max()) for _, st, _ in exact)
+    return worst(ours_cls), worst(espnet_cls), scale

@@ -4,7 +4,13 @@ checks and tolerances of tests/integration/test_ctc_prefix_scorer.py."""
 
 import pytest
 import torch
-from ctc_prefix_checks import CASES, LOGZERO, assert_log_close, random_logp, run_steps
+from ctc_prefix_checks import (
+    CASES,
+    assert_log_close,
+    float32_errors,
+    random_logp,
+    run_steps,
+)
 from espnet2.legacy.nets.ctc_prefix_score import CTCPrefixScoreTH
 
 from espnet_mamba.integration.ctc_prefix import VectorizedCTCPrefixScoreTH
@@ -34,20 +40,7 @@ def test_scores_and_states_equal_espnet_float64_cuda(case):
 
 @pytest.mark.parametrize("n_scored,n_lab", [(10, 200), (0, 40)])
 def test_float32_error_within_espnets_own_cuda(n_scored, n_lab):
-    logp = random_logp(1, 600, n_lab, seed=5, peaky=True, device="cuda")
-    lengths = torch.tensor([600])
-    exact = run_steps(CTCPrefixScoreTH, logp, lengths, 6, n_scored, 6, 0)
-
-    def worst(cls):
-        got = run_steps(cls, logp.float(), lengths, 6, n_scored, 6, 0)
-        err = 0.0
-        for (s, state, _), (ref, ref_state, _) in zip(got, exact):
-            for mine, want in ((s, ref), (state[1], ref_state[1])):
-                live = want > LOGZERO / 2
-                err = max(err, float((mine.double() - want)[live].abs().max()))
-        return err
-
-    scale = max(float(st[1][st[1] > LOGZERO / 2].abs().max()) for _, st, _ in exact)
-    ours, espnet = worst(VectorizedCTCPrefixScoreTH), worst(CTCPrefixScoreTH)
+    ours, espnet, scale = float32_errors(CTCPrefixScoreTH, VectorizedCTCPrefixScoreTH, n_scored,
+                                         n_lab, device="cuda")
     assert ours <= 16 * torch.finfo(torch.float32).eps * scale and ours <= espnet, \
         (ours, espnet, scale)

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from ctc_prefix_checks import CASES, LOGZERO, assert_log_close, random_logp, run_steps
+from ctc_prefix_checks import (
+    CASES,
+    assert_log_close,
+    float32_errors,
+    random_logp,
+    run_steps,
+)
 from espnet2.asr.ctc import CTC
 from espnet2.legacy.nets.batch_beam_search import BatchBeamSearch
 from espnet2.legacy.nets.ctc_prefix_score import CTCPrefixScoreTH
@@ -53,21 +59,8 @@ def test_float32_error_within_espnets_own(n_scored, n_lab):
     ours must stay within 16 such units of the largest |log_psi| and no worse than ESPnet's own
     float32 error.  (Ours computes the cumulative terms in float64 inside, so only its inputs
     and stored states round; ESPnet's recursion rounds at every frame, 5x more here.)"""
-    logp = random_logp(1, 600, n_lab, seed=5, peaky=True)
-    lengths = torch.tensor([600])
-    exact = run_steps(CTCPrefixScoreTH, logp, lengths, 6, n_scored, 6, 0)
-
-    def worst(cls):
-        got = run_steps(cls, logp.float(), lengths, 6, n_scored, 6, 0)
-        err = 0.0
-        for (s, state, _), (ref, ref_state, _) in zip(got, exact):
-            for mine, want in ((s, ref), (state[1], ref_state[1])):
-                live = want > LOGZERO / 2
-                err = max(err, float((mine.double() - want)[live].abs().max()))
-        return err
-
-    scale = max(float(st[1][st[1] > LOGZERO / 2].abs().max()) for _, st, _ in exact)
-    ours, espnet = worst(VectorizedCTCPrefixScoreTH), worst(CTCPrefixScoreTH)
+    ours, espnet, scale = float32_errors(CTCPrefixScoreTH, VectorizedCTCPrefixScoreTH, n_scored,
+                                         n_lab)
     print(f"float32 max abs error: ours {ours:.2e}, ESPnet's {espnet:.2e}, |log_psi| {scale:.0f}")
     assert ours <= 16 * torch.finfo(torch.float32).eps * scale and ours <= espnet, \
         (ours, espnet, scale)
