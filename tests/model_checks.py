@@ -1,16 +1,18 @@
 """Checks of the encoders/decoders, written once and run on CPU (tests/) and GPU (tests/gpu/)."""
 
-import torch
+import contextlib
 
+import torch
 from espnet2.asr.ctc import CTC
 from espnet2.legacy.nets.batch_beam_search import BatchBeamSearch
 from espnet2.legacy.nets.beam_search import BeamSearch
 from espnet2.legacy.nets.scorers.ctc import CTCPrefixScorer
+from tensor_checks import grad_error, projection_loss, rel_err
+
 from espnet_mamba.decoders.samba_asr import SambaASRDecoder
 from espnet_mamba.decoders.speech_mamba import SpeechMambaDecoder
 from espnet_mamba.encoders.samba_asr import SambaASREncoder
 from espnet_mamba.encoders.speech_mamba import SpeechMambaEncoder
-from tensor_checks import grad_error, projection_loss, rel_err
 
 ENCODERS = {"samba_asr": SambaASREncoder, "speech_mamba": SpeechMambaEncoder}
 DECODERS = {"samba_asr": SambaASRDecoder, "speech_mamba": SpeechMambaDecoder}
@@ -170,3 +172,26 @@ def check_fp32_ssm(model, expected_per_mixer):
     assert any(p.grad.abs().sum() > 0 for n, p in params.items() if n.endswith("A_log"))
     for n, p in model.named_parameters():
         assert p.grad is None or torch.isfinite(p.grad).all(), n
+
+
+def graphed_vs_eager_steps(dec, context=None):
+    """Two utterances' beam-search steps of ``dec`` (on CUDA) with its decoding graphs and
+    eagerly, rows changing (1, 4, 2 hypotheses); asserts equal scores (1e-3 relative) and
+    returns the decoder's ``step_graphs`` for the caller's checks of the captures."""
+    from espnet_mamba.modules.execution import set_execution
+
+    for utt in range(2):
+        x = torch.randn(30 + 7 * utt, dec.output_layer.in_features, device="cuda")
+        with torch.no_grad(), (context or contextlib.nullcontext()):
+            states_g = states_e = [dec.batch_init_state(x)]
+            for rows in (1, 1, 4, 4, 4, 2, 2):
+                ys = torch.randint(0, dec.output_layer.out_features, (rows, 3), device="cuda")
+                pick = torch.randint(0, len(states_g), (rows,)).tolist()
+                set_execution(dec, cuda_graphs=True)
+                logp_g, out_g = dec.batch_score(ys, [states_g[i] for i in pick], x)
+                set_execution(dec, cuda_graphs=False)
+                logp_e, out_e = dec.batch_score(ys, [states_e[i] for i in pick], x)
+                assert (logp_g - logp_e).abs().max() <= 1e-3 * logp_e.abs().max()
+                states_g = [dec.select_state(out_g, i) for i in range(rows)]
+                states_e = [dec.select_state(out_e, i) for i in range(rows)]
+    return dec.step_graphs

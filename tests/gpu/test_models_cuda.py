@@ -3,13 +3,18 @@ searches, with the same checks as the CPU tests (fp32 tolerances)."""
 
 import pytest
 import torch
+from model_checks import (
+    ENCODERS,
+    MIXER_CONF,
+    encoder_padding_error,
+    graphed_vs_eager_steps,
+    packed_vs_padded_error,
+    run_beam_searches,
+    teacher_forcing_vs_steps,
+    tiny_decoder,
+)
 
 from espnet_mamba.modules.execution import set_execution
-
-from model_checks import (
-    ENCODERS, MIXER_CONF, encoder_padding_error, packed_vs_padded_error, run_beam_searches,
-    teacher_forcing_vs_steps, tiny_decoder,
-)
 
 pytestmark = pytest.mark.gpu
 PAIRS = [(name, mixer) for name in ("samba_asr", "speech_mamba") for mixer in MIXER_CONF]
@@ -58,21 +63,7 @@ def test_cuda_graph_batch_score_equals_eager_cuda(name, mixer, amp):
     torch.manual_seed(0)
     dec = tiny_decoder(name, mixer, device="cuda", dtype=torch.float32, backend="cuda")
     ctx = torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp)
-    for utt in range(2):
-        x = torch.randn(30 + 7 * utt, dec.output_layer.in_features, device="cuda")
-        with torch.no_grad(), ctx:
-            states_g = states_e = [dec.batch_init_state(x)]
-            for rows in (1, 1, 4, 4, 4, 2, 2):
-                ys = torch.randint(0, dec.output_layer.out_features, (rows, 3), device="cuda")
-                pick = torch.randint(0, len(states_g), (rows,)).tolist()
-                set_execution(dec, cuda_graphs=True)
-                logp_g, out_g = dec.batch_score(ys, [states_g[i] for i in pick], x)
-                set_execution(dec, cuda_graphs=False)
-                logp_e, out_e = dec.batch_score(ys, [states_e[i] for i in pick], x)
-                assert (logp_g - logp_e).abs().max() <= 1e-3 * logp_e.abs().max()
-                states_g = [dec.select_state(out_g, i) for i in range(rows)]
-                states_e = [dec.select_state(out_e, i) for i in range(rows)]
-    graphs = dec.step_graphs
+    graphs = graphed_vs_eager_steps(dec, ctx)
     assert graphs.disabled is None, graphs.disabled
     assert len(graphs.checks) == (3 if name == "samba_asr" else 6)  # rows 1, 4, 2 (per utt.)
     assert all(max(c[1:]) <= 1e-3 for c in graphs.checks)
@@ -104,7 +95,9 @@ def test_nonfinite_rows_on_cuda(name):
     """A NaN row in a CUDA batch (encoders/input_layer.py check_input: found in the lengths'
     one copy to the host): training passes it on, the row is reported and the other rows'
     outputs are finite; decoding raises ESPnet's TooShortUttError naming the row."""
-    from espnet2.legacy.nets.pytorch_backend.transformer.subsampling import TooShortUttError
+    from espnet2.legacy.nets.pytorch_backend.transformer.subsampling import (
+        TooShortUttError,
+    )
 
     enc = ENCODERS[name](20, output_size=64, num_blocks=2, d_state=16, backend="cuda").cuda()
     x = torch.randn(3, 80, 20, device="cuda")

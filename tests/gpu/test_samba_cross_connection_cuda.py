@@ -6,10 +6,13 @@ The same checks as tests/gpu/test_models_cuda.py, fp32 tolerances."""
 
 import pytest
 import torch
-
-from espnet_mamba.modules.execution import set_execution
-
-from model_checks import MIXER_CONF, run_beam_searches, teacher_forcing_vs_steps, tiny_decoder
+from model_checks import (
+    MIXER_CONF,
+    graphed_vs_eager_steps,
+    run_beam_searches,
+    teacher_forcing_vs_steps,
+    tiny_decoder,
+)
 
 pytestmark = pytest.mark.gpu
 CASES = [(how, mixer) for how in ("attention", "prefix_attention") for mixer in MIXER_CONF]
@@ -37,21 +40,7 @@ def test_beam_searches_agree_cuda(how, mixer):
 def test_cuda_graph_batch_score_equals_eager_cuda(how, mixer):
     torch.manual_seed(0)
     dec = _decoder(how, mixer)
-    for utt in range(2):
-        x = torch.randn(30 + 7 * utt, dec.output_layer.in_features, device="cuda")
-        with torch.no_grad():
-            states_g = states_e = [dec.batch_init_state(x)]
-            for rows in (1, 1, 4, 4, 4, 2, 2):
-                ys = torch.randint(0, dec.output_layer.out_features, (rows, 3), device="cuda")
-                pick = torch.randint(0, len(states_g), (rows,)).tolist()
-                set_execution(dec, cuda_graphs=True)
-                logp_g, out_g = dec.batch_score(ys, [states_g[i] for i in pick], x)
-                set_execution(dec, cuda_graphs=False)
-                logp_e, out_e = dec.batch_score(ys, [states_e[i] for i in pick], x)
-                assert (logp_g - logp_e).abs().max() <= 1e-3 * logp_e.abs().max()
-                states_g = [dec.select_state(out_g, i) for i in range(rows)]
-                states_e = [dec.select_state(out_e, i) for i in range(rows)]
-    graphs = dec.step_graphs
+    graphs = graphed_vs_eager_steps(dec)
     assert graphs.disabled is None, graphs.disabled
     assert len(graphs.checks) == 6  # rows 1, 4, 2, for each utterance's memory
     assert all(max(c[1:]) <= 1e-3 for c in graphs.checks)
