@@ -34,9 +34,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ctc_prefix_cpu import describe
+from long_recording_cpu import build_model_files as build_untrained_model_files
 
 SAMPLE_RATE = 16000
-FRONTEND_CONF = {"n_fft": 512, "hop_length": 160, "n_mels": 80}  # 100 frames a second
 MODELS = {
     "samba_asr": ("samba_asr", {"output_size": 128, "num_blocks": 6, "d_state": 16,
                                 "dropout_rate": 0.0},
@@ -50,33 +50,16 @@ TINY = {"output_size": 32, "num_blocks": 1}  # --tiny: the test suite's smoke ru
 
 
 def build_model_files(out_dir: Path, name: str, vocab: int, seed: int = 0, tiny=False):
-    """config.yaml + model.pth of an untrained model with ``vocab`` word tokens."""
-    import yaml
-    from espnet2.tasks.asr import ASRTask
-
+    """config.yaml + model.pth of an untrained model with ``vocab`` word tokens, in
+    ``out_dir/name``."""
     encoder, encoder_conf, decoder, decoder_conf = MODELS[name]
     if tiny:
         encoder_conf = dict(encoder_conf, **TINY)
         decoder_conf = dict(decoder_conf, num_blocks=1)
     tokens = ["<blank>", "<unk>", *[f"w{i}" for i in range(vocab - 3)], "<sos/eos>"]
-    token_file = out_dir / "tokens.txt"
-    token_file.write_text("".join(t + "\n" for t in tokens))
-    cli = ["--token_list", str(token_file), "--token_type", "word", "--encoder", encoder,
-           "--decoder", decoder, "--model_conf", "ctc_weight=0.3"]
-    for key, value in encoder_conf.items():
-        cli += ["--encoder_conf", f"{key}={value}"]
-    for key, value in decoder_conf.items():
-        cli += ["--decoder_conf", f"{key}={value}"]
-    for key, value in FRONTEND_CONF.items():
-        cli += ["--frontend_conf", f"{key}={value}"]
-    args = ASRTask.get_parser().parse_args(cli)
-    torch.manual_seed(seed)
-    model = ASRTask.build_model(args)
-    config = dict(vars(args), token_list=tokens)
-    config_file, model_file = out_dir / f"{name}.yaml", out_dir / f"{name}.pth"
-    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
-    torch.save(model.state_dict(), model_file)
-    return config_file, model_file, sum(p.numel() for p in model.parameters())
+    return build_untrained_model_files(Path(out_dir) / name, encoder, decoder, encoder_conf,
+                                       decoder_conf, seed=seed, tokens=tokens,
+                                       token_type="word")
 
 
 def decode(s2t, speech, device) -> dict:

@@ -66,8 +66,9 @@ def rss_mib() -> float:
 
 
 def build_model_files(out_dir, encoder="samba_asr", decoder="samba_asr", encoder_conf=None,
-                      decoder_conf=None, seed=0):
-    """Write config.yaml + model.pth of an untrained ASR model built by ESPnet's ASRTask."""
+                      decoder_conf=None, seed=0, tokens=None, token_type="char"):
+    """Write config.yaml + model.pth of an untrained ASR model built by ESPnet's ASRTask
+    (``tokens``: the token list, by default this benchmark's characters)."""
     import torch
     import yaml
     from espnet2.tasks.asr import ASRTask
@@ -75,8 +76,9 @@ def build_model_files(out_dir, encoder="samba_asr", decoder="samba_asr", encoder
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     token_file = out_dir / "tokens.txt"
-    token_file.write_text("".join(t + "\n" for t in TOKENS))
-    cli = ["--token_list", str(token_file), "--token_type", "char",
+    tokens = list(tokens or TOKENS)
+    token_file.write_text("".join(t + "\n" for t in tokens))
+    cli = ["--token_list", str(token_file), "--token_type", token_type,
            "--encoder", encoder, "--decoder", decoder,
            "--model_conf", "ctc_weight=0.3"]
     for key, value in (encoder_conf or MODEL_CONF[encoder]).items():
@@ -88,7 +90,7 @@ def build_model_files(out_dir, encoder="samba_asr", decoder="samba_asr", encoder
     args = ASRTask.get_parser().parse_args(cli)
     torch.manual_seed(seed)
     model = ASRTask.build_model(args)
-    config = dict(vars(args), token_list=list(TOKENS))
+    config = dict(vars(args), token_list=tokens)
     config_file, model_file = out_dir / "config.yaml", out_dir / "model.pth"
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
     torch.save(model.state_dict(), model_file)
