@@ -7,7 +7,7 @@
 The file is read block by block (``--chunk_ms`` of audio each, never whole) and fed to
 :class:`~espnet_mamba.integration.streaming_inference.Speech2TextStreaming`, as fast as
 possible or, with ``--realtime``, at the pace of the audio (as from a microphone).  Each time
-the partial hypothesis (CTC best path) changes, a line ``partial <seconds>: <text>`` is printed;
+the partial hypothesis (``--partial_search``) changes, a line ``partial <seconds>: <text>`` is printed;
 each finished utterance (by endpointing, and the last one at the end of the file) prints
 ``final <start>-<end> s: <text>``.  The audio seconds are those of the file.
 """
@@ -36,6 +36,11 @@ def get_parser() -> argparse.ArgumentParser:
                    help="end an utterance after this long of CTC blanks after speech")
     p.add_argument("--max_utterance_seconds", type=float, default=None,
                    help="end an utterance after this long")
+    p.add_argument("--partial_search", default="ctc_prefix",
+                   choices=["ctc_prefix", "ctc_best_path"],
+                   help="partial results: CTC prefix beam search or the CTC best path")
+    p.add_argument("--partial_beam_size", type=int, default=None,
+                   help="prefixes the partial search keeps (default: --beam_size)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--beam_size", type=int, default=10)
     p.add_argument("--ctc_weight", type=float, default=0.3)
@@ -105,7 +110,8 @@ def main(cmd=None, out=sys.stdout) -> list:
         asr_train_config=args.asr_train_config, asr_model_file=args.asr_model_file,
         device=args.device, beam_size=args.beam_size, ctc_weight=args.ctc_weight,
         lm_weight=args.lm_weight, endpoint_blank_seconds=args.endpoint_blank_seconds,
-        max_utterance_seconds=args.max_utterance_seconds)
+        max_utterance_seconds=args.max_utterance_seconds, partial_search=args.partial_search,
+        partial_beam_size=args.partial_beam_size)
     return stream_file(s2t, args.wav, args.chunk_ms, args.realtime, out)
 
 

@@ -12,7 +12,9 @@ block-synchronous search (``--disable_repetition_detection``, ``--encoded_feat_l
 ``--decoder_text_length_limit``) do not apply and are refused when set.  Also written:
 ``streaming/rtf`` per utterance (processing seconds over audio seconds, summed over its
 chunks) and ``streaming/slowest_chunk_seconds`` (the longest call, usually the last one: the
-final beam search).
+final beam search).  ``partial_recog/{text,token,token_int,score}`` hold the partial result
+over all of each utterance's audio (``--partial_search``, CTC alone: what a live display showed
+before the final beam search), to score what streaming shows without waiting for the end.
 
 With ``--endpoint_blank_seconds`` / ``--max_utterance_seconds`` (Speech2TextStreaming's
 endpointing; off by default) a long recording is decoded as the utterances that endpointing
@@ -51,6 +53,12 @@ def get_parser():
                        help="end an utterance after this long of CTC blanks after speech")
     group.add_argument("--max_utterance_seconds", type=float, default=None,
                        help="end an utterance once it is this long")
+    group = parser.add_argument_group("Partial results (their cost is in streaming/rtf)")
+    group.add_argument("--partial_search", default="ctc_prefix",
+                       choices=["ctc_prefix", "ctc_best_path"],
+                       help="CTC prefix beam search or the CTC best path after each chunk")
+    group.add_argument("--partial_beam_size", type=int, default=None,
+                       help="prefixes the partial search keeps (default: --beam_size)")
     return parser
 
 
@@ -104,7 +112,8 @@ def inference(args) -> None:
         ctc_weight=args.ctc_weight, lm_weight=args.lm_weight, penalty=args.penalty,
         nbest=args.nbest, normalize_length=args.normalize_length,
         endpoint_blank_seconds=args.endpoint_blank_seconds,
-        max_utterance_seconds=args.max_utterance_seconds)
+        max_utterance_seconds=args.max_utterance_seconds, partial_search=args.partial_search,
+        partial_beam_size=args.partial_beam_size)
     train_args = s2t.asr_train_args
     loader = ASRTask.build_streaming_iterator(
         args.data_path_and_name_and_type, dtype=args.dtype, batch_size=1,
@@ -119,7 +128,7 @@ def inference(args) -> None:
             key = keys[0]
             speech = batch["speech"][0]
             parts = chunks(speech, args.sim_chunk_length)
-            seconds, slowest, utterances, found = 0.0, 0.0, [], []
+            seconds, slowest, utterances, found, partials = 0.0, 0.0, [], [], []
             try:
                 for i, part in enumerate(parts):
                     start = s2t.start
@@ -128,29 +137,38 @@ def inference(args) -> None:
                     slowest = max(slowest, s2t.last_chunk_seconds)
                     for done in s2t.finished:
                         found.append(done.results)
+                        partials.append([done.partial])
                         utterances.append((done.start, done.end))
                 if results or not found:
                     found.append(results)
+                    partials.append([s2t.last_partial])
                     utterances.append((start, len(speech)))
                 results = join_utterances(found, args.nbest)
+                partial = join_utterances(partials, 1)[0]
             except TooShortUttError as e:
                 # as ESPnet's asr_inference: logged, an empty hypothesis, the next utterance
                 logger.warning(f"Utterance {key} {e}")
                 hyp = Hypothesis(score=0.0, scores={}, states={}, yseq=[])
                 results = [[" ", ["<space>"], [2], hyp]] * args.nbest
+                partial = results[0]
             # a directory of its own: DatadirWriter compares the ids of sibling files only
             writer["streaming"]["rtf"][key] = f"{seconds / max(len(speech) / fs, 1e-9):.4f}"
             writer["streaming"]["slowest_chunk_seconds"][key] = f"{slowest:.4f}"
             if args.endpoint_blank_seconds or args.max_utterance_seconds:
                 writer["streaming"]["utterances"][key] = " ".join(
                     f"{a / fs:.2f}-{b / fs:.2f}" for a, b in utterances)
-            for n, (text, token, token_int, hyp) in enumerate(results[:args.nbest], start=1):
-                best = writer[f"{n}best_recog"]
-                best["token"][key] = " ".join(token)
-                best["token_int"][key] = " ".join(map(str, token_int))
-                best["score"][key] = str(float(hyp.score))
-                if text is not None:
-                    best["text"][key] = text
+            for n, result in enumerate(results[:args.nbest], start=1):
+                write_result(writer[f"{n}best_recog"], key, result)
+            write_result(writer["partial_recog"], key, partial)
+
+
+def write_result(out, key: str, result) -> None:
+    text, token, token_int, hyp = result
+    out["token"][key] = " ".join(token)
+    out["token_int"][key] = " ".join(map(str, token_int))
+    out["score"][key] = str(float(hyp.score))
+    if text is not None:
+        out["text"][key] = text
 
 
 def main(cmd=None):

@@ -16,10 +16,14 @@ Three stages, each exact against the full-utterance computation:
   mean and is refused.
 * :class:`~espnet_mamba.encoders.streaming.StreamingEncoder`: encoder output frames once
   their input window has arrived, with fixed-size state.
-* decoding: after each chunk, the CTC greedy (best path) hypothesis over the frames so far; at
+* decoding: after each chunk, a partial hypothesis over the frames so far from CTC alone
+  (``partial_search``: a frame-synchronous CTC prefix beam search, or the CTC best path); at
   ``is_final``, ESPnet's own ``Speech2Text`` beam search (decoder, CTC prefix scorer, LM and
   every option of ``Speech2Text``) over all the encoder's output frames, so the final
-  hypothesis is the offline one.
+  hypothesis is the offline one.  The attention decoder takes no part in the partial results:
+  the Samba-ASR decoder reads the whole utterance's speech before its first token (the
+  ``prefix`` cross-connection), so what it would say changes with every chunk; it rescores at
+  the end, inside the joint beam search.
 
 Endpointing (``endpoint_blank_seconds``, ``max_utterance_seconds``; both off by default) splits
 a long stream into utterances: when the CTC best path has been blank for that long after some
@@ -46,17 +50,21 @@ from espnet2.legacy.nets.beam_search import Hypothesis
 from espnet2.legacy.nets.pytorch_backend.transformer.subsampling import TooShortUttError
 
 from espnet_mamba.encoders.streaming import StreamingEncoder, check_streamable
+from espnet_mamba.integration.streaming_ctc_search import StreamingCTCPrefixSearch
 
 Result = tuple[str | None, list[str], list[int], Hypothesis]
+PARTIAL_SEARCHES = ("ctc_prefix", "ctc_best_path")
 
 
 class FinishedUtterance(NamedTuple):
     """An utterance ended by endpointing: its samples ``start:end`` of the stream (counted
-    since the stream began) and the ``nbest`` results of the beam search over them."""
+    since the stream began), the ``nbest`` results of the beam search over them and the
+    partial result over all its frames (what was shown before the beam search)."""
 
     start: int
     end: int
     results: list
+    partial: Result | None = None
 
 
 class StreamingFrontend:
@@ -183,7 +191,7 @@ class Speech2TextStreaming:
     Examples:
         >>> s2t = Speech2TextStreaming("exp/asr/config.yaml", "exp/asr/valid.acc.ave.pth")
         >>> for chunk in chunks[:-1]:
-        ...     partial = s2t(chunk, is_final=False)  # CTC best path so far
+        ...     partial = s2t(chunk, is_final=False)  # CTC prefix search so far
         >>> text, tokens, token_int, hyp = s2t(chunks[-1], is_final=True)[0]
 
     The arguments up to ``normalize_length`` are those of ESPnet's ``Speech2TextStreaming``
@@ -194,12 +202,22 @@ class Speech2TextStreaming:
 
     ``__call__(speech, is_final)``: speech is the next chunk of samples (any length, numpy or
     torch, 1-D) of one utterance.  Returns [(text, tokens, token_int, hyp)]: before
-    ``is_final``, one partial hypothesis (CTC best path over the encoder frames so far; ``hyp``
-    has ``yseq`` [sos, tokens...] and ``score`` the path's log-probability); at ``is_final``,
+    ``is_final``, one partial hypothesis (see ``partial_search``; ``hyp`` has ``yseq`` [sos,
+    tokens...] and ``score`` its CTC log-probability over the frames so far); at ``is_final``,
     the ``nbest`` hypotheses of ``Speech2Text``'s beam search over the whole utterance's
     encoder output, which equals the offline encoder's (the same hypotheses as
     ``Speech2Text(speech)``).  After ``is_final`` (or ``reset()``) the next call starts a new
-    utterance.  ``last_chunk_seconds`` holds the processing time of the last call.
+    utterance.  ``last_chunk_seconds`` holds the processing time of the last call and
+    ``last_partial`` its partial result; at ``is_final``, the partial result over all the
+    utterance's frames (the streamed result before the final beam search).
+
+    Partial results (they do not change the final ones):
+
+    * ``partial_search``: ``"ctc_prefix"`` (default): the best prefix of a CTC prefix beam
+      search advanced frame by frame (:class:`StreamingCTCPrefixSearch`; the probability of a
+      prefix sums over its alignments); ``"ctc_best_path"``: the most likely label of each
+      frame, repeats and blanks removed (cheapest).
+    * ``partial_beam_size``: prefixes that search keeps (default: ``beam_size``).
 
     Endpointing, for long streams (both off by default; see the module's docstring):
 
@@ -240,6 +258,8 @@ class Speech2TextStreaming:
         speech2text: Any = None,
         endpoint_blank_seconds: float | None = None,
         max_utterance_seconds: float | None = None,
+        partial_search: str = "ctc_prefix",
+        partial_beam_size: int | None = None,
         **speech2text_conf,
     ):
         if batch_size != 1:
@@ -249,6 +269,12 @@ class Speech2TextStreaming:
                             ("max_utterance_seconds", max_utterance_seconds)):
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be > 0 seconds (or None: off), got {value}")
+        if partial_search not in PARTIAL_SEARCHES:
+            raise ValueError(f"partial_search must be one of {', '.join(PARTIAL_SEARCHES)}, "
+                             f"got {partial_search!r}")
+        partial_beam_size = beam_size if partial_beam_size is None else partial_beam_size
+        if partial_beam_size < 1:
+            raise ValueError(f"partial_beam_size must be >= 1, got {partial_beam_size}")
         if speech2text is None:
             if asr_train_config is None:
                 raise ValueError("pass asr_train_config (and asr_model_file), or speech2text")
@@ -280,7 +306,10 @@ class Speech2TextStreaming:
         self.frame_seconds = self.frontend.hop * self.encoder.stride / rate
         self.endpoint_blank_frames = _frames(endpoint_blank_seconds, self.frame_seconds)
         self.max_utterance_frames = _frames(max_utterance_seconds, self.frame_seconds)
+        self.prefix_search = (StreamingCTCPrefixSearch(partial_beam_size, model.blank_id)
+                              if partial_search == "ctc_prefix" else None)
         self.last_chunk_seconds = 0.0
+        self.last_partial: Result | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -300,6 +329,8 @@ class Speech2TextStreaming:
         self.tokens: list[int] = []  # CTC best path, repeats and blanks removed
         self.last_label: int | None = None  # the path's last label (blank too)
         self.path_score = 0.0
+        if self.prefix_search is not None:
+            self.prefix_search.reset()
 
     @torch.no_grad()
     def __call__(self, speech: torch.Tensor | np.ndarray,
@@ -321,25 +352,28 @@ class Speech2TextStreaming:
                 self.frames.append(enc)
                 self.n_frames += len(enc)
                 self._best_path(enc)
+            self.last_partial = self._partial()
             if is_final:
                 if not self.frames and self.ended:
                     return []
                 frames = torch.cat(self.frames)
                 return self.speech2text._decode_single_sample(frames)
-            self._endpoint()
-            return [self._partial()]
+            if self._endpoint():
+                self.last_partial = self._partial()
+            return [self.last_partial]
         finally:
             if is_final:
                 self.reset()
             self.last_chunk_seconds = time.perf_counter() - start
 
-    def _endpoint(self) -> None:
-        """End the utterance here if an endpointing rule says so."""
+    def _endpoint(self) -> bool:
+        """End the utterance here if an endpointing rule says so; True if it did (or dropped
+        a silence)."""
         silence = (self.endpoint_blank_frames is not None
                    and self.blank_run >= self.endpoint_blank_frames)
         if silence and not self.tokens:
             self._new_utterance()  # blanks only so far: nothing to decode, nothing to keep
-            return
+            return True
         if silence or (self.max_utterance_frames is not None
                        and self.n_frames >= self.max_utterance_frames):
             # the rest of the utterance's frames, as at is_final: the end padding of the
@@ -348,13 +382,21 @@ class Speech2TextStreaming:
             enc = self.encoder(feats, is_final=True)
             if len(enc):
                 self.frames.append(enc)
+                self._best_path(enc)
+            partial = self._partial()
             results = self.speech2text._decode_single_sample(torch.cat(self.frames))
-            self.finished.append(FinishedUtterance(self.start, self.samples, results))
+            self.finished.append(FinishedUtterance(self.start, self.samples, results, partial))
             self.ended += 1
             self._new_utterance()
+            return True
+        return False
 
     def _best_path(self, enc: torch.Tensor) -> None:
+        """Advance the partial searches: the CTC best path (also what endpointing reads) and
+        the prefix search."""
         logp = self.asr_model.ctc.log_softmax(enc[None])[0]
+        if self.prefix_search is not None:
+            self.prefix_search.extend(logp)
         best, labels = logp.max(-1)
         self.path_score += float(best.sum())
         blank = self.asr_model.blank_id
@@ -367,9 +409,13 @@ class Speech2TextStreaming:
 
     def _partial(self) -> Result:
         s2t, model = self.speech2text, self.asr_model
-        token_int = [t for t in self.tokens if t not in (model.sos, model.eos)]
+        if self.prefix_search is not None:
+            tokens, score = self.prefix_search.best()
+        else:
+            tokens, score = self.tokens, self.path_score
+        token_int = [t for t in tokens if t not in (model.sos, model.eos)]
         tokens = s2t.converter.ids2tokens(token_int)
         text = s2t.tokenizer.tokens2text(tokens) if s2t.tokenizer is not None else None
         yseq = torch.tensor([model.sos, *token_int], dtype=torch.long)
-        hyp = Hypothesis(yseq=yseq, score=self.path_score, scores={"ctc": self.path_score})
+        hyp = Hypothesis(yseq=yseq, score=score, scores={"ctc": score})
         return text, tokens, token_int, hyp

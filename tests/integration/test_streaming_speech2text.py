@@ -1,8 +1,9 @@
 """Speech2TextStreaming on a tiny causal samba_asr model trained by ESPnet's asr_train (in this
 process, 20 CPU epochs of 4 utterances): audio fed in chunks gives, at is_final, the hypotheses of ESPnet's
-offline Speech2Text on the whole audio (attention decoder + CTC beam search), and before it CTC
-best-path partial results that grow as audio arrives; the last partial result is the offline
-encoder's CTC best path.  A bidirectional model is refused by name.  With endpointing, two
+offline Speech2Text on the whole audio (attention decoder + CTC beam search), and before it
+partial results: by default the best prefix of a CTC prefix beam search, the same as that
+search over the offline encoder's frames; with partial_search="ctc_best_path" the CTC best path,
+growing as audio arrives and ending in the offline encoder's best path.  A bidirectional model is refused by name.  With endpointing, two
 utterances joined by a silence give two finished utterances, each the offline decode of its
 samples (also through the command line and the stream_wav demo), and max_utterance_seconds
 bounds the encoder frames kept."""
@@ -20,6 +21,7 @@ from espnet2.bin.asr_inference import Speech2Text
 from espnet2.tasks.asr import ASRTask
 
 from espnet_mamba.encoders.samba_asr import SambaASREncoder
+from espnet_mamba.integration.streaming_ctc_search import StreamingCTCPrefixSearch
 from espnet_mamba.integration.streaming_inference import Speech2TextStreaming
 
 FRONTEND = {"n_fft": 512, "hop_length": 160, "n_mels": 40}
@@ -121,7 +123,7 @@ def test_final_hypotheses_equal_offline_speech2text(trained, sizes):
 def test_partial_results_are_the_ctc_best_path_so_far(trained):
     ds, config, model = trained
     online = Speech2TextStreaming(asr_train_config=config, asr_model_file=model, device="cpu",
-                                  **DECODE)
+                                  partial_search="ctc_best_path", **DECODE)
     m = online.asr_model
     seen = []
     for utt, wav in sorted(audio(ds).items()):
@@ -141,6 +143,56 @@ def test_partial_results_are_the_ctc_best_path_so_far(trained):
         assert tokens == online.speech2text.converter.ids2tokens(best)
         assert hyp.yseq.tolist() == [m.sos, *best]
     assert any(seen), "every partial result was empty: the test model has not learnt CTC"
+
+
+def test_partial_results_are_the_ctc_prefix_search_over_the_offline_frames(trained):
+    ds, config, model = trained
+    online = Speech2TextStreaming(asr_train_config=config, asr_model_file=model, device="cpu",
+                                  partial_beam_size=4, **DECODE)
+    m = online.asr_model
+    seen = []
+    for utt, wav in sorted(audio(ds).items()):
+        results = stream(online, wav, [777, 4096, 3])
+        partials = [r[0] for r in results[:-1]]
+        seen += [token_int for _, _, token_int, _ in partials]
+        # after every chunk: the search over the offline encoder's frames so far
+        with torch.no_grad():
+            enc, _ = m.encode(torch.from_numpy(wav)[None], torch.tensor([len(wav)]))
+            logp = m.ctc.log_softmax(enc)[0]
+        frames = streamed_frames(online, wav, [777, 4096, 3])
+        for (_, tokens, token_int, hyp), n in zip(partials, frames):
+            search = StreamingCTCPrefixSearch(beam=4, blank=m.blank_id)
+            search.extend(logp[:n])
+            want, score = search.best()
+            assert token_int == want, (utt, n)
+            assert tokens == online.speech2text.converter.ids2tokens(want)
+            assert hyp.yseq.tolist() == [m.sos, *want]
+            assert float(hyp.score) == pytest.approx(score, abs=1e-3)
+    assert any(seen), "every partial result was empty: the test model has not learnt CTC"
+
+
+def test_partial_search_options_are_checked(trained):
+    _, config, model = trained
+    with pytest.raises(ValueError, match="partial_search must be one of ctc_prefix, "
+                                         "ctc_best_path, got 'attention'"):
+        Speech2TextStreaming(asr_train_config=config, asr_model_file=model,
+                             partial_search="attention")
+    with pytest.raises(ValueError, match="partial_beam_size must be >= 1, got 0"):
+        Speech2TextStreaming(asr_train_config=config, asr_model_file=model,
+                             partial_beam_size=0)
+
+
+def streamed_frames(online, wav, sizes):
+    """Encoder frames out after each chunk but the last, counted from the start."""
+    online.reset()
+    counts, out, start, k = [], 0, 0, 0
+    while start + sizes[k % len(sizes)] < len(wav):
+        size = sizes[k % len(sizes)]
+        out += len(online.encoder(online.frontend(wav[start:start + size])))
+        counts.append(out)
+        start, k = start + size, k + 1
+    online.reset()
+    return counts
 
 
 def hyp_frames(online, wav):
@@ -200,6 +252,16 @@ def test_command_line_writes_the_offline_hypotheses(trained, tmp_path, chunk):
             assert text[utt] == want[0] and ids[utt].split() == list(map(str, want[2])), utt
     rtf = dict(line.split() for line in (out / "streaming/rtf").read_text().splitlines())
     assert set(rtf) == set(ds.utts) and all(float(v) > 0 for v in rtf.values())
+    # partial_recog: the CTC prefix search (beam 3) over all the offline encoder's frames
+    partial = dict(line.split(maxsplit=1) if " " in line else (line, "")
+                   for line in (out / "partial_recog/token_int").read_text().splitlines())
+    m = offline.asr_model
+    for utt, wav in audio(ds).items():
+        with torch.no_grad():
+            enc, _ = m.encode(torch.from_numpy(wav)[None], torch.tensor([len(wav)]))
+        search = StreamingCTCPrefixSearch(beam=3, blank=m.blank_id)
+        search.extend(m.ctc.log_softmax(enc)[0])
+        assert partial[utt].split() == list(map(str, search.best()[0])), utt
 
 
 def test_command_line_refuses_block_search_options(trained, tmp_path):
