@@ -438,6 +438,10 @@ asr_stage_stream() {
         for f in rtf slowest_chunk_seconds utterances; do
             cat "$ddir"/logdir/output.*/streaming/$f 2>/dev/null | sort > "$ddir/$f" || true
         done
+        # the partial result over each whole recording (CTC alone, before the final search)
+        mkdir -p "${asr_exp}/${streaming_tag}/partial/${dset}"
+        cat "$ddir"/logdir/output.*/partial_recog/text 2>/dev/null | sort \
+            > "${asr_exp}/${streaming_tag}/partial/${dset}/text" || true
         nref=$(wc -l < "${dumpdir}/raw/${dset}/text"); nhyp=$(wc -l < "$ddir/text")
         [[ $nref -eq $nhyp ]] || die "${dset}: ${nhyp} streaming hypotheses for ${nref} utterances"
     done
@@ -446,6 +450,15 @@ asr_stage_stream() {
     "$python" local/score.py --exp "${asr_exp}" --decode_tag "${streaming_tag}" \
         --dumpdir "${dumpdir}/raw" --test_sets ${test_sets} \
         --out "${asr_exp}/${streaming_tag}/RESULTS.md"
+    "$python" local/score.py --exp "${asr_exp}" --decode_tag "${streaming_tag}/partial" \
+        --dumpdir "${dumpdir}/raw" --test_sets ${test_sets} \
+        --out "${asr_exp}/${streaming_tag}/partial/RESULTS.md"
+    {
+        echo "## Partial results over each whole recording (CTC alone, --partial_search), before the final search"
+        echo
+        sed -n '/^### /,$p' "${asr_exp}/${streaming_tag}/partial/RESULTS.md"
+        echo
+    } >> "${asr_exp}/${streaming_tag}/RESULTS.md"
     # real-time factor of a set: processing seconds over audio seconds, summed over its
     # recordings (each line of rtf is one recording's ratio; utt2dur gives its seconds)
     "$python" - "${asr_exp}/${streaming_tag}" "${dumpdir}/raw" ${test_sets} \

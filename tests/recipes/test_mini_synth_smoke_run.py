@@ -1,8 +1,9 @@
 """Smoke run of the offline recipe egs2/mini_synth/asr1 (`run.sh --smoke true`).
 
-With MINI_SYNTH_SMOKE_RUN=<recipe dir> the tests check that directory's finished smoke run (CI
-makes it with the README's main command, ``bash tools/run_main.sh --smoke true``) instead of
-running the recipe again in a copy.
+The run is the ``smoke_run`` fixture (conftest.py, mini_synth_smoke.py): with
+MINI_SYNTH_SMOKE_RUN=<recipe dir> the tests check that directory's finished smoke run (CI makes
+it with the README's main command, ``bash tools/run_main.sh --smoke true``) instead of running
+the recipe again in a copy.
 
 Every stage runs (corpus synthesis, token lists, stats, one training epoch, decoding, scoring,
 packing) on a tiny corpus in a copy of the recipe under pytest's tmp dir; about 3-4 minutes on
@@ -27,62 +28,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from mini_synth_smoke import INSTALL_HINT, TIMEOUT, missing_tools, tail
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
-RECIPE = REPO / "egs2" / "mini_synth" / "asr1"
-TIMEOUT = 900
-INSTALL_HINT = "run 'bash tools/install_recipe_deps.sh' from the repository root"
-
-
-def missing_tools():
-    missing = [b for b in ("espeak-ng", "flite", "sox") if shutil.which(b) is None]
-    try:
-        import py_nanotts  # noqa: F401
-    except ImportError:
-        missing.append("py-nanotts (pip package)")
-    return missing
 
 
 def test_recipe_tools_installed():
     missing = missing_tools()
     assert not missing, f"the mini_synth recipe needs {', '.join(missing)}: {INSTALL_HINT}"
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    shared = os.environ.get("MINI_SYNTH_SMOKE_RUN")
-    if shared:  # a finished `run.sh --smoke true` (CI runs the README's main command first)
-        recipe = Path(shared).resolve()
-        log = Path(os.environ.get("MINI_SYNTH_SMOKE_LOG", recipe / "exp_smoke" / "missing.log"))
-        assert (recipe / "exp_smoke").is_dir(), f"MINI_SYNTH_SMOKE_RUN={shared}: no exp_smoke there"
-        return 0, recipe, log
-    missing = missing_tools()
-    assert not missing, f"the mini_synth recipe needs {', '.join(missing)}: {INSTALL_HINT}"
-    # a private copy of the recipe (its outputs land next to run.sh); ../../.. must still be
-    # the repository root for run.sh's defaults, so the copy gets the same depth
-    work = tmp_path_factory.mktemp("mini_synth")
-    recipe = work / "egs2" / "mini_synth" / "asr1"
-    shutil.copytree(RECIPE, recipe, symlinks=True,
-                    ignore=shutil.ignore_patterns("exp*", "dump*", "data*", "corpus*"))
-    (work / "tools").symlink_to(REPO / "tools")
-    env = dict(os.environ)
-    env["VIRTUAL_ENV"] = str(Path(sys.executable).parent.parent)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    log = work / "run.log"
-    with log.open("w") as f:
-        proc = subprocess.run(["bash", "run.sh", "--smoke", "true", "--python", sys.executable],
-                              cwd=recipe, env=env, stdout=f, stderr=subprocess.STDOUT,
-                              timeout=TIMEOUT)
-    return proc.returncode, recipe, log
-
-
-def tail(path: Path, n: int = 60) -> str:
-    if not path.is_file():
-        return f"(no log at {path})"
-    lines = path.read_text(errors="replace").splitlines()
-    return "\n".join(lines[-n:])
 
 
 def test_smoke_results_and_pack(smoke_run):
