@@ -193,7 +193,9 @@ def selective_scan_torch(
         y, last_state = _WindowedScan.apply(dt_t, u_t, A_g, B_t, C_t, window)
     else:  # decoding: nothing kept, nothing recomputed
         y, last_state, _ = _scan_windows(dt_t, dt_t * u_t, A_g, B_t, C_t, window, False)
-    y = y.view(length, batch, d_inner).permute(1, 2, 0)
+    # the kernel's layout, (batch, d_inner, length) contiguous: a caller must not see which
+    # path ran (torch.randn_like(y), y.view(...) and the like follow the strides)
+    y = y.view(length, batch, d_inner).permute(1, 2, 0).contiguous()
     last_state = last_state.reshape(batch, d_inner, d_state)
     return _finish(y, u, D, z, cdt, out_dtype, last_state, return_last_state)
 

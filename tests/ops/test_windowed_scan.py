@@ -1,5 +1,7 @@
 """The windowed selective scan (PyTorch path): any window gives the recurrence's values and
-gradients, backward recomputes each window once, and decoding (no autograd) recomputes nothing."""
+gradients, backward recomputes each window once, and decoding (no autograd) recomputes nothing;
+its outputs have the kernel's layout (contiguous), so that tensors made "like" them are the
+same whichever path ran."""
 
 import pytest
 import torch
@@ -96,6 +98,22 @@ class _CountExp:
 
     def __exit__(self, *exc):
         return self._mode.__exit__(*exc)
+
+
+@pytest.mark.parametrize("z", [True, False])
+def test_outputs_have_the_kernels_layout(z):
+    t = inputs()
+    if not z:
+        t.pop("z")
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            y, last = selective_scan_torch(**t, delta_softplus=True, return_last_state=True)
+        assert y.is_contiguous() and last.is_contiguous(), (y.stride(), last.stride())
+    # weights drawn "like" the output index the same elements as for the per-step loop's
+    want = selective_scan_loop(**t, delta_softplus=True)[0]
+    w = torch.randn_like(want, generator=torch.Generator().manual_seed(1))
+    got = selective_scan_torch(**t, delta_softplus=True)
+    assert torch.equal(torch.randn_like(got, generator=torch.Generator().manual_seed(1)), w)
 
 
 def test_decoding_recomputes_nothing_and_backward_each_window_once():
