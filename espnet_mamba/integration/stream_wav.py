@@ -40,7 +40,7 @@ def get_parser() -> argparse.ArgumentParser:
                    choices=["ctc_prefix", "ctc_best_path"],
                    help="partial results: CTC prefix beam search or the CTC best path")
     p.add_argument("--partial_beam_size", type=int, default=None,
-                   help="prefixes the partial search keeps (default: --beam_size)")
+                   help="prefixes the partial search keeps (default: --beam_size, at most 10)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--beam_size", type=int, default=10)
     p.add_argument("--ctc_weight", type=float, default=0.3)

@@ -58,7 +58,7 @@ def get_parser():
                        choices=["ctc_prefix", "ctc_best_path"],
                        help="CTC prefix beam search or the CTC best path after each chunk")
     group.add_argument("--partial_beam_size", type=int, default=None,
-                       help="prefixes the partial search keeps (default: --beam_size)")
+                       help="prefixes the partial search keeps (default: --beam_size, at most 10)")
     return parser
 
 

@@ -28,6 +28,25 @@ def _logaddexp(a: float, b: float) -> float:
     return hi + math.log1p(math.exp(lo - hi))
 
 
+class _Prefix:
+    """A label sequence as a node of a tree: its parent's sequence plus one label.  Extending a
+    prefix and telling whether two extensions are the same cost O(1) whatever the length (a
+    tuple would be copied and hashed in full at every frame: quadratic over a long stream);
+    only the prefixes in the beam and their ancestors stay alive."""
+
+    __slots__ = ("parent", "label")
+
+    def __init__(self, parent: _Prefix | None, label: int | None):
+        self.parent, self.label = parent, label
+
+    def labels(self) -> list[int]:
+        out, node = [], self
+        while node.parent is not None:
+            out.append(node.label)
+            node = node.parent
+        return out[::-1]
+
+
 class StreamingCTCPrefixSearch:
     """CTC prefix beam search over encoder frames that arrive in chunks.
 
@@ -36,6 +55,8 @@ class StreamingCTCPrefixSearch:
     are not tried as extensions (at most ``beam`` labels per frame are tried).
     ``extend(log_probs)``: (frames, vocabulary) CTC log-probabilities of the next frames.
     ``best()``: the most likely prefix so far and its log-probability.
+    ``hypotheses()``: every prefix kept, {labels: (log P ending in blank, log P ending in its
+    last label)}.
     """
 
     def __init__(self, beam: int, blank: int, prune: float = 10.0):
@@ -49,7 +70,7 @@ class StreamingCTCPrefixSearch:
 
     def reset(self) -> None:
         # prefix -> [log P(paths ending in blank), log P(paths ending in the prefix's last label)]
-        self.prefixes: dict[tuple[int, ...], list[float]] = {(): [0.0, NEG_INF]}
+        self.prefixes: dict[_Prefix, list[float]] = {_Prefix(None, None): [0.0, NEG_INF]}
 
     def extend(self, log_probs: torch.Tensor) -> None:
         if log_probs.dim() != 2:
@@ -68,7 +89,10 @@ class StreamingCTCPrefixSearch:
 
     def _frame(self, row: list[float], tried: list[tuple[int, float]]) -> None:
         blank = row[self.blank]
-        new: dict[tuple[int, ...], list[float]] = {}
+        # the kept prefixes by (parent, last label): an extension that spells one of them
+        # adds to it instead of making a second node for the same labels
+        kept = {(p.parent, p.label): p for p in self.prefixes if p.parent is not None}
+        new: dict[_Prefix, list[float]] = {}
 
         def add(prefix, which, value):
             entry = new.get(prefix)
@@ -79,15 +103,15 @@ class StreamingCTCPrefixSearch:
         for prefix, (p_blank, p_label) in self.prefixes.items():
             total = _logaddexp(p_blank, p_label)
             add(prefix, 0, total + blank)  # a blank: the prefix stays
-            if prefix:
-                last = prefix[-1]
+            last = prefix.label
+            if last is not None:
                 add(prefix, 1, p_label + row[last])  # its last label again, not yet separated
             for label, value in tried:
-                if prefix and label == prefix[-1]:
-                    # the same label again is a new token only after a blank
-                    add(prefix + (label,), 1, p_blank + value)
-                else:
-                    add(prefix + (label,), 1, total + value)
+                child = kept.get((prefix, label))
+                if child is None:
+                    child = kept[(prefix, label)] = _Prefix(prefix, label)
+                # the same label again is a new token only after a blank
+                add(child, 1, (p_blank if label == last else total) + value)
         totals = {prefix: _logaddexp(*entry) for prefix, entry in new.items()}
         # a label repeated while its prefix has no path ending in a blank has probability 0
         ranked = sorted((p for p in new if totals[p] > NEG_INF), key=totals.get, reverse=True)
@@ -96,8 +120,7 @@ class StreamingCTCPrefixSearch:
     def best(self) -> tuple[list[int], float]:
         prefix, (p_blank, p_label) = max(self.prefixes.items(),
                                          key=lambda item: _logaddexp(*item[1]))
-        return list(prefix), _logaddexp(p_blank, p_label)
+        return prefix.labels(), _logaddexp(p_blank, p_label)
 
-    def state_numel(self) -> int:
-        """Numbers kept between frames (bounded by the beam and the prefixes' lengths)."""
-        return sum(len(prefix) + 2 for prefix in self.prefixes)
+    def hypotheses(self) -> dict[tuple[int, ...], tuple[float, float]]:
+        return {tuple(p.labels()): (b, n) for p, (b, n) in self.prefixes.items()}

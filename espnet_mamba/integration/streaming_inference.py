@@ -54,6 +54,9 @@ from espnet_mamba.integration.streaming_ctc_search import StreamingCTCPrefixSear
 
 Result = tuple[str | None, list[str], list[int], Hypothesis]
 PARTIAL_SEARCHES = ("ctc_prefix", "ctc_best_path")
+# The default partial beam's cap: on the mini recipe's causal model, beams of 10 and 20 gave the
+# same partial WER, at 4x the search time (benchmarks/streaming_partials_cpu.py, README).
+PARTIAL_BEAM_MAX = 10
 
 
 class FinishedUtterance(NamedTuple):
@@ -217,7 +220,8 @@ class Speech2TextStreaming:
       search advanced frame by frame (:class:`StreamingCTCPrefixSearch`; the probability of a
       prefix sums over its alignments); ``"ctc_best_path"``: the most likely label of each
       frame, repeats and blanks removed (cheapest).
-    * ``partial_beam_size``: prefixes that search keeps (default: ``beam_size``).
+    * ``partial_beam_size``: prefixes that search keeps (default: ``beam_size``, at most
+      :data:`PARTIAL_BEAM_MAX`).
 
     Endpointing, for long streams (both off by default; see the module's docstring):
 
@@ -272,7 +276,8 @@ class Speech2TextStreaming:
         if partial_search not in PARTIAL_SEARCHES:
             raise ValueError(f"partial_search must be one of {', '.join(PARTIAL_SEARCHES)}, "
                              f"got {partial_search!r}")
-        partial_beam_size = beam_size if partial_beam_size is None else partial_beam_size
+        if partial_beam_size is None:
+            partial_beam_size = min(beam_size, PARTIAL_BEAM_MAX)
         if partial_beam_size < 1:
             raise ValueError(f"partial_beam_size must be >= 1, got {partial_beam_size}")
         if speech2text is None:

@@ -41,7 +41,7 @@ def test_prefix_probabilities_equal_the_sum_over_alignments(blank, seed):
     search = StreamingCTCPrefixSearch(beam=10_000, blank=blank, prune=1e9)
     search.extend(log_probs)
     want = enumerated(log_probs, blank)
-    got = {k: math.log(math.exp(b) + math.exp(n)) for k, (b, n) in search.prefixes.items()}
+    got = {k: math.log(math.exp(b) + math.exp(n)) for k, (b, n) in search.hypotheses().items()}
     assert got.keys() == want.keys()
     for prefix, value in want.items():
         assert got[prefix] == pytest.approx(value, abs=1e-9), prefix
@@ -60,7 +60,7 @@ def test_chunking_does_not_change_the_search(sizes):
     while start < len(log_probs):
         chunked.extend(log_probs[start:start + sizes[k % len(sizes)]])
         start, k = start + sizes[k % len(sizes)], k + 1
-    assert chunked.prefixes == whole.prefixes
+    assert chunked.hypotheses() == whole.hypotheses()
     assert chunked.best() == whole.best()
 
 

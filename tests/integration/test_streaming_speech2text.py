@@ -180,6 +180,13 @@ def test_partial_search_options_are_checked(trained):
     with pytest.raises(ValueError, match="partial_beam_size must be >= 1, got 0"):
         Speech2TextStreaming(asr_train_config=config, asr_model_file=model,
                              partial_beam_size=0)
+    # the default: the beam size, at most 10
+    for beam, want in ((3, 3), (20, 10)):
+        s2t = Speech2TextStreaming(asr_train_config=config, asr_model_file=model, beam_size=beam)
+        assert s2t.prefix_search.beam == want
+    s2t = Speech2TextStreaming(asr_train_config=config, asr_model_file=model,
+                               partial_search="ctc_best_path")
+    assert s2t.prefix_search is None
 
 
 def streamed_frames(online, wav, sizes):
