@@ -34,7 +34,7 @@ class _Prefix:
     tuple would be copied and hashed in full at every frame: quadratic over a long stream);
     only the prefixes in the beam and their ancestors stay alive."""
 
-    __slots__ = ("parent", "label")
+    __slots__ = ("label", "parent")
 
     def __init__(self, parent: _Prefix | None, label: int | None):
         self.parent, self.label = parent, label
