@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tts_corpus import cut_long, write_data_dir  # noqa: E402
+from tts_corpus import cut_long, write_data_dir
 
 
 def read_table(path: Path) -> dict[str, str]:

@@ -8,7 +8,7 @@ import pytest
 import soundfile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
-from join_utterances import main  # noqa: E402
+from join_utterances import main
 
 SR = 16000
 
