@@ -304,6 +304,8 @@ asr_stage_stats() {
 }
 
 # ------------------------------------------------------------------------------ 4: train
+# --resume true, as ESPnet's asr.sh: a training that was stopped goes on from the last epoch's
+# checkpoint.pth when the stage runs again (remove ${asr_exp} to start over)
 asr_stage_train() {
     stage_start 4 "training ${asr_exp} (${asr_config}, ${nthreads} threads${asr_args:+, $asr_args})"
     [[ -s ${asr_stats_dir}/train/feats_stats.npz ]] || die "no stats in ${asr_stats_dir}: run stage 3"
@@ -319,7 +321,7 @@ asr_stage_train() {
         --train_shape_file "${asr_stats_dir}/train/text_shape" \
         --valid_shape_file "${asr_stats_dir}/valid/speech_shape" \
         --valid_shape_file "${asr_stats_dir}/valid/text_shape" \
-        --fold_length 80000 --fold_length 150 \
+        --fold_length 80000 --fold_length 150 --resume true \
         --output_dir "${asr_exp}" ${asr_args}
     [[ -e ${asr_exp}/${inference_asr_model} ]] || die "training left no ${asr_exp}/${inference_asr_model}"
     stage_end

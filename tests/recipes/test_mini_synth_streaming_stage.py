@@ -7,7 +7,8 @@ into a private recipe directory, then ``run.sh --smoke true --stage 4 --stop_sta
 (3 recordings, about 22 s): one training epoch of the causal Samba-ASR, offline decoding and
 scoring, packing, then streaming decoding in 320 ms chunks.  The streamed final hypotheses must
 be the offline ones, text for text, on both sets; RESULTS.md holds WER/CER of the finals and of the partial results (CTC prefix search over
-each whole recording) and the real-time factor per set.
+each whole recording) and the real-time factor per set.  Stage 4 run again with one more epoch
+goes on from the finished epoch (``--resume true``, as asr.sh), not from the start.
 """
 
 from __future__ import annotations
@@ -68,3 +69,11 @@ def test_streaming_stage_gives_the_offline_hypotheses(smoke_run, tmp_path):
     for dset in sets:
         assert re.search(rf"^\|{re.escape(streamed.name)}/{re.escape(dset)}\|\d+\|[\d.]+\|"
                          rf"[\d.]+\|[\d.]+\|$", results, re.MULTILINE), results
+
+    # stage 4 again with one more epoch: resumed from checkpoint.pth, epoch 2 only
+    rc = run_recipe(work, ["--smoke", "true", "--stage", "4", "--stop_stage", "4",
+                           "--asr_config", CAUSAL, "--max_epoch", "2"], run_log)
+    assert rc == 0, f"stage 4 again failed (rc={rc}):\n{tail(run_log)}"
+    log = (exp / "train.log").read_text()
+    assert "The training was resumed" in log, tail(exp / "train.log")
+    assert "2/2epoch started" in log and "1/2epoch started" not in log, tail(exp / "train.log")
