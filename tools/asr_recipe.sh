@@ -13,7 +13,7 @@
 # ngpu, nthreads, seed, lang, token_type, nbpe, bpemode, asr_config, inference_config, asr_tag,
 # asr_args, inference_args, inference_asr_model, expdir, dumpdir, datadir, train_set, valid_set,
 # test_sets, streaming, streaming_chunk, streaming_args, streaming_tag, recipe
-# (egs2/<name>/asr1), and optionally:
+# (egs2/<name>/asr1), train_joined_seconds, and optionally:
 #   decode_split   jobs per test set in decoding (default nj)
 #   decode_union   true: every test set decoded as one list (see decode_jobs)
 #   num_workers    data loader processes of training (default 0)
@@ -57,7 +57,17 @@ resolve_names() {
     esac
     token_list=${token_dir}/tokens.txt
     tok_suffix=${token_type}; [[ $token_type == bpe ]] && tok_suffix+=${nbpe}
-    [[ -n $asr_tag ]] || asr_tag="$(basename "${asr_config}" .yaml)_raw_${lang}_${tok_suffix}"
+    # --train_joined_seconds S: stages 2-8 train on <train_set>_joined<S>s (asr_join_train_set),
+    # the corpus stage still makes <train_set> (corpus_train_set)
+    corpus_train_set=${corpus_train_set:-$train_set}
+    local joined=
+    if [[ -n ${train_joined_seconds:-} ]]; then
+        [[ $train_joined_seconds =~ ^[0-9]+([.][0-9]+)?$ && ! $train_joined_seconds =~ ^0+([.]0+)?$ ]] \
+            || die "--train_joined_seconds must be a number of seconds > 0 (got '$train_joined_seconds')"
+        joined=_joined${train_joined_seconds}s
+        train_set=${corpus_train_set}${joined}
+    fi
+    [[ -n $asr_tag ]] || asr_tag="$(basename "${asr_config}" .yaml)_raw_${lang}_${tok_suffix}${joined}"
     asr_exp=${expdir}/asr_${asr_tag}
     asr_stats_dir=${expdir}/asr_stats_raw_${lang}_${tok_suffix}
     inference_tag="$(basename "${inference_config}" .yaml)_asr_model_${inference_asr_model%.pth}"
@@ -236,6 +246,23 @@ asr_dump_sets() {  # asr_dump_sets SET...: data/<set> -> dump/raw/<set> (feats_t
         cp "${datadir}/${dset}"/{wav.scp,text,utt2spk,spk2utt,utt2dur} "${dumpdir}/raw/${dset}/"
         echo raw > "${dumpdir}/raw/${dset}/feats_type"
     done
+}
+
+# The training set plus its utterances joined per voice into recordings of about
+# --train_joined_seconds (tools/join_utterances.py): the end of stage 1 when the option is set
+asr_join_train_set() {
+    [[ -n ${train_joined_seconds:-} ]] || return 0
+    "$python" "${REPO_ROOT}/tools/join_utterances.py" --src "${dumpdir}/raw/${corpus_train_set}" \
+        --dst "${dumpdir}/raw/${train_set}" --wav_dir "${wavdir}/${train_set}" \
+        --seconds "$train_joined_seconds" --seed "$seed" >&2 \
+        || die "joining the training utterances into ${dumpdir}/raw/${train_set} failed"
+}
+
+require_train_set() {
+    [[ -s ${dumpdir}/raw/${train_set}/wav.scp ]] && return 0
+    [[ -n ${train_joined_seconds:-} ]] && die "no ${dumpdir}/raw/${train_set}: run stage 1 with" \
+        "--train_joined_seconds ${train_joined_seconds} (or tools/join_utterances.py)"
+    die "no ${dumpdir}/raw/${train_set}: run stage 1"
 }
 
 # ------------------------------------------------------------------------------ 2: tokens
@@ -486,6 +513,7 @@ EOF
 
 # ------------------------------------------------------------------------------ stages 2-8
 asr_stages_after_corpus() {  # every stage after the corpus, as the options select them
+    if stage_on 2 || stage_on 3 || stage_on 4; then require_train_set; fi
     if stage_on 2; then asr_stage_tokens; fi
     require_token_list
     if stage_on 3; then asr_stage_stats; fi

@@ -44,6 +44,7 @@ n_dev=150
 n_test=300
 long_durations=30,60,120   # seconds per long-context recording, one test set each
 long_recordings=8,4,2      # recordings per long-context set
+train_joined_seconds=      # also train on the training utterances joined per voice into recordings of about this many seconds
 # tokens
 lang=en
 token_type=char      # char or bpe
@@ -106,7 +107,8 @@ if stage_on 1; then
         --n_train "$n_train" --n_dev "$n_dev" --n_test "$n_test" \
         --long_durations "$long_durations" --long_recordings "$long_recordings" \
         --seed "$seed" --nj "$nj"
-    asr_dump_sets "${train_set}" "${valid_set}" ${test_sets}
+    asr_dump_sets "${corpus_train_set}" "${valid_set}" ${test_sets}
+    asr_join_train_set
     stage_end
 fi
 

@@ -42,6 +42,7 @@ min_eval_utts=100    # utterances of dev and of each test set at least
 unseen_engine=pico   # engine family kept out of training: pico or flite
 long_durations=30,60,120,300,1200  # seconds per recording of the long sets test_long_<N>s
 long_voices=1        # voices of test_long (each speaks max(long_durations) s)
+train_joined_seconds= # also train on the training utterances joined per voice into recordings of about this many seconds
 wavdir=corpus/wav
 tts_prefix=          # TTS engines brought along (tools/gpu/fetch_tts.sh): a folder or .tar.xz
 # tokens
@@ -140,7 +141,8 @@ if stage_on 1; then
         --min_eval_utts "$min_eval_utts" --unseen_engine "$unseen_engine" \
         --long_durations "$long_durations" --long_voices "$long_voices" \
         --out_dir "${datadir}" --wav_dir "${wavdir}" --seed "$seed" --nj "$nj" "${text_opts[@]}"
-    asr_dump_sets "${train_set}" "${valid_set}" ${test_sets}
+    asr_dump_sets "${corpus_train_set}" "${valid_set}" ${test_sets}
+    asr_join_train_set
     stage_end
 fi
 
