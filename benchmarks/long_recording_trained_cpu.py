@@ -19,22 +19,28 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
 from long_recording_cpu import rss_mib
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from join_utterances import read_table  # the Kaldi-table reader of the recipes' tools
+
 SAMPLE_RATE = 16000
 PAUSE_SECONDS = 0.3
 
 
-def read_table(path: Path) -> dict[str, str]:
-    table = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        key, _, value = line.partition(" ")
-        if key:
-            table[key] = value.strip()
-    return table
+def read_data_dir(d: Path) -> list[tuple[str, str, str]]:
+    """(utterance id, wav path, reference text) of a data directory, sorted by id; every
+    utterance of wav.scp needs its text."""
+    wavs, texts = read_table(d / "wav.scp"), read_table(d / "text")
+    missing = sorted(set(wavs) - set(texts))
+    if missing:
+        raise SystemExit(f"{d / 'text'}: no text for {len(missing)} utterances of wav.scp, "
+                         f"e.g. {missing[0]}")
+    return [(k, wavs[k], texts[k]) for k in sorted(wavs)]
 
 
 def join_recordings(data_dirs: list[Path], minutes: float):
@@ -42,13 +48,7 @@ def join_recordings(data_dirs: list[Path], minutes: float):
     import numpy as np
     import soundfile
 
-    items = []
-    for d in data_dirs:
-        wavs, texts = read_table(d / "wav.scp"), read_table(d / "text")
-        missing = sorted(set(wavs) - set(texts))
-        if missing:
-            raise SystemExit(f"{d}: no text for {len(missing)} utterances, e.g. {missing[0]}")
-        items += [(wavs[k], texts[k]) for k in sorted(wavs)]
+    items = [(path, text) for d in data_dirs for _, path, text in read_data_dir(d)]
     if not items:
         raise SystemExit(f"no utterances in {', '.join(map(str, data_dirs))}")
     pause = np.zeros(int(PAUSE_SECONDS * SAMPLE_RATE), dtype=np.float32)

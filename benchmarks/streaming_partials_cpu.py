@@ -21,7 +21,7 @@ import time
 from itertools import groupby
 from pathlib import Path
 
-from long_recording_trained_cpu import read_table, word_errors
+from long_recording_trained_cpu import read_data_dir, word_errors
 
 
 def best_path(log_probs, blank: int) -> list[int]:
@@ -46,20 +46,19 @@ def measure(args) -> list[dict]:
 
     rows = []
     for data in args.data:
-        wavs, refs = read_table(data / "wav.scp"), read_table(data / "text")
+        items = read_data_dir(data)
         searches = ["best_path", *(f"prefix_beam{b}" for b in args.beams)]
         errors = {s: [0, 0] for s in searches}  # word errors, character errors
         seconds = dict.fromkeys(searches, 0.0)
         words = chars = 0
         audio = 0.0
-        for utt in sorted(wavs):
-            speech, rate = soundfile.read(wavs[utt], dtype="float32")
+        for _, path, ref in items:
+            speech, rate = soundfile.read(path, dtype="float32")
             audio += len(speech) / rate
             with torch.no_grad():
                 enc, _ = model.encode(torch.from_numpy(speech)[None],
                                       torch.tensor([len(speech)]))
                 log_probs = model.ctc.log_softmax(enc)[0]
-            ref = refs[utt]
             words, chars = words + len(ref.split()), chars + len(ref.replace(" ", ""))
             for name in searches:
                 start = time.perf_counter()
@@ -76,7 +75,7 @@ def measure(args) -> list[dict]:
                 errors[name][1] += word_errors(list(ref.replace(" ", "")),
                                                list(hyp.replace(" ", "")))
         rows.append({
-            "data": str(data), "recordings": len(wavs), "audio_seconds": round(audio, 1),
+            "data": str(data), "recordings": len(items), "audio_seconds": round(audio, 1),
             **{name: {"wer": round(100 * errors[name][0] / max(words, 1), 1),
                       "cer": round(100 * errors[name][1] / max(chars, 1), 1),
                       "ms_per_audio_second": round(1000 * seconds[name] / max(audio, 1e-9), 2)}

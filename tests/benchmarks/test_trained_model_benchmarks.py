@@ -3,6 +3,7 @@ and three short utterances: long_recording_trained_cpu.py (the joined recording 
 utterances in order until it is long enough, its reference is their texts in the same order,
 and the report's counts follow from them) and streaming_partials_cpu.py."""
 
+import itertools
 import json
 import subprocess
 import sys
@@ -62,8 +63,8 @@ def test_report_of_a_decode(tmp_path):
 
 
 def test_streaming_partials_report(tmp_path):
-    """benchmarks/streaming_partials_cpu.py (it shares this file's data helpers): each search's
-    WER, CER and time per audio second, for every data directory."""
+    """benchmarks/streaming_partials_cpu.py: each search's WER, CER and time per audio second;
+    the best path's WER is the one computed here from the same model's CTC argmax."""
     d = data_dir(tmp_path)
     config, model, _ = build_model_files(
         tmp_path / "model", encoder_conf=dict(TINY_CONF, bidirectional=False),
@@ -76,5 +77,41 @@ def test_streaming_partials_report(tmp_path):
     row = json.loads(out.stdout.strip().splitlines()[-1])
     assert row["recordings"] == 3 and row["audio_seconds"] == 1.8
     for name in ("best_path", "prefix_beam1", "prefix_beam3"):
-        assert row[name]["wer"] >= 0 and row[name]["cer"] >= 0, row
         assert row[name]["ms_per_audio_second"] >= 0, row
+    # the best path's errors, counted here
+    import torch
+    from espnet2.bin.asr_inference import Speech2Text
+
+    s2t = Speech2Text(asr_train_config=config, asr_model_file=model, device="cpu")
+    m = s2t.asr_model
+    errors = words = 0
+    for utt, ref in TEXTS.items():
+        speech, _ = soundfile.read(d / f"{utt}.wav", dtype="float32")
+        with torch.no_grad():
+            enc, _ = m.encode(torch.from_numpy(speech)[None], torch.tensor([len(speech)]))
+        labels = m.ctc.argmax(enc)[0].tolist()
+        ids = [label for label, _ in itertools.groupby(labels) if label != m.blank_id]
+        tokens = s2t.converter.ids2tokens(ids)
+        hyp = s2t.tokenizer.tokens2text(tokens)
+        errors, words = errors + word_errors(ref.split(), hyp.split()), words + len(ref.split())
+    assert errors and row["best_path"]["wer"] == round(100 * errors / words, 1), row
+
+
+def test_best_path_collapses_repeats_and_drops_blanks():
+    import torch
+    from streaming_partials_cpu import best_path
+
+    labels = [0, 3, 3, 0, 3, 5, 5, 0]
+    log_probs = torch.full((len(labels), 6), -5.0)
+    log_probs[range(len(labels)), labels] = 0.0
+    assert best_path(log_probs, blank=0) == [3, 3, 5]
+    assert best_path(log_probs, blank=3) == [0, 0, 5, 0]
+
+
+def test_an_utterance_without_text_is_named(tmp_path):
+    import pytest
+
+    d = data_dir(tmp_path)
+    (d / "text").write_text("a one two\n")
+    with pytest.raises(SystemExit, match=r"text: no text for 2 utterances of wav\.scp, e\.g\. b"):
+        join_recordings([d], minutes=0.1)
