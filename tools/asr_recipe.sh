@@ -19,7 +19,8 @@
 #   num_workers    data loader processes of training (default 0)
 #   plot_sets      regular expression of the sets local/plot_results.py plots; plot_title
 #   usage_lines    the lines of run.sh's header that --help prints (default 2,20)
-# Sourcing this file defines functions and the variables stage_time and ALL_SETS; it runs nothing.
+# Sourcing this file defines functions and the variables stage_time, recipe_errors (what failed
+# without ending the run: finish exits 1 after naming them) and ALL_SETS; it runs nothing.
 
 log() { echo -e "[$(date '+%H:%M:%S')] $*" >&2; }
 die() { echo -e "ERROR: $*" >&2; exit 1; }
@@ -94,6 +95,7 @@ setup_python() {
 
 stage_on() { [[ $stage -le $1 && $stop_stage -ge $1 ]]; }
 declare -A stage_time=()
+recipe_errors=()
 stage_start() { log "=== stage $1: $2"; t_stage=$SECONDS; cur_stage=$1; }
 stage_end() { stage_time[$cur_stage]=$((SECONDS - t_stage)); log "=== stage $cur_stage done in ${stage_time[$cur_stage]} s"; }
 
@@ -203,20 +205,25 @@ collect_1best() {  # collect_1best DIR: the decoding jobs' 1-best text, token an
     done
 }
 
-split_keys() {  # split_keys SRC_DIR N OUT_PREFIX  -> OUT_PREFIX.1 .. OUT_PREFIX.N (non-empty only)
-    # a key list (first column of wav.scp) in N parts balanced by utt2dur
-    "$python" - "$@" <<'EOF'
+split_keys() {  # split_keys SRC_DIR N OUT_PREFIX  -> OUT_PREFIX.1 .. OUT_PREFIX.K; prints K
+    # a key list (first column of wav.scp) in N parts balanced by utt2dur, plus one part for each
+    # recording of at least decode_alone_seconds (default 600)
+    "$python" - "$@" "${decode_alone_seconds:-600}" <<'EOF'
 import sys
-src, n, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+src, n, out, alone = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
 keys = [l.split()[0] for l in open(f"{src}/wav.scp") if l.strip()]
 dur = {}
 try:
     dur = {l.split()[0]: float(l.split()[1]) for l in open(f"{src}/utt2dur") if l.strip()}
 except FileNotFoundError:
     pass
-bins = [[0.0, []] for _ in range(min(n, len(keys)))]
-for k in sorted(keys, key=lambda k: -dur.get(k, 1.0)):  # longest first into the lightest bin
-    b = min(bins, key=lambda b: b[0])
+# a recording of at least `alone` seconds is a job of its own: it is decoded beside the rest,
+# not after a bin's other recordings, and if it fails (out of memory) it takes nothing else along
+alone_keys = [k for k in keys if dur.get(k, 1.0) >= alone]
+rest = [k for k in keys if dur.get(k, 1.0) < alone]
+bins = [[0.0, []] for _ in range(min(n, len(rest)))] + [[dur[k], [k]] for k in alone_keys]
+for k in sorted(rest, key=lambda k: -dur.get(k, 1.0)):  # longest first into the lightest bin
+    b = min(bins[:len(bins) - len(alone_keys)], key=lambda b: b[0])
     b[0] += dur.get(k, 1.0)
     b[1].append(k)
 for i, (_, ks) in enumerate(bins, 1):
@@ -383,22 +390,38 @@ asr_stage_decode() {
         wait -n || failed=1; running=$((running - 1)); done_n=$((done_n + 1))
         log "decode: ${done_n}/${#tasks[@]} jobs done"
     done
-    [[ -z $failed ]] || die "decoding failed (logs under ${asr_exp}/${inference_tag}/*/logdir)"
+    # A failed job (e.g. out of memory on the longest recording) does not discard the others:
+    # every set with a hypothesis for each utterance is scored; a set without is marked FAILED
+    # (stage 6 skips it, and the run ends with an error that names it and the logs).
+    [[ -z $failed ]] || log "ERROR: decoding jobs failed (logs: grep -l Traceback ${asr_exp}/${inference_tag}/*/logdir/*.log)"
     for dset in $(decode_sets); do collect_1best "${asr_exp}/${inference_tag}/${dset}"; done
     [[ ${decode_union:-false} == true ]] && split_decoded "${inference_tag}"
     for dset in ${test_sets}; do
         ddir=${asr_exp}/${inference_tag}/${dset}
         nref=$(wc -l < "${dumpdir}/raw/${dset}/text"); nhyp=$(wc -l < "$ddir/text")
-        [[ $nref -eq $nhyp ]] || die "${dset}: ${nhyp} hypotheses for ${nref} utterances"
+        if [[ $nref -ne $nhyp ]]; then
+            echo "${nhyp} hypotheses for ${nref} utterances: a decoding job failed" \
+                "(logs: ${asr_exp}/${inference_tag}/*/logdir/asr_inference.*.log)" > "$ddir/FAILED"
+            recipe_errors+=("${dset}: $(cat "$ddir/FAILED")")
+        fi
     done
+    [[ -z $failed || ${#recipe_errors[@]} -gt 0 ]] \
+        || die "decoding jobs failed, yet every set has all its hypotheses: see the logs above"
     stage_end
 }
 
 # ------------------------------------------------------------------------------ 6: score
 asr_stage_score() {
     stage_start 6 "scoring (WER, CER) -> ${asr_exp}/RESULTS.md"
+    local dset scored=()
+    for dset in ${test_sets}; do  # a set whose decoding failed (stage 5) is left out, by name
+        if [[ -e ${asr_exp}/${inference_tag}/${dset}/FAILED ]]; then
+            log "ERROR: ${dset} not scored: $(cat "${asr_exp}/${inference_tag}/${dset}/FAILED")"
+        else scored+=("$dset"); fi
+    done
+    [[ ${#scored[@]} -gt 0 ]] || die "no test set was decoded completely (stage 5)"
     "$python" local/score.py --exp "${asr_exp}" --decode_tag "${inference_tag}" \
-        --dumpdir "${dumpdir}/raw" --test_sets ${test_sets} --out "${asr_exp}/RESULTS.md"
+        --dumpdir "${dumpdir}/raw" --test_sets "${scored[@]}" --out "${asr_exp}/RESULTS.md"
     cat "${asr_exp}/RESULTS.md" >&2
     # one table (and plot) over every model scored in ${expdir}: after the README's
     # trainings it is the README's results table
@@ -529,6 +552,12 @@ finish() {  # the per-stage times, logged and appended to ${asr_exp}/run_times.t
     local summary="total $((SECONDS - t_all)) s" s
     for s in 1 2 3 4 5 6 7 8; do [[ -n ${stage_time[$s]:-} ]] && summary+=", stage $s ${stage_time[$s]} s"; done
     log "finished: ${summary}"
+    if [[ ${#recipe_errors[@]} -gt 0 ]]; then
+        printf 'ERROR: %s\n' "${recipe_errors[@]}" >&2
+        [[ -n ${stage_time[*]:-} ]] && mkdir -p "${asr_exp}" && \
+            echo "$(date '+%F %T') stages ${stage}-${stop_stage}: ${summary}; failed: ${recipe_errors[*]}" >> "${asr_exp}/run_times.txt"
+        exit 1
+    fi
     if [[ -n ${stage_time[*]:-} ]]; then
         mkdir -p "${asr_exp}"; echo "$(date '+%F %T') stages ${stage}-${stop_stage}: ${summary}" >> "${asr_exp}/run_times.txt"
     fi

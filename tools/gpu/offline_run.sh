@@ -9,11 +9,14 @@
 # mamba-ssm, in parallel), install this repository, print the versions, run COMMAND.
 # Everything is also logged to $OUT/offline_run.log if OUT is set.
 # Exit status: COMMAND's; 3 if COMMAND passed but the kernels could not be built.
-# Env: SKIP_KERNELS=1 skips the kernel build, for runs that need only the pure-PyTorch path.
+# Env: SKIP_KERNELS=1 skips the kernel build, for runs that need only the pure-PyTorch path;
+# KERNELS_BACKGROUND=1 builds them while COMMAND runs (COMMAND's steps that need them wait with
+# tools/gpu/wait_kernels.sh).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 SITE=/tmp/site
+SITE_KERNELS=/tmp/site_kernels  # KERNELS_BACKGROUND=1 only
 KERNEL_DIR=/tmp/espnet_mamba_kernels
 export PYTHONUNBUFFERED=1
 if [[ -n ${OUT:-} ]]; then
@@ -51,43 +54,64 @@ if [[ -f .gpu/tts/tts_prefix.tar.xz ]]; then
     espeak-ng --version | head -1
 fi
 
-SKIP_BUILD=()
-if [[ ${SKIP_KERNELS:-0} != 1 ]] && compgen -G '.gpu/kernels/*.tar.xz' >/dev/null; then
-    # built on an earlier machine (tools/gpu/export_kernels.sh): used if the label matches
-    stage "prebuilt kernels from .gpu/kernels"
-    label=$(python3 -c 'import torch; print("pt%s.cu%s.sm%d%d" % (torch.__version__.split("+")[0].replace(".", ""),
-            torch.version.cuda.replace(".", ""), *torch.cuda.get_device_capability()))')
-    for archive in .gpu/kernels/*.tar.xz; do
-        name=$(basename "$archive" .tar.xz)
-        unpacked=$(mktemp -d)
-        tar -C "$unpacked" -xJf "$archive"  # the archive holds site/...
-        built_for=$(cat "$unpacked/site/KERNEL_WHEELS.$name" 2>/dev/null || echo "?")
-        if [[ $built_for != *"+$label-"* ]]; then
-            echo "$name: prebuilt $built_for does not fit this machine ($label): building"
-            continue
-        fi
-        cp -r "$unpacked"/site/. "$SITE"/
-        ext=$([[ $name == mamba_ssm ]] && echo selective_scan_cuda || echo causal_conv1d_cuda)
-        if python3 -c "import torch, $ext"; then  # torch first: it loads libc10 for the extension
-            echo "$name: prebuilt $built_for fits $label: not built"
-            SKIP_BUILD+=(--skip "$name")
-        else
-            echo "$name: prebuilt $built_for does not import here: building"
-        fi
-    done
-fi
-if [[ ${SKIP_KERNELS:-0} == 1 ]]; then
-    stage "kernels: not built (SKIP_KERNELS=1)"
+install_kernels() {  # prebuilt archives from .gpu/kernels, else a build, into $KSITE; KERNELS_OK=1 or 0
+    SKIP_BUILD=()
+    if [[ ${SKIP_KERNELS:-0} != 1 ]] && compgen -G '.gpu/kernels/*.tar.xz' >/dev/null; then
+        # built on an earlier machine (tools/gpu/export_kernels.sh): used if the label matches
+        stage "prebuilt kernels from .gpu/kernels"
+        label=$(python3 -c 'import torch; print("pt%s.cu%s.sm%d%d" % (torch.__version__.split("+")[0].replace(".", ""),
+                torch.version.cuda.replace(".", ""), *torch.cuda.get_device_capability()))')
+        for archive in .gpu/kernels/*.tar.xz; do
+            name=$(basename "$archive" .tar.xz)
+            unpacked=$(mktemp -d)
+            tar -C "$unpacked" -xJf "$archive"  # the archive holds site/...
+            built_for=$(cat "$unpacked/site/KERNEL_WHEELS.$name" 2>/dev/null || echo "?")
+            if [[ $built_for != *"+$label-"* ]]; then
+                echo "$name: prebuilt $built_for does not fit this machine ($label): building"
+                continue
+            fi
+            cp -r "$unpacked"/site/. "$KSITE"/
+            ext=$([[ $name == mamba_ssm ]] && echo selective_scan_cuda || echo causal_conv1d_cuda)
+            if python3 -c "import torch, $ext"; then  # torch first: it loads libc10 for the extension
+                echo "$name: prebuilt $built_for fits $label: not built"
+                SKIP_BUILD+=(--skip "$name")
+            else
+                echo "$name: prebuilt $built_for does not import here: building"
+            fi
+        done
+    fi
+    if [[ ${SKIP_KERNELS:-0} == 1 ]]; then
+        stage "kernels: not built (SKIP_KERNELS=1)"
+    else
+        stage "build + install mamba-ssm and causal-conv1d kernels"
+        # A failed build does not stop here: the command still runs (the pure-PyTorch path can be
+        # tested without the kernels), and the exit status says so.
+        if bash tools/build_kernels.sh --sdist-dir .gpu/sdist --wheel-dir "$KERNEL_DIR" --target "$KSITE" \
+            "${SKIP_BUILD[@]}" &&
+            python3 -c 'import causal_conv1d, mamba_ssm, selective_scan_cuda, causal_conv1d_cuda
+    print("mamba_ssm", mamba_ssm.__version__, "| causal_conv1d", causal_conv1d.__version__, "import OK")'
+        then KERNELS_OK=1
+        else KERNELS_OK=0; echo "=== WARNING: kernels not available; continuing without them"; fi
+    fi
+}
+if [[ ${KERNELS_BACKGROUND:-0} == 1 && ${SKIP_KERNELS:-0} != 1 ]]; then
+    # the command starts at once; what needs the kernels waits for tools/gpu/wait_kernels.sh
+    # (the status file says ok or failed when the build is over)
+    # (the status file says ok or failed when the build is over).  They are installed into a
+    # folder of their own, renamed into place when complete: a process started before sees no
+    # half-installed package (its PYTHONPATH entry does not exist yet), one started after sees all.
+    mkdir -p "$KERNEL_DIR"; rm -rf "$KERNEL_DIR/status" "$SITE_KERNELS" "$SITE_KERNELS.partial"
+    export ESPNET_MAMBA_KERNELS_STATUS=$KERNEL_DIR/status
+    stage "kernels: built in the background (log $KERNEL_DIR/install.log)"
+    ( KSITE=$SITE_KERNELS.partial; mkdir -p "$KSITE"; export PYTHONPATH=$KSITE:$PYTHONPATH
+      install_kernels > "$KERNEL_DIR/install.log" 2>&1 || KERNELS_OK=0
+      if [[ ${KERNELS_OK:-0} == 1 ]] && mv "$KSITE" "$SITE_KERNELS"; then echo ok; else echo failed; fi \
+          > "$ESPNET_MAMBA_KERNELS_STATUS" ) &
+    KERNELS_PID=$!
+    export PYTHONPATH=$SITE_KERNELS:$PYTHONPATH
 else
-    stage "build + install mamba-ssm and causal-conv1d kernels"
-    # A failed build does not stop here: the command still runs (the pure-PyTorch path can be
-    # tested without the kernels), and the exit status says so.
-    if bash tools/build_kernels.sh --sdist-dir .gpu/sdist --wheel-dir "$KERNEL_DIR" --target "$SITE" \
-        "${SKIP_BUILD[@]}" &&
-        python3 -c 'import causal_conv1d, mamba_ssm, selective_scan_cuda, causal_conv1d_cuda
-print("mamba_ssm", mamba_ssm.__version__, "| causal_conv1d", causal_conv1d.__version__, "import OK")'
-    then KERNELS_OK=1
-    else KERNELS_OK=0; echo "=== WARNING: kernels not available; continuing without them"; fi
+    KSITE=$SITE
+    install_kernels
 fi
 
 stage "install this repo (espnet-mamba)"
@@ -118,6 +142,10 @@ if (($#)); then
     stage "run: $*"
     "$@" || rc=$?
     stage "finished: exit $rc"
+fi
+if [[ -n ${KERNELS_PID:-} ]]; then
+    wait "$KERNELS_PID" || true
+    [[ $(cat "$ESPNET_MAMBA_KERNELS_STATUS" 2>/dev/null) == ok ]] || KERNELS_OK=0
 fi
 if [[ ${KERNELS_OK:-1} == 0 ]]; then
     stage "kernel build FAILED (see above)"
