@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -161,3 +162,79 @@ def test_packed_model(smoke):
         assert any(n.endswith(suffix) for n in names), (suffix, names)
     assert "egs2/synth_speech/asr1" in card and "SambaASREncoder" in card, card[:2000]
     assert "finished: total" in log
+
+
+def test_comparison_trains_configs_side_by_side(smoke):
+    """run_comparison.sh on the smoke corpus: two configs at once, one table over the models."""
+    work, _, _ = smoke
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    cmd = ["bash", str(RECIPE / "run_comparison.sh"), "--skip_prepare", "true",
+           "--configs", "conformer samba_asr", "--smoke", "true", "--python", sys.executable,
+           "--ngpu", "0", "--nj", "2"]
+    for name in ("expdir", "dumpdir", "datadir", "wavdir"):
+        cmd += [f"--{name}", str(work / name)]
+    proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    for name in ("conformer", "samba_asr"):
+        exp = work / "expdir" / f"asr_train_asr_{name}_raw_en_bpe60"
+        assert sorted(rows((exp / "RESULTS.md").read_text(), "WER")) == sorted(TEST_SETS), name
+        assert (work / "expdir" / "comparison" / f"{name}.log").stat().st_size > 0
+        # progress lines come back with the config's name in front
+        assert f"[{name}] " in proc.stderr and f"{name}: exit 0" in proc.stderr, name
+    combined = (work / "expdir" / "RESULTS.md").read_text()
+    assert "|Conformer + Transformer|" in combined and "|Samba-ASR|" in combined, combined
+
+
+def test_comparison_refuses_unknown_configs():
+    proc = subprocess.run(["bash", str(RECIPE / "run_comparison.sh"), "--configs", "conformer nope"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "no conf/tuning/train_asr_nope.yaml" in proc.stderr, proc.stderr
+    proc = subprocess.run(["bash", str(RECIPE / "run_comparison.sh"), "--stage", "4"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--stage is chosen per config" in proc.stderr, proc.stderr
+
+
+def test_failed_decoding_job_loses_only_its_sets(smoke, tmp_path):
+    """A recording that cannot be decoded fails its job: the sets with a hypothesis for every
+    utterance are still scored, the others are marked FAILED and named, and the run exits 1."""
+    work, exp, _ = smoke
+    dump, expdir = tmp_path / "dump", tmp_path / "exp"
+    shutil.copytree(work / "dumpdir", dump)
+    shutil.copytree(exp, expdir / exp.name)
+    shutil.copytree(work / "expdir" / "asr_stats_raw_en_bpe60", expdir / "asr_stats_raw_en_bpe60")
+    bad = tmp_path / "broken.wav"
+    bad.write_bytes(b"not a wav file")
+    scp = dump / "raw" / "test_long_40s" / "wav.scp"
+    key = scp.read_text().split()[0]
+    scp.write_text(f"{key} {bad}\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    cmd = ["bash", str(RECIPE / "run.sh"), "--smoke", "true", "--python", sys.executable,
+           "--ngpu", "0", "--nj", "2", "--stage", "5", "--stop_stage", "6",
+           "--expdir", str(expdir), "--dumpdir", str(dump), "--datadir", str(work / "datadir")]
+    proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 1, proc.stderr[-4000:]
+    decode = next((expdir / exp.name).glob("decode_*"))
+    failed = sorted(d.name for d in decode.iterdir() if (d / "FAILED").exists())
+    assert "test_long_40s" in failed, failed
+    assert "ERROR: test_long_40s: " in proc.stderr and "a decoding job failed" in proc.stderr
+    scored = rows((expdir / exp.name / "RESULTS.md").read_text(), "WER")
+    assert scored and not set(scored) & set(failed), (sorted(scored), failed)
+    assert sorted([*scored, *failed]) == sorted(TEST_SETS)
+
+
+def test_long_recordings_decode_in_jobs_of_their_own(tmp_path):
+    """split_keys: the stage-5 job lists balanced by duration; a recording of at least
+    decode_alone_seconds is a job by itself."""
+    durs = {"a": 1200.0, "b": 30.0, "c": 20.0, "d": 12.0, "e": 10.0, "f": 8.0}
+    (tmp_path / "wav.scp").write_text("".join(f"{k} /x/{k}.wav\n" for k in durs))
+    (tmp_path / "utt2dur").write_text("".join(f"{k} {v}\n" for k, v in durs.items()))
+    script = (f'source "{REPO}/tools/asr_recipe.sh"; python="{sys.executable}"; '
+              f'split_keys "{tmp_path}" 2 "{tmp_path}/keys"')
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "3", (proc.stdout, proc.stderr)
+    parts = [(tmp_path / f"keys.{i}").read_text().split() for i in (1, 2, 3)]
+    assert parts[2] == ["a"], parts
+    assert sorted(parts[0] + parts[1]) == ["b", "c", "d", "e", "f"]
+    assert abs(sum(durs[k] for k in parts[0]) - sum(durs[k] for k in parts[1])) <= 12, parts

@@ -71,8 +71,8 @@ for name in "${names[@]}"; do
     : > "$logdir/${name}.log"
     ./run.sh --stage 4 --asr_config "$config" --nj "$per_nj" "${pass[@]}" > "$logdir/${name}.log" 2>&1 &
     pid[$name]=$!
-    # the progress lines, with the config's name in front
-    tail -n +1 -F "$logdir/${name}.log" 2>/dev/null | grep --line-buffered -E \
+    # the progress lines, with the config's name in front (tail ends with the run)
+    tail -n +1 -F --pid="${pid[$name]}" "$logdir/${name}.log" 2>/dev/null | grep --line-buffered -E \
         '=== stage|epoch: train|valid |decode: |^\| *test|packed:|ERROR|finished:' \
         | sed -u "s/^/[${name}] /" >&2 &
     followers+=($!)
@@ -81,7 +81,7 @@ done
 for name in "${!pid[@]}"; do
     if wait "${pid[$name]}"; then rc[$name]=0; else rc[$name]=$?; fi
 done
-sleep 1; kill "${followers[@]}" 2>/dev/null || true
+wait "${followers[@]}" 2>/dev/null || true  # the last progress lines
 
 # the table over every model of ${expdir}: each run's stage 6 wrote it with the models scored by
 # then; stage 6 once more (one model's scoring, seconds) writes it over all of them
