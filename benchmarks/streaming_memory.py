@@ -1,4 +1,4 @@
-"""Stream an hour of audio through a causal Samba-ASR model on one CPU thread: memory stays flat.
+"""Stream an hour of audio through a causal Samba-ASR model, on one CPU thread or a GPU: memory stays flat.
 
 An untrained model with the mini recipe's sizes (egs2/mini_synth/asr1/conf/train_asr.yaml:
 80 log-mel bins, conv2d subsampling, 4 blocks of d128, d_state 8, ``bidirectional: false``;
@@ -12,14 +12,17 @@ What it shows: the streaming path holds a fixed-size state (the STFT's pending s
 subsampling's pending frames, each layer's recurrent state), so the process's resident memory
 after an hour equals that after a minute; and the per-chunk time, far below the chunk's 320 ms.
 
-    python benchmarks/streaming_memory_cpu.py                   # one hour, 1 thread
-    python benchmarks/streaming_memory_cpu.py --minutes 2 --json
+    python benchmarks/streaming_memory.py                   # one hour, 1 thread
+    python benchmarks/streaming_memory.py --minutes 2 --json
 
 With ``--speech2text`` the chunks go through ``Speech2TextStreaming`` instead (the final beam
 search included), with ``max_utterance_seconds`` bounding the encoder frames it keeps for that
 search: every so many seconds the utterance is finalised and a new one starts.
 
 Resident memory is VmRSS of /proc/self/status (torch allocates outside tracemalloc's view).
+With ``--device cuda`` the model runs on the GPU (the chunks arrive as host arrays, as from a
+microphone): the per-chunk time then includes the copy and a synchronisation, and the memory
+that must stay flat is the GPU's (``torch.cuda.memory_allocated``, also the reserved peak).
 """
 
 from __future__ import annotations
@@ -90,7 +93,8 @@ def synthetic_chunk(rng, start: int, size: int):
 
 
 def measure(minutes: float, chunk_ms: float = 320, threads: int = 1, seed: int = 0,
-            speech2text: bool = False, max_utterance_seconds: float = 20.0) -> dict:
+            speech2text: bool = False, max_utterance_seconds: float = 20.0,
+            device: str = "cpu") -> dict:
     import numpy as np
     import torch
 
@@ -100,6 +104,16 @@ def measure(minutes: float, chunk_ms: float = 320, threads: int = 1, seed: int =
     torch.set_num_threads(threads)
     tmp = tempfile.TemporaryDirectory()
     model, config, weights = build_model(Path(tmp.name), seed)
+    cuda = device.startswith("cuda")
+    model = model.to(device)
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    def gpu_mib():
+        return torch.cuda.memory_allocated(device) / 2**20 if cuda else 0.0
+
     if speech2text:
         import logging
 
@@ -110,7 +124,7 @@ def measure(minutes: float, chunk_ms: float = 320, threads: int = 1, seed: int =
 
         s2t = Speech2TextStreaming(config, weights, beam_size=3, ctc_weight=0.3,
                                    lm_weight=0.0, maxlenratio=0.05,
-                                   max_utterance_seconds=max_utterance_seconds)
+                                   max_utterance_seconds=max_utterance_seconds, device=device)
         model = s2t.asr_model
     else:
         frontend, encoder = StreamingFrontend(model), StreamingEncoder(model.encoder)
@@ -140,17 +154,21 @@ def measure(minutes: float, chunk_ms: float = 320, threads: int = 1, seed: int =
                         if label != blank and label != last_label:
                             tokens += 1
                         last_label = label
+            sync()
             seconds[k] = time.perf_counter() - t0
             if not final and not speech2text:
                 state = max(state, frontend.state_numel() + encoder.state_numel())
             if k == minute_mark:
                 rss["after_1_minute_mib"] = rss_mib()
+                rss["gpu_after_1_minute_mib"] = gpu_mib()
     rss["at_end_mib"] = rss_mib()
+    rss["gpu_at_end_mib"] = gpu_mib()
     tmp.cleanup()
     audio_seconds = total / SAMPLE_RATE
     ms = seconds * 1000
     row = {
         "path": "Speech2TextStreaming" if speech2text else "frontend+encoder+ctc_greedy",
+        "device": torch.cuda.get_device_name(device) if cuda else "cpu",
         "minutes": minutes, "chunk_ms": chunk_ms, "chunks": n_chunks, "threads": threads,
         "torch_threads": torch.get_num_threads(),
         "encoder": ENCODER_CONF, "params": sum(p.numel() for p in model.parameters()),
@@ -163,6 +181,11 @@ def measure(minutes: float, chunk_ms: float = 320, threads: int = 1, seed: int =
         "chunk_ms_max": round(float(ms.max()), 2),
         "rtf": round(float(seconds.sum()) / audio_seconds, 4),
     }
+    if cuda:
+        row.update(
+            gpu_allocated_after_1_minute_mib=round(rss["gpu_after_1_minute_mib"], 2),
+            gpu_allocated_at_end_mib=round(rss["gpu_at_end_mib"], 2),
+            gpu_max_reserved_mib=round(torch.cuda.max_memory_reserved(device) / 2**20, 1))
     if speech2text:
         row.update(max_utterance_seconds=max_utterance_seconds, utterances=utterances)
     else:
@@ -179,10 +202,11 @@ def main():
                    help="through Speech2TextStreaming (final beam searches included)")
     p.add_argument("--max_utterance_seconds", type=float, default=20.0,
                    help="with --speech2text: finalise an utterance after this long")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     row = measure(args.minutes, args.chunk_ms, args.threads, speech2text=args.speech2text,
-                  max_utterance_seconds=args.max_utterance_seconds)
+                  max_utterance_seconds=args.max_utterance_seconds, device=args.device)
     if args.json:
         print(json.dumps(row))
         return
