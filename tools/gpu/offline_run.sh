@@ -88,15 +88,13 @@ install_kernels() {  # prebuilt archives from .gpu/kernels, else a build, into $
         # tested without the kernels), and the exit status says so.
         if bash tools/build_kernels.sh --sdist-dir .gpu/sdist --wheel-dir "$KERNEL_DIR" --target "$KSITE" \
             "${SKIP_BUILD[@]}" &&
-            python3 -c 'import causal_conv1d, mamba_ssm, selective_scan_cuda, causal_conv1d_cuda
-    print("mamba_ssm", mamba_ssm.__version__, "| causal_conv1d", causal_conv1d.__version__, "import OK")'
+            python3 -c 'import causal_conv1d, mamba_ssm, selective_scan_cuda, causal_conv1d_cuda; print("mamba_ssm", mamba_ssm.__version__, "| causal_conv1d", causal_conv1d.__version__, "import OK")'
         then KERNELS_OK=1
         else KERNELS_OK=0; echo "=== WARNING: kernels not available; continuing without them"; fi
     fi
 }
 if [[ ${KERNELS_BACKGROUND:-0} == 1 && ${SKIP_KERNELS:-0} != 1 ]]; then
     # the command starts at once; what needs the kernels waits for tools/gpu/wait_kernels.sh
-    # (the status file says ok or failed when the build is over)
     # (the status file says ok or failed when the build is over).  They are installed into a
     # folder of their own, renamed into place when complete: a process started before sees no
     # half-installed package (its PYTHONPATH entry does not exist yet), one started after sees all.
