@@ -165,13 +165,15 @@ def test_packed_model(smoke):
 
 
 def test_comparison_trains_configs_side_by_side(smoke):
-    """run_comparison.sh on the smoke corpus: two configs at once, one table over the models."""
+    """run_comparison.sh on the smoke corpus: two configs at once, one table over the models.
+    With --train_minutes 0 and 40 epochs asked, each training is stopped at the end of its
+    first completed epoch(s), and its best epochs are averaged, decoded, scored and packed."""
     work, _, _ = smoke
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
     cmd = ["bash", str(RECIPE / "run_comparison.sh"), "--skip_prepare", "true",
            "--configs", "conformer samba_asr", "--smoke", "true", "--python", sys.executable,
-           "--ngpu", "0", "--nj", "2"]
+           "--ngpu", "0", "--nj", "2", "--max_epoch", "40", "--train_minutes", "0"]
     for name in ("expdir", "dumpdir", "datadir", "wavdir"):
         cmd += [f"--{name}", str(work / name)]
     proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=TIMEOUT)
@@ -182,6 +184,15 @@ def test_comparison_trains_configs_side_by_side(smoke):
         assert (work / "expdir" / "comparison" / f"{name}.log").stat().st_size > 0
         # progress lines come back with the config's name in front
         assert f"[{name}] " in proc.stderr and f"{name}: exit 0" in proc.stderr, name
+        # stopped by --train_minutes after n < 40 epochs: the packed config says n
+        m = re.search(rf"{name}: --train_minutes 0 reached: training stopped after (\d+) epochs",
+                      proc.stderr)
+        assert m, proc.stderr[-3000:]
+        epochs = int(m.group(1))
+        assert 1 <= epochs < 40
+        assert re.search(rf"^max_epoch: {epochs}$", (exp / "config.yaml").read_text(), re.M)
+        assert (exp / "train.stopped.log").read_text().count("epoch results") == epochs
+        assert len(list(exp.glob("*.zip"))) == 1
     combined = (work / "expdir" / "RESULTS.md").read_text()
     assert "|Conformer + Transformer|" in combined and "|Samba-ASR|" in combined, combined
 

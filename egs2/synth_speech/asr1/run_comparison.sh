@@ -13,6 +13,11 @@
 #   --skip_prepare true   start at stage 4
 #   --before_each CMD     run `CMD CONFIG_FILE` before each config starts (e.g. a wait for
 #                         something that config needs); a failure skips that config
+#   --train_minutes M     a training still running M minutes after the trainings started is
+#                         stopped at its last completed epoch (at least one) and goes on from
+#                         there as ESPnet's resume does: the best epochs so far are averaged,
+#                         then decoded, scored and packed (for a time-limited GPU job; the
+#                         epochs each model got are in the log, its config.yaml and RESULTS.md)
 # Logs: exp/comparison/<name>.log (each run.sh's whole output); the lines that report
 # progress (stages, epochs, results) are printed here with the name in front.
 # Exit status: 0 if every config ran through, else 1 (the failed ones are named).
@@ -23,6 +28,7 @@ configs="conformer samba_asr speech_mamba"
 nj=$(nproc 2>/dev/null || echo 2)
 skip_prepare=false
 before_each=
+train_minutes=
 expdir=exp
 pass=()
 while (($#)); do
@@ -31,6 +37,7 @@ while (($#)); do
         --nj) nj=$2; shift 2 ;;
         --skip_prepare) skip_prepare=$2; shift 2 ;;
         --before_each) before_each=$2; shift 2 ;;
+        --train_minutes) train_minutes=$2; shift 2 ;;
         --expdir) expdir=$2; pass+=("$1" "$2"); shift 2 ;;
         --stage | --stop_stage | --asr_config | --asr_tag)
             echo "run_comparison.sh: $1 is chosen per config here (see --configs, --skip_prepare)" >&2; exit 2 ;;
@@ -41,6 +48,11 @@ while (($#)); do
     esac
 done
 log() { echo "[$(date '+%H:%M:%S')] $*" >&2; }
+train_seconds=
+if [[ -n $train_minutes ]]; then
+    train_seconds=$(awk -v m="$train_minutes" 'BEGIN { if (m !~ /^[0-9]+([.][0-9]*)?$/) exit 1; print int(m * 60) }') \
+        || { echo "run_comparison.sh: --train_minutes: not a number of minutes: ${train_minutes}" >&2; exit 2; }
+fi
 read -r -a names <<< "$configs"
 ((${#names[@]})) || { echo "run_comparison.sh: --configs is empty" >&2; exit 2; }
 for name in "${names[@]}"; do
@@ -61,25 +73,64 @@ fi
 
 # every config at once: the GPU is shared; decoding jobs share the cores
 per_nj=$((nj / ${#names[@]})); ((per_nj > 0)) || per_nj=1
-declare -A pid=() rc=()
+declare -A pid=() rc=() stopped=()
 followers=()
+start() {  # start NAME [RUN.SH OPTION...]: stages 4-7 of a config in a process group of its own
+    local name=$1; shift
+    setsid ./run.sh --stage 4 --asr_config "conf/tuning/train_asr_${name}.yaml" --nj "$per_nj" \
+        "${pass[@]}" "$@" >> "$logdir/${name}.log" 2>&1 < /dev/null &
+    pid[$name]=$!
+    # the progress lines, with the config's name in front (tail ends with the run)
+    tail -n "$([[ $# -gt 0 ]] && echo 0 || echo +1)" -F --pid="${pid[$name]}" "$logdir/${name}.log" \
+        2>/dev/null | grep --line-buffered -E \
+        '=== stage|epoch: train|valid |decode: |^\| *test|packed:|ERROR|finished:' \
+        | sed -u "s/^/[${name}] /" >&2 &
+    followers+=($!)
+}
+training_dir() {  # training_dir NAME: the exp dir of a config whose stage 4 is running, else ""
+    awk '/=== stage 4: training / { dir = $0; sub(/.*=== stage 4: training /, "", dir);
+                                     sub(/ .*/, "", dir) } /=== stage 4 done/ { dir = "" }
+         END { print dir }' "$logdir/$1.log"
+}
+stop_if_due() {  # stop_if_due NAME: with --train_minutes, past the limit, at an epoch's end
+    local name=$1 dir n
+    [[ -n $train_seconds && -z ${stopped[$name]:-} ]] || return 0
+    ((SECONDS - t_train >= train_seconds)) || return 0
+    dir=$(training_dir "$name"); [[ -n $dir && -s $dir/train.log ]] || return 0
+    n=$(grep -c "epoch results" "$dir/train.log" || true)
+    # only once the epoch's files are written (latest.pth is the last, then seconds of
+    # bookkeeping): a stop while checkpoint.pth is written would leave it broken
+    ((n >= 1)) && [[ $(readlink "$dir/latest.pth" 2>/dev/null) == "${n}epoch.pth" ]] || return 0
+    (($(date +%s) - $(stat -c %Y "$dir/latest.pth") >= 5)) || return 0
+    log "${name}: --train_minutes ${train_minutes} reached: training stopped after ${n} epochs;" \
+        "the best of them are averaged, then decoded"
+    kill -- -"${pid[$name]}" 2>/dev/null || true
+    wait "${pid[$name]}" 2>/dev/null || true
+    cp "$dir/train.log" "$dir/train.stopped.log"  # stage 4 writes train.log anew
+    stopped[$name]=$n
+    start "$name" --max_epoch "$n"
+}
 for name in "${names[@]}"; do
     config=conf/tuning/train_asr_${name}.yaml
     if [[ -n $before_each ]] && ! $before_each "$config"; then
         log "${name}: not started: '${before_each} ${config}' failed"; rc[$name]=skipped; continue
     fi
     : > "$logdir/${name}.log"
-    ./run.sh --stage 4 --asr_config "$config" --nj "$per_nj" "${pass[@]}" > "$logdir/${name}.log" 2>&1 &
-    pid[$name]=$!
-    # the progress lines, with the config's name in front (tail ends with the run)
-    tail -n +1 -F --pid="${pid[$name]}" "$logdir/${name}.log" 2>/dev/null | grep --line-buffered -E \
-        '=== stage|epoch: train|valid |decode: |^\| *test|packed:|ERROR|finished:' \
-        | sed -u "s/^/[${name}] /" >&2 &
-    followers+=($!)
+    [[ -n ${t_train:-} ]] || t_train=$SECONDS
+    start "$name"
     log "${name}: started (stage 4 on), log ${logdir}/${name}.log"
 done
-for name in "${!pid[@]}"; do
-    if wait "${pid[$name]}"; then rc[$name]=0; else rc[$name]=$?; fi
+while :; do
+    alive=0
+    for name in "${!pid[@]}"; do
+        [[ -z ${rc[$name]:-} ]] || continue
+        if kill -0 "${pid[$name]}" 2>/dev/null; then
+            alive=1; stop_if_due "$name"
+        elif wait "${pid[$name]}"; then rc[$name]=0
+        else rc[$name]=$?; fi
+    done
+    ((alive)) || break
+    sleep 2
 done
 wait "${followers[@]}" 2>/dev/null || true  # the last progress lines
 
@@ -96,7 +147,7 @@ for name in "${names[@]}"; do
 done
 failed=()
 for name in "${names[@]}"; do
-    log "${name}: exit ${rc[$name]:-?} ($(grep -h 'finished:' "$logdir/${name}.log" 2>/dev/null | tail -1 | sed 's/.*finished: //'))"
+    log "${name}: exit ${rc[$name]:-?} ($(grep -h 'finished:' "$logdir/${name}.log" 2>/dev/null | tail -1 | sed 's/.*finished: //'))${stopped[$name]:+; trained ${stopped[$name]} epochs (--train_minutes ${train_minutes})}"
     [[ ${rc[$name]:-1} == 0 ]] || failed+=("$name")
 done
 log "comparison done in $((SECONDS - t0)) s"
