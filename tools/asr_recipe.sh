@@ -16,6 +16,7 @@
 # (egs2/<name>/asr1), train_joined_seconds, and optionally:
 #   decode_split   jobs per test set in decoding (default nj)
 #   decode_union   true: every test set decoded as one list (see decode_jobs)
+#   decode_alone_seconds  a recording at least this long is a decoding job of its own (default 600)
 #   num_workers    data loader processes of training (default 0)
 #   plot_sets      regular expression of the sets local/plot_results.py plots; plot_title
 #   usage_lines    the lines of run.sh's header that --help prints (default 2,20)

@@ -16,7 +16,7 @@ INLINE = re.compile(r"""(?:python3?|"\$python"|\$PY|"\$PY"|\$\{PYTHON[^}]*\}) +-
 # a here-document read by Python: python3 - ... <<'EOF' ... EOF (the command's line may go on
 # after the delimiter and over continuation lines; the document starts after them)
 HEREDOC = re.compile(r"""(?:python3?|"\$python"|\$PY|"\$PY"|/bin/python")[^\n]* - [^\n]*<<'(\w+)'"""
-                     r"""(?:[^\n]*\\\n)*[^\n]*\n(.*?)\n\1\n""", re.S)
+                     r"""(?:[^\n]*\\\n)*[^\n]*\n(.*?)\n\1\n""", re.DOTALL)
 
 
 def snippets():

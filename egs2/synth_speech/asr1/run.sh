@@ -58,6 +58,7 @@ asr_args=            # extra options for asr_train, e.g. "--batch_bins 2000000"
 inference_args=      # extra options for asr_inference, e.g. "--beam_size 4"
 max_epoch=           # shortcut for asr_args="--max_epoch N"
 inference_asr_model=valid.acc.ave.pth
+decode_alone_seconds=600  # a recording at least this long is decoded in a job of its own
 expdir=exp
 dumpdir=dump
 datadir=data
