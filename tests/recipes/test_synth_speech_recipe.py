@@ -13,6 +13,7 @@ The TTS tools are required: the test fails (does not skip) when they are missing
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -118,7 +119,7 @@ def test_results_for_every_set(smoke):
         assert hyp == sorted(read_map(work / "dumpdir" / "raw" / dset / "text")), dset
     # the table over every model of the exp dir, and the plot against recording length
     combined = (work / "expdir" / "RESULTS.md").read_text()
-    assert "|Samba-ASR|" in combined and "test_long_40s WER / CER" in combined, combined
+    assert "|Samba-ASR|1|" in combined and "test_long_40s WER / CER" in combined, combined
     png = work / "expdir" / "wer_vs_length.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -178,6 +179,7 @@ def test_comparison_trains_configs_side_by_side(smoke):
         cmd += [f"--{name}", str(work / name)]
     proc = subprocess.run(cmd, cwd=work, env=env, check=False, capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-6000:]
+    trained = {}
     for name in ("conformer", "samba_asr"):
         exp = work / "expdir" / f"asr_train_asr_{name}_raw_en_bpe60"
         assert sorted(rows((exp / "RESULTS.md").read_text(), "WER")) == sorted(TEST_SETS), name
@@ -188,13 +190,36 @@ def test_comparison_trains_configs_side_by_side(smoke):
         m = re.search(rf"{name}: --train_minutes 0 reached: training stopped after (\d+) epochs",
                       proc.stderr)
         assert m, proc.stderr[-3000:]
-        epochs = int(m.group(1))
+        epochs = trained[name] = int(m.group(1))
         assert 1 <= epochs < 40
         assert re.search(rf"^max_epoch: {epochs}$", (exp / "config.yaml").read_text(), re.MULTILINE)
         assert (exp / "train.stopped.log").read_text().count("epoch results") == epochs
         assert len(list(exp.glob("*.zip"))) == 1
     combined = (work / "expdir" / "RESULTS.md").read_text()
-    assert "|Conformer + Transformer|" in combined and "|Samba-ASR|" in combined, combined
+    # the table says how many epochs each model got
+    assert f"|Conformer + Transformer|{trained['conformer']}|" in combined, combined
+    assert f"|Samba-ASR|{trained['samba_asr']}|" in combined, combined
+
+
+def test_combined_table_names_the_reading_and_the_epochs(tmp_path):
+    """local/plot_results.py --table: Samba-ASR's readings of the cross-connection are told apart,
+    and each row has its model's epochs ("?" for a results.json written before they were kept)."""
+    sets = {"test": {"WER": 10.0, "CER": 5.0, "mean_duration_s": 3.0}}
+    runs = {"a": {"exp": "a", "encoder": "samba_asr", "decoder": "samba_asr", "max_epoch": 8,
+                  "cross_connection": "attention", "sets": sets},
+            "b": {"exp": "b", "encoder": "samba_asr", "decoder": "samba_asr", "max_epoch": 5,
+                  "cross_connection": None, "sets": sets},
+            "c": {"exp": "c", "encoder": "conformer", "decoder": "transformer", "sets": sets}}
+    for name, run in runs.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(run))
+    proc = subprocess.run([sys.executable, str(RECIPE / "local" / "plot_results.py"), "--table",
+                           *(str(tmp_path / f"{n}.json") for n in runs)],
+                          check=False, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    rows_ = proc.stdout.splitlines()
+    assert rows_[0] == "|model|epochs|test WER / CER|", rows_
+    assert rows_[2:] == ["|Samba-ASR (attention reading)|8|10.0 / 5.0|", "|Samba-ASR|5|10.0 / 5.0|",
+                         "|Conformer + Transformer|?|10.0 / 5.0|"], rows_
 
 
 def test_comparison_refuses_unknown_configs():

@@ -23,8 +23,12 @@ def label(run: dict) -> str:
     enc = run.get("encoder") or run["exp"]
     for k, v in LABELS.items():
         if k in enc:
-            return v + (f" + {run['decoder']}" if run.get("decoder") and run["decoder"] != enc
+            name = v + (f" + {run['decoder']}" if run.get("decoder") and run["decoder"] != enc
                         and k != "conformer" else "")
+            # the readings of Samba-ASR's cross-connection are different models
+            if run.get("cross_connection") not in (None, "prefix"):
+                name += f" ({run['cross_connection']} reading)"
+            return name
     return run["exp"]
 
 
@@ -40,12 +44,14 @@ def main():
     sets = sorted({s for r in runs for s in r["sets"]},
                   key=lambda s: next(r["sets"][s]["mean_duration_s"] or 0 for r in runs if s in r["sets"]))
 
-    head = "|model|" + "|".join(f"{s} WER / CER" for s in sets) + "|"
-    print(head + "\n|" + "---|" * (len(sets) + 1))
+    # epochs: the models of one table may have trained for different numbers of them
+    # (egs2/synth_speech/asr1/run_comparison.sh --train_minutes); "?" for older results.json
+    head = "|model|epochs|" + "|".join(f"{s} WER / CER" for s in sets) + "|"
+    print(head + "\n|" + "---|" * (len(sets) + 2))
     for r in runs:
         cells = [f"{r['sets'][s]['WER']:.1f} / {r['sets'][s]['CER']:.1f}" if s in r["sets"] else "-"
                  for s in sets]
-        print(f"|{label(r)}|" + "|".join(cells) + "|")
+        print(f"|{label(r)}|{r.get('max_epoch') or '?'}|" + "|".join(cells) + "|")
     if args.table:
         return
 

@@ -169,7 +169,9 @@ def main():
     args.out.write_text("\n".join(md) + "\n")
     (args.out.parent / "results.json").write_text(json.dumps(
         {"exp": args.exp.name, "encoder": c.get("encoder"), "decoder": c.get("decoder"),
-         "decode_tag": args.decode_tag, "sets": results}, indent=1) + "\n")
+         "cross_connection": (c.get("decoder_conf") or {}).get("cross_connection"),
+         "max_epoch": c.get("max_epoch"), "decode_tag": args.decode_tag, "sets": results},
+        indent=1) + "\n")
 
 
 if __name__ == "__main__":
