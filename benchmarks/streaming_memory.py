@@ -105,7 +105,6 @@ def measure(minutes: float, chunk_ms: float = 320, threads: int = 1, seed: int =
     tmp = tempfile.TemporaryDirectory()
     model, config, weights = build_model(Path(tmp.name), seed)
     cuda = device.startswith("cuda")
-    model = model.to(device)
 
     def sync():
         if cuda:
@@ -126,7 +125,8 @@ def measure(minutes: float, chunk_ms: float = 320, threads: int = 1, seed: int =
                                    lm_weight=0.0, maxlenratio=0.05,
                                    max_utterance_seconds=max_utterance_seconds, device=device)
         model = s2t.asr_model
-    else:
+    else:  # (Speech2TextStreaming loads its own copy onto the device)
+        model = model.to(device)
         frontend, encoder = StreamingFrontend(model), StreamingEncoder(model.encoder)
     chunk = round(chunk_ms * SAMPLE_RATE / 1000)
     total = int(minutes * 60 * SAMPLE_RATE)

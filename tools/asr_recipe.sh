@@ -418,6 +418,8 @@ asr_stage_score() {
     for dset in ${test_sets}; do  # a set whose decoding failed (stage 5) is left out, by name
         if [[ -e ${asr_exp}/${inference_tag}/${dset}/FAILED ]]; then
             log "ERROR: ${dset} not scored: $(cat "${asr_exp}/${inference_tag}/${dset}/FAILED")"
+            # the run ends with this error too (stage 5 has named it already if it ran now)
+            stage_on 5 || recipe_errors+=("${dset}: $(cat "${asr_exp}/${inference_tag}/${dset}/FAILED")")
         else scored+=("$dset"); fi
     done
     [[ ${#scored[@]} -gt 0 ]] || die "no test set was decoded completely (stage 5)"

@@ -259,6 +259,11 @@ def test_failed_decoding_job_loses_only_its_sets(smoke, tmp_path):
     scored = rows((expdir / exp.name / "RESULTS.md").read_text(), "WER")
     assert scored and not set(scored) & set(failed), (sorted(scored), failed)
     assert sorted([*scored, *failed]) == sorted(TEST_SETS)
+    # scoring again on its own still ends with the error: the FAILED set is not forgotten
+    cmd[cmd.index("--stage") + 1] = "6"
+    proc = subprocess.run(cmd, cwd=work, env=env, check=False, capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert proc.returncode == 1 and "ERROR: test_long_40s: " in proc.stderr, proc.stderr[-3000:]
 
 
 def test_long_recordings_decode_in_jobs_of_their_own(tmp_path):

@@ -140,7 +140,8 @@ for name in "${names[@]}"; do
     if [[ ${rc[$name]} == 0 ]]; then
         ./run.sh --stage 6 --stop_stage 6 --asr_config "conf/tuning/train_asr_${name}.yaml" \
             --nj "$per_nj" "${pass[@]}" > "$logdir/table.log" 2>&1 \
-            || log "ERROR: the combined table failed (${logdir}/table.log)"
+            || log "ERROR: stage 6 of ${name}, which writes the combined table, ended with an error" \
+                   "(${logdir}/table.log)"
         log "all models (${expdir}/RESULTS.md):"; grep '^|' "${expdir}/RESULTS.md" >&2 || true
         break
     fi
