@@ -363,33 +363,62 @@ asr_stage_train() {
 }
 
 # ------------------------------------------------------------------------------ 5: decode
+decode_job() {  # decode_job SET I [SUFFIX]: asr_inference over keys.I[SUFFIX] -> output.I[SUFFIX];
+    # its exit status in status.I[SUFFIX]
+    local ddir=${asr_exp}/${inference_tag}/$1 j=$2${3:-} rc=0
+    "$python" -m espnet2.bin.asr_inference --ngpu "$ngpu" --batch_size 1 \
+        --config "$inference_config" \
+        --asr_train_config "${asr_exp}/config.yaml" \
+        --asr_model_file "${asr_exp}/${inference_asr_model}" \
+        --data_path_and_name_and_type "$(decode_src "${inference_tag}" "$1")/wav.scp,speech,sound" \
+        --key_file "$ddir/logdir/keys.$j" --output_dir "$ddir/logdir/output.$j" \
+        ${inference_args} > "$ddir/logdir/asr_inference.$j.log" 2>&1 || rc=$?
+    echo "$rc" > "$ddir/logdir/status.$j"
+    [[ $rc -eq 0 ]] || echo "decode job failed: $ddir/logdir/asr_inference.$j.log" >&2
+    return "$rc"
+}
+
+undecoded_keys() {  # undecoded_keys SET I: the keys of job I without a 1-best hypothesis
+    local ldir=${asr_exp}/${inference_tag}/$1/logdir
+    awk 'NR == FNR { done[$1]; next } !($1 in done)' \
+        <(cat "$ldir/output.$2/1best_recog/text" 2>/dev/null) "$ldir/keys.$2"
+}
+
 asr_stage_decode() {
     stage_start 5 "decoding ${test_sets} with ${inference_config} (${nj} jobs)"
     [[ -e ${asr_exp}/${inference_asr_model} ]] || die "no ${asr_exp}/${inference_asr_model}: run stage 4"
     decode_jobs "${inference_tag}"
-    local running=0 done_n=0 failed= t dset i ddir nref nhyp
+    local running=0 done_n=0 failed= t dset i ddir nref nhyp n
     for t in "${tasks[@]}"; do
         IFS=: read -r dset i <<< "$t"
-        ddir=${asr_exp}/${inference_tag}/${dset}
-        (
-            "$python" -m espnet2.bin.asr_inference --ngpu "$ngpu" --batch_size 1 \
-                --config "$inference_config" \
-                --asr_train_config "${asr_exp}/config.yaml" \
-                --asr_model_file "${asr_exp}/${inference_asr_model}" \
-                --data_path_and_name_and_type "$(decode_src "${inference_tag}" "$dset")/wav.scp,speech,sound" \
-                --key_file "$ddir/logdir/keys.$i" --output_dir "$ddir/logdir/output.$i" \
-                ${inference_args} > "$ddir/logdir/asr_inference.$i.log" 2>&1 \
-                || { echo "decode job failed: $ddir/logdir/asr_inference.$i.log" >&2; exit 1; }
-        ) &
+        decode_job "$dset" "$i" &
         running=$((running + 1))
         if [[ $running -ge $nj ]]; then
-            wait -n || failed=1; running=$((running - 1)); done_n=$((done_n + 1))
+            wait -n || true; running=$((running - 1)); done_n=$((done_n + 1))
             log "decode: ${done_n}/${#tasks[@]} jobs done"
         fi
     done
     while [[ $running -gt 0 ]]; do
-        wait -n || failed=1; running=$((running - 1)); done_n=$((done_n + 1))
+        wait -n || true; running=$((running - 1)); done_n=$((done_n + 1))
         log "decode: ${done_n}/${#tasks[@]} jobs done"
+    done
+    # A job that ran out of GPU memory beside the others (the jobs, and other trainings or
+    # decodings, share the GPU) is given a second chance alone, after they have ended: its
+    # recordings without a hypothesis are decoded again, one job at a time.
+    for t in "${tasks[@]}"; do
+        IFS=: read -r dset i <<< "$t"
+        ddir=${asr_exp}/${inference_tag}/${dset}
+        [[ $(cat "$ddir/logdir/status.$i") != 0 ]] || continue
+        grep -qE 'OutOfMemoryError|CUDA out of memory' "$ddir/logdir/asr_inference.$i.log" || continue
+        undecoded_keys "$dset" "$i" > "$ddir/logdir/keys.$i.retry"
+        n=$(wc -l < "$ddir/logdir/keys.$i.retry")
+        log "decode: job ${i} of ${dset} ran out of GPU memory (${ddir}/logdir/asr_inference.${i}.log):" \
+            "its ${n} recordings without a hypothesis are decoded again, alone"
+        if decode_job "$dset" "$i" .retry; then echo 0 > "$ddir/logdir/status.$i"; fi
+    done
+    for t in "${tasks[@]}"; do
+        IFS=: read -r dset i <<< "$t"
+        [[ $(cat "${asr_exp}/${inference_tag}/${dset}/logdir/status.$i") == 0 ]] || failed=1
     done
     # A failed job (e.g. out of memory on the longest recording) does not discard the others:
     # every set with a hypothesis for each utterance is scored; a set without is marked FAILED

@@ -231,9 +231,33 @@ def test_comparison_refuses_unknown_configs():
     assert proc.returncode == 2 and "--stage is chosen per config" in proc.stderr, proc.stderr
 
 
+# Loaded by every Python of the run through PYTHONPATH: ESPnet's reader opens recordings with
+# soundfile.SoundFile, so the first opening of FAKE_OOM_WAV raises what PyTorch raises when the
+# GPU is full (and leaves FAKE_OOM_MARK behind, so that a second try reads it).
+FAKE_OOM = """
+import os
+if os.environ.get("FAKE_OOM_WAV"):
+    import soundfile
+    _SoundFile = soundfile.SoundFile
+
+    def _open(file, *args, **kwargs):
+        mark = os.environ["FAKE_OOM_MARK"]
+        if str(file) == os.environ["FAKE_OOM_WAV"] and not os.path.exists(mark):
+            open(mark, "w").close()
+            import torch
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 990.00 MiB (faked)")
+        return _SoundFile(file, *args, **kwargs)
+
+    soundfile.SoundFile = _open
+"""
+
+
 def test_failed_decoding_job_loses_only_its_sets(smoke, tmp_path):
     """A recording that cannot be decoded fails its job: the sets with a hypothesis for every
-    utterance are still scored, the others are marked FAILED and named, and the run exits 1."""
+    utterance are still scored, the others are marked FAILED and named, and the run exits 1.
+    A job that ran out of GPU memory (faked here: the first read of one recording raises
+    torch.OutOfMemoryError) is decoded again alone, for its recordings without a hypothesis,
+    and its set is scored."""
     work, exp, _ = smoke
     dump, expdir = tmp_path / "dump", tmp_path / "exp"
     shutil.copytree(work / "dumpdir", dump)
@@ -244,8 +268,14 @@ def test_failed_decoding_job_loses_only_its_sets(smoke, tmp_path):
     scp = dump / "raw" / "test_long_40s" / "wav.scp"
     key = scp.read_text().split()[0]
     scp.write_text(f"{key} {bad}\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    oom_scp = dump / "raw" / "test_long_10s" / "wav.scp"
+    oom_key, oom_wav = oom_scp.read_text().split("\n")[1].split()
+    site = tmp_path / "fake_oom"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(FAKE_OOM)
+    env = dict(os.environ, FAKE_OOM_WAV=oom_wav, FAKE_OOM_MARK=str(tmp_path / "oom_raised"),
+               PYTHONPATH=os.pathsep.join(
+                   [str(site), str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
     cmd = ["bash", str(RECIPE / "run.sh"), "--smoke", "true", "--python", sys.executable,
            "--ngpu", "0", "--nj", "2", "--stage", "5", "--stop_stage", "6",
            "--decode_alone_seconds", "40",  # the broken 45 s recording: a job of its own
@@ -256,6 +286,16 @@ def test_failed_decoding_job_loses_only_its_sets(smoke, tmp_path):
     failed = sorted(d.name for d in decode.iterdir() if (d / "FAILED").exists())
     assert failed == ["test_long_40s"], failed
     assert "ERROR: test_long_40s: " in proc.stderr and "a decoding job failed" in proc.stderr
+    # the out-of-memory job: raised once, decoded again alone, its set complete and scored
+    assert (tmp_path / "oom_raised").exists()
+    assert re.search(r"decode: job \d+ of all_test_sets ran out of GPU memory .*: its [1-9]\d* "
+                     r"recordings without a hypothesis are decoded again, alone", proc.stderr), \
+        proc.stderr[-4000:]
+    retried = list((decode / "all_test_sets" / "logdir").glob("keys.*.retry"))
+    assert len(retried) == 1 and oom_key in retried[0].read_text().split(), retried
+    hyp_keys = [line.split()[0] for line in (decode / "test_long_10s" / "text").read_text().splitlines()]
+    assert oom_key in hyp_keys, hyp_keys
+    assert "test_long_10s" not in failed
     scored = rows((expdir / exp.name / "RESULTS.md").read_text(), "WER")
     assert scored and not set(scored) & set(failed), (sorted(scored), failed)
     assert sorted([*scored, *failed]) == sorted(TEST_SETS)

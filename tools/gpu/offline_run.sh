@@ -19,6 +19,9 @@ SITE=/tmp/site
 SITE_KERNELS=/tmp/site_kernels  # KERNELS_BACKGROUND=1 only
 KERNEL_DIR=/tmp/espnet_mamba_kernels
 export PYTHONUNBUFFERED=1
+# mamba-ssm's Triton kernels (Mamba2, layer norm) autotune in each new process: with Triton's
+# disk cache of the timings, the decoding jobs reuse what their training found
+export TRITON_CACHE_AUTOTUNING=${TRITON_CACHE_AUTOTUNING:-1}
 if [[ -n ${OUT:-} ]]; then
     mkdir -p "$OUT"
     exec > >(tee -a "$OUT/offline_run.log") 2>&1
