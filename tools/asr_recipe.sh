@@ -17,6 +17,8 @@
 #   decode_split   jobs per test set in decoding (default nj)
 #   decode_union   true: every test set decoded as one list (see decode_jobs)
 #   decode_alone_seconds  a recording at least this long is a decoding job of its own (default 600)
+#   decode_batch_size  recordings per asr_inference batch (default 1); a job's keys are in
+#                  order of length, so that a batch holds recordings of about one length
 #   num_workers    data loader processes of training (default 0)
 #   plot_sets      regular expression of the sets local/plot_results.py plots; plot_title
 #   usage_lines    the lines of run.sh's header that --help prints (default 2,20)
@@ -171,7 +173,7 @@ decode_jobs() {  # decode_jobs TAG: a fresh ${asr_exp}/TAG/<set>/logdir per test
         ddir=${asr_exp}/$1/${dset}
         rm -rf "$ddir"; mkdir -p "$ddir/logdir"
         [[ $dset == "$ALL_SETS" ]] && union_dir "$ddir"
-        k=$(split_keys "$(decode_src "$1" "$dset")" "${decode_split:-$nj}" "$ddir/logdir/keys")
+        k=$(split_keys "$(decode_src "$1" "$dset")" "${decode_split:-$nj}" "$ddir/logdir/keys" longest_first)
         for i in $(seq 1 "$k"); do tasks+=("$dset:$i"); done
     done
 }
@@ -206,12 +208,17 @@ collect_1best() {  # collect_1best DIR: the decoding jobs' 1-best text, token an
     done
 }
 
-split_keys() {  # split_keys SRC_DIR N OUT_PREFIX  -> OUT_PREFIX.1 .. OUT_PREFIX.K; prints K
+split_keys() {  # split_keys SRC_DIR N OUT_PREFIX [ORDER] -> OUT_PREFIX.1 .. OUT_PREFIX.K; prints K
     # a key list (first column of wav.scp) in N parts balanced by utt2dur, plus one part for each
-    # recording of at least decode_alone_seconds (default 600)
-    "$python" - "$@" "${decode_alone_seconds:-600}" <<'EOF'
+    # recording of at least decode_alone_seconds (default 600); each part in wav.scp's (sorted)
+    # order, or with ORDER=longest_first from the longest recording down (for decoding: ESPnet
+    # batches the recordings in the order it reads them, so a batch holds recordings of about one
+    # length; decode_job writes each job a wav.scp in its keys' order, as ESPnet reads a key
+    # file and wav.scp in step)
+    "$python" - "$1" "$2" "$3" "${decode_alone_seconds:-600}" "${4:-sorted}" <<'EOF'
 import sys
 src, n, out, alone = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+order = sys.argv[5]
 keys = [l.split()[0] for l in open(f"{src}/wav.scp") if l.strip()]
 dur = {}
 try:
@@ -228,8 +235,9 @@ for k in sorted(rest, key=lambda k: -dur.get(k, 1.0)):  # longest first into the
     b[0] += dur.get(k, 1.0)
     b[1].append(k)
 for i, (_, ks) in enumerate(bins, 1):
+    ks = sorted(ks, key=lambda k: (-dur.get(k, 1.0), k)) if order == "longest_first" else sorted(ks)
     with open(f"{out}.{i}", "w") as f:
-        f.writelines(k + "\n" for k in sorted(ks))
+        f.writelines(k + "\n" for k in ks)
 print(len(bins))
 EOF
 }
@@ -363,14 +371,18 @@ asr_stage_train() {
 }
 
 # ------------------------------------------------------------------------------ 5: decode
-decode_job() {  # decode_job SET I [SUFFIX]: asr_inference over keys.I[SUFFIX] -> output.I[SUFFIX];
-    # its exit status in status.I[SUFFIX]
+decode_job() {  # decode_job SET I [SUFFIX [BATCH]]: asr_inference over keys.I[SUFFIX] ->
+    # output.I[SUFFIX], BATCH (default decode_batch_size) recordings a batch; the exit status in
+    # status.I[SUFFIX]
     local ddir=${asr_exp}/${inference_tag}/$1 j=$2${3:-} rc=0
-    "$python" -m espnet2.bin.asr_inference --ngpu "$ngpu" --batch_size 1 \
+    # the job's own wav.scp, in the order of its key list (ESPnet reads the two in step)
+    awk 'NR == FNR { wav[$1] = $0; next } { print wav[$1] }' \
+        "$(decode_src "${inference_tag}" "$1")/wav.scp" "$ddir/logdir/keys.$j" > "$ddir/logdir/wav.$j.scp"
+    "$python" -m espnet2.bin.asr_inference --ngpu "$ngpu" --batch_size "${4:-${decode_batch_size:-1}}" \
         --config "$inference_config" \
         --asr_train_config "${asr_exp}/config.yaml" \
         --asr_model_file "${asr_exp}/${inference_asr_model}" \
-        --data_path_and_name_and_type "$(decode_src "${inference_tag}" "$1")/wav.scp,speech,sound" \
+        --data_path_and_name_and_type "$ddir/logdir/wav.$j.scp,speech,sound" \
         --key_file "$ddir/logdir/keys.$j" --output_dir "$ddir/logdir/output.$j" \
         ${inference_args} > "$ddir/logdir/asr_inference.$j.log" 2>&1 || rc=$?
     echo "$rc" > "$ddir/logdir/status.$j"
@@ -380,8 +392,7 @@ decode_job() {  # decode_job SET I [SUFFIX]: asr_inference over keys.I[SUFFIX] -
 
 undecoded_keys() {  # undecoded_keys SET I: the keys of job I without a 1-best hypothesis
     local ldir=${asr_exp}/${inference_tag}/$1/logdir
-    awk 'NR == FNR { done[$1]; next } !($1 in done)' \
-        <(cat "$ldir/output.$2/1best_recog/text" 2>/dev/null) "$ldir/keys.$2"
+    grep -vxF -f <(cut -d' ' -f1 "$ldir/output.$2/1best_recog/text" 2>/dev/null) "$ldir/keys.$2" || true
 }
 
 asr_stage_decode() {
@@ -404,7 +415,7 @@ asr_stage_decode() {
     done
     # A job that ran out of GPU memory beside the others (the jobs, and other trainings or
     # decodings, share the GPU) is given a second chance alone, after they have ended: its
-    # recordings without a hypothesis are decoded again, one job at a time.
+    # recordings without a hypothesis are decoded again, one job and one recording at a time.
     for t in "${tasks[@]}"; do
         IFS=: read -r dset i <<< "$t"
         ddir=${asr_exp}/${inference_tag}/${dset}
@@ -414,7 +425,7 @@ asr_stage_decode() {
         n=$(wc -l < "$ddir/logdir/keys.$i.retry")
         log "decode: job ${i} of ${dset} ran out of GPU memory (${ddir}/logdir/asr_inference.${i}.log):" \
             "its ${n} recordings without a hypothesis are decoded again, alone"
-        if decode_job "$dset" "$i" .retry; then echo 0 > "$ddir/logdir/status.$i"; fi
+        if [[ $n -eq 0 ]] || decode_job "$dset" "$i" .retry 1; then echo 0 > "$ddir/logdir/status.$i"; fi
     done
     for t in "${tasks[@]}"; do
         IFS=: read -r dset i <<< "$t"

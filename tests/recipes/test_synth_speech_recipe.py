@@ -279,6 +279,7 @@ def test_failed_decoding_job_loses_only_its_sets(smoke, tmp_path):
     cmd = ["bash", str(RECIPE / "run.sh"), "--smoke", "true", "--python", sys.executable,
            "--ngpu", "0", "--nj", "2", "--stage", "5", "--stop_stage", "6",
            "--decode_alone_seconds", "40",  # the broken 45 s recording: a job of its own
+           "--decode_batch_size", "3",  # ESPnet's batched beam search; the second try: one at a time
            "--expdir", str(expdir), "--dumpdir", str(dump), "--datadir", str(work / "datadir")]
     proc = subprocess.run(cmd, cwd=work, env=env, check=False, capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 1, proc.stderr[-4000:]
@@ -291,8 +292,12 @@ def test_failed_decoding_job_loses_only_its_sets(smoke, tmp_path):
     assert re.search(r"decode: job \d+ of all_test_sets ran out of GPU memory .*: its [1-9]\d* "
                      r"recordings without a hypothesis are decoded again, alone", proc.stderr), \
         proc.stderr[-4000:]
-    retried = list((decode / "all_test_sets" / "logdir").glob("keys.*.retry"))
+    logdir = decode / "all_test_sets" / "logdir"
+    retried = list(logdir.glob("keys.*.retry"))
     assert len(retried) == 1 and oom_key in retried[0].read_text().split(), retried
+    job = retried[0].name.split(".")[1]
+    assert "--batch_size 3" in (logdir / f"asr_inference.{job}.log").read_text()
+    assert "--batch_size 1" in (logdir / f"asr_inference.{job}.retry.log").read_text()
     hyp_keys = [line.split()[0] for line in (decode / "test_long_10s" / "text").read_text().splitlines()]
     assert oom_key in hyp_keys, hyp_keys
     assert "test_long_10s" not in failed
@@ -308,15 +313,22 @@ def test_failed_decoding_job_loses_only_its_sets(smoke, tmp_path):
 
 def test_long_recordings_decode_in_jobs_of_their_own(tmp_path):
     """split_keys: the stage-5 job lists balanced by duration; a recording of at least
-    decode_alone_seconds is a job by itself."""
-    durs = {"a": 1200.0, "b": 30.0, "c": 20.0, "d": 12.0, "e": 10.0, "f": 8.0}
+    decode_alone_seconds is a job by itself; for decoding each list runs from its longest
+    recording down (ESPnet batches the recordings in the order it reads them), else in
+    wav.scp's sorted order (ESPnet reads a key file and wav.scp in step)."""
+    durs = {"a": 1200.0, "b": 8.0, "c": 30.0, "d": 10.0, "e": 20.0, "f": 12.0}
     (tmp_path / "wav.scp").write_text("".join(f"{k} /x/{k}.wav\n" for k in durs))
     (tmp_path / "utt2dur").write_text("".join(f"{k} {v}\n" for k, v in durs.items()))
-    script = (f'source "{REPO}/tools/asr_recipe.sh"; python="{sys.executable}"; '
-              f'split_keys "{tmp_path}" 2 "{tmp_path}/keys"')
-    proc = subprocess.run(["bash", "-c", script], check=False, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0 and proc.stdout.strip() == "3", (proc.stdout, proc.stderr)
-    parts = [(tmp_path / f"keys.{i}").read_text().split() for i in (1, 2, 3)]
-    assert parts[2] == ["a"], parts
-    assert sorted(parts[0] + parts[1]) == ["b", "c", "d", "e", "f"]
-    assert abs(sum(durs[k] for k in parts[0]) - sum(durs[k] for k in parts[1])) <= 12, parts
+    for order in ("longest_first", ""):
+        script = (f'source "{REPO}/tools/asr_recipe.sh"; python="{sys.executable}"; '
+                  f'split_keys "{tmp_path}" 2 "{tmp_path}/keys{order}" {order}')
+        proc = subprocess.run(["bash", "-c", script], check=False, capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 0 and proc.stdout.strip() == "3", (proc.stdout, proc.stderr)
+        parts = [(tmp_path / f"keys{order}.{i}").read_text().split() for i in (1, 2, 3)]
+        assert parts[2] == ["a"], parts
+        assert sorted(parts[0] + parts[1]) == ["b", "c", "d", "e", "f"]
+        assert abs(sum(durs[k] for k in parts[0]) - sum(durs[k] for k in parts[1])) <= 12, parts
+        for part in parts:
+            want = sorted(part, key=lambda k: -durs[k]) if order else sorted(part)
+            assert part == want, (order, parts)

@@ -59,6 +59,7 @@ inference_args=      # extra options for asr_inference, e.g. "--beam_size 4"
 max_epoch=           # shortcut for asr_args="--max_epoch N"
 inference_asr_model=valid.acc.ave.pth
 decode_alone_seconds=600  # a recording at least this long is decoded in a job of its own
+decode_batch_size=   # recordings per batch of asr_inference (ESPnet's batched beam search; default: 8 with a GPU, 1 without)
 expdir=exp
 dumpdir=dump
 datadir=data
@@ -118,6 +119,7 @@ if [[ -z $ngpu ]]; then
     ngpu=$("$python" -c 'import torch; print(min(torch.cuda.device_count(), 1))' 2>/dev/null || echo 0)
 fi
 [[ -n $num_workers ]] || num_workers=$([[ $ngpu -gt 0 ]] && echo 4 || echo 0)
+[[ -n $decode_batch_size ]] || decode_batch_size=$([[ $ngpu -gt 0 ]] && echo 8 || echo 1)
 # amp (bf16 autocast on GPUs that have it) is for GPUs; on a CPU it would only warn
 [[ $ngpu -gt 0 ]] || asr_args="--use_amp false ${asr_args}"
 
