@@ -371,20 +371,28 @@ asr_stage_train() {
 }
 
 # ------------------------------------------------------------------------------ 5: decode
+job_wav_scp() {  # job_wav_scp SRC_WAV_SCP KEYS OUT: the lines of the keys, in the keys' order
+    # (ESPnet reads a key file and wav.scp in step, so a job's list in another order than the
+    # set's sorted wav.scp needs a wav.scp of its own)
+    awk 'NR == FNR { wav[$1] = $0; next } { print wav[$1] }' "$1" "$2" > "$3"
+}
+
 decode_job() {  # decode_job SET I [SUFFIX [BATCH]]: asr_inference over keys.I[SUFFIX] ->
     # output.I[SUFFIX], BATCH (default decode_batch_size) recordings a batch; the exit status in
     # status.I[SUFFIX]
     local ddir=${asr_exp}/${inference_tag}/$1 j=$2${3:-} rc=0
-    # the job's own wav.scp, in the order of its key list (ESPnet reads the two in step)
-    awk 'NR == FNR { wav[$1] = $0; next } { print wav[$1] }' \
-        "$(decode_src "${inference_tag}" "$1")/wav.scp" "$ddir/logdir/keys.$j" > "$ddir/logdir/wav.$j.scp"
-    "$python" -m espnet2.bin.asr_inference --ngpu "$ngpu" --batch_size "${4:-${decode_batch_size:-1}}" \
+    job_wav_scp "$(decode_src "${inference_tag}" "$1")/wav.scp" "$ddir/logdir/keys.$j" \
+        "$ddir/logdir/wav.$j.scp" || rc=$?
+    # the batch size after inference_args: decode_batch_size is the option for it, and the
+    # second try of an out-of-memory job must stay at one recording
+    [[ $rc -ne 0 ]] || "$python" -m espnet2.bin.asr_inference --ngpu "$ngpu" \
         --config "$inference_config" \
         --asr_train_config "${asr_exp}/config.yaml" \
         --asr_model_file "${asr_exp}/${inference_asr_model}" \
         --data_path_and_name_and_type "$ddir/logdir/wav.$j.scp,speech,sound" \
         --key_file "$ddir/logdir/keys.$j" --output_dir "$ddir/logdir/output.$j" \
-        ${inference_args} > "$ddir/logdir/asr_inference.$j.log" 2>&1 || rc=$?
+        ${inference_args} --batch_size "${4:-${decode_batch_size:-1}}" \
+        > "$ddir/logdir/asr_inference.$j.log" 2>&1 || rc=$?
     echo "$rc" > "$ddir/logdir/status.$j"
     [[ $rc -eq 0 ]] || echo "decode job failed: $ddir/logdir/asr_inference.$j.log" >&2
     return "$rc"
@@ -421,7 +429,9 @@ asr_stage_decode() {
         ddir=${asr_exp}/${inference_tag}/${dset}
         [[ $(cat "$ddir/logdir/status.$i") != 0 ]] || continue
         grep -qE 'OutOfMemoryError|CUDA out of memory' "$ddir/logdir/asr_inference.$i.log" || continue
-        undecoded_keys "$dset" "$i" > "$ddir/logdir/keys.$i.retry"
+        # shortest first: the recording that ran out of memory is most likely the longest, and
+        # if it does again, the ones before it are decoded
+        undecoded_keys "$dset" "$i" | tac > "$ddir/logdir/keys.$i.retry"
         n=$(wc -l < "$ddir/logdir/keys.$i.retry")
         log "decode: job ${i} of ${dset} ran out of GPU memory (${ddir}/logdir/asr_inference.${i}.log):" \
             "its ${n} recordings without a hypothesis are decoded again, alone"
@@ -512,11 +522,12 @@ asr_stage_stream() {
     for t in "${tasks[@]}"; do
         IFS=: read -r dset i <<< "$t"
         ddir=${asr_exp}/${streaming_tag}/${dset}
+        job_wav_scp "${dumpdir}/raw/${dset}/wav.scp" "$ddir/logdir/keys.$i" "$ddir/logdir/wav.$i.scp"
         "$python" -m espnet_mamba.integration.streaming_asr_inference --ngpu "$ngpu" \
             --batch_size 1 --config "$inference_config" \
             --asr_train_config "${asr_exp}/config.yaml" \
             --asr_model_file "${asr_exp}/${inference_asr_model}" \
-            --data_path_and_name_and_type "${dumpdir}/raw/${dset}/wav.scp,speech,sound" \
+            --data_path_and_name_and_type "$ddir/logdir/wav.$i.scp,speech,sound" \
             --key_file "$ddir/logdir/keys.$i" --output_dir "$ddir/logdir/output.$i" \
             --sim_chunk_length "$streaming_chunk" ${inference_args} ${streaming_args} \
             > "$ddir/logdir/streaming_inference.$i.log" 2>&1 &

@@ -3,7 +3,7 @@
 Reuses the smoke run's corpus, token list and feature statistics (the ``smoke_run`` fixture of
 test_mini_synth_smoke_run.py: CI's finished ``run.sh --smoke true`` or a fresh one), copied
 into a private recipe directory, then ``run.sh --smoke true --stage 4 --stop_stage 8
---asr_config conf/tuning/train_asr_samba_causal.yaml --streaming true`` over two of the test sets
+--asr_config conf/tuning/train_asr_samba_causal.yaml --streaming true --nj 1`` over two of the test sets
 (3 recordings, about 22 s): one training epoch of the causal Samba-ASR, offline decoding and
 scoring, packing, then streaming decoding in 320 ms chunks.  The streamed final hypotheses must
 be the offline ones, text for text, on both sets; RESULTS.md holds WER/CER of the finals and of the partial results (CTC prefix search over
@@ -42,7 +42,7 @@ def test_streaming_stage_gives_the_offline_hypotheses(smoke_run, tmp_path):
         shutil.copytree(stats, work / "exp_smoke" / stats.name)
     run_log = tmp_path / "run.log"
     rc = run_recipe(work, ["--smoke", "true", "--stage", "4", "--stop_stage", "8",
-                           "--asr_config", CAUSAL, "--streaming", "true",
+                           "--asr_config", CAUSAL, "--streaming", "true", "--nj", "1",
                            "--test_sets", " ".join(SETS)], run_log)
     assert rc == 0, f"stages 4-8 failed (rc={rc}):\n{tail(run_log)}"
 
@@ -57,6 +57,12 @@ def test_streaming_stage_gives_the_offline_hypotheses(smoke_run, tmp_path):
         assert partial.keys() == want.keys(), dset
         rtf = texts(streamed / dset / "rtf")
         assert rtf.keys() == want.keys() and all(float(v) > 0 for v in rtf.values()), dset
+        # one job a set (--nj 1), its recordings longest first: ESPnet reads them from a
+        # wav.scp of the job's own, in the order of its key list
+        logdir = streamed / dset / "logdir"
+        keys = (logdir / "keys.1").read_text().split()
+        assert sorted(keys) == sorted(want), dset
+        assert [line.split()[0] for line in (logdir / "wav.1.scp").read_text().splitlines()] == keys
 
     results = (streamed / "RESULTS.md").read_text()
     final, partial = results.split("## Partial results", 1)
