@@ -20,7 +20,8 @@ SITE_KERNELS=/tmp/site_kernels  # KERNELS_BACKGROUND=1 only
 KERNEL_DIR=/tmp/espnet_mamba_kernels
 export PYTHONUNBUFFERED=1
 # mamba-ssm's Triton kernels (Mamba2, layer norm) autotune in each new process: with Triton's
-# disk cache of the timings, the decoding jobs reuse what their training found
+# disk cache of the timings, a later process (a decoding job) reuses them for the kernels and
+# shapes already tuned
 export TRITON_CACHE_AUTOTUNING=${TRITON_CACHE_AUTOTUNING:-1}
 if [[ -n ${OUT:-} ]]; then
     mkdir -p "$OUT"
