@@ -17,8 +17,10 @@
 #   decode_split   jobs per test set in decoding (default nj)
 #   decode_union   true: every test set decoded as one list (see decode_jobs)
 #   decode_alone_seconds  a recording at least this long is a decoding job of its own (default 600)
-#   decode_batch_size  recordings per asr_inference batch (default 1); a job's keys are in
-#                  order of length, so that a batch holds recordings of about one length
+#   decode_batch_size  recordings per asr_inference batch at most (default 1); a job holds
+#                  recordings of about one length, longest first, so that a batch does too
+#   decode_batch_seconds  audio per batch at most, as recordings x the job's longest (default
+#                  240): a job of long recordings decodes fewer at a time (job_batch_size)
 #   num_workers    data loader processes of training (default 0)
 #   plot_sets      regular expression of the sets local/plot_results.py plots; plot_title
 #   usage_lines    the lines of run.sh's header that --help prints (default 2,20)
@@ -209,12 +211,14 @@ collect_1best() {  # collect_1best DIR: the decoding jobs' 1-best text, token an
 }
 
 split_keys() {  # split_keys SRC_DIR N OUT_PREFIX [ORDER] -> OUT_PREFIX.1 .. OUT_PREFIX.K; prints K
-    # a key list (first column of wav.scp) in N parts balanced by utt2dur, plus one part for each
-    # recording of at least decode_alone_seconds (default 600); each part in wav.scp's (sorted)
-    # order, or with ORDER=longest_first from the longest recording down (for decoding: ESPnet
-    # batches the recordings in the order it reads them, so a batch holds recordings of about one
-    # length; decode_job writes each job a wav.scp in its keys' order, as ESPnet reads a key
-    # file and wav.scp in step)
+    # a key list (first column of wav.scp) in up to N parts of about equal duration (utt2dur),
+    # plus one part for each recording of at least decode_alone_seconds (default 600).  By
+    # default each part is a mix of lengths, in wav.scp's (sorted) order.  With
+    # ORDER=longest_first (decoding) the parts are runs of the recordings sorted by length, each
+    # from its longest recording down: ESPnet batches the recordings in the order it reads them,
+    # so a batch holds recordings of about one length, and a part of long recordings can be
+    # decoded with smaller batches (job_batch_size); decode_job writes each job a wav.scp in its
+    # keys' order, as ESPnet reads a key file and wav.scp in step
     "$python" - "$1" "$2" "$3" "${decode_alone_seconds:-600}" "${4:-sorted}" <<'EOF'
 import sys
 src, n, out, alone = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
@@ -229,11 +233,22 @@ except FileNotFoundError:
 # not after a bin's other recordings, and if it fails (out of memory) it takes nothing else along
 alone_keys = [k for k in keys if dur.get(k, 1.0) >= alone]
 rest = [k for k in keys if dur.get(k, 1.0) < alone]
-bins = [[0.0, []] for _ in range(min(n, len(rest)))] + [[dur[k], [k]] for k in alone_keys]
-for k in sorted(rest, key=lambda k: -dur.get(k, 1.0)):  # longest first into the lightest bin
-    b = min(bins[:len(bins) - len(alone_keys)], key=lambda b: b[0])
-    b[0] += dur.get(k, 1.0)
-    b[1].append(k)
+parts = [[0.0, []] for _ in range(min(n, len(rest)))]
+by_length = sorted(rest, key=lambda k: (-dur.get(k, 1.0), k))
+if order == "longest_first":
+    # runs of equal duration: a recording goes to the part its midpoint falls in
+    share, done = sum(dur.get(k, 1.0) for k in rest) / max(len(parts), 1), 0.0
+    for k in by_length:
+        d = dur.get(k, 1.0)
+        parts[min(int((done + d / 2) / share), len(parts) - 1)][1].append(k)
+        done += d
+    parts = [p for p in parts if p[1]]
+else:
+    for k in by_length:  # longest first into the lightest part
+        p = min(parts, key=lambda p: p[0])
+        p[0] += dur.get(k, 1.0)
+        p[1].append(k)
+bins = parts + [[dur[k], [k]] for k in alone_keys]
 for i, (_, ks) in enumerate(bins, 1):
     ks = sorted(ks, key=lambda k: (-dur.get(k, 1.0), k)) if order == "longest_first" else sorted(ks)
     with open(f"{out}.{i}", "w") as f:
@@ -377,12 +392,25 @@ job_wav_scp() {  # job_wav_scp SRC_WAV_SCP KEYS OUT: the lines of the keys, in t
     awk 'NR == FNR { wav[$1] = $0; next } { print wav[$1] }' "$1" "$2" > "$3"
 }
 
+job_batch_size() {  # job_batch_size KEYS UTT2DUR: recordings a batch for this key list:
+    # decode_batch_size (default 1), fewer where that many of its longest recording would hold
+    # more than decode_batch_seconds (default 240) of audio; at least 1.  Batches of several
+    # minutes of audio each ran out of GPU memory where several decodings shared the GPU.
+    [[ -s $2 ]] || { echo "${decode_batch_size:-1}"; return; }
+    awk -v most="${decode_batch_size:-1}" -v seconds="${decode_batch_seconds:-240}" '
+        NR == FNR { want[$1]; next }
+        ($1 in want) && $2 > longest { longest = $2 }
+        END { b = most; if (longest > 0 && int(seconds / longest) < b) b = int(seconds / longest)
+              print (b < 1 ? 1 : b) }' "$1" "$2"
+}
+
 decode_job() {  # decode_job SET I [SUFFIX [BATCH]]: asr_inference over keys.I[SUFFIX] ->
-    # output.I[SUFFIX], BATCH (default decode_batch_size) recordings a batch; the exit status in
+    # output.I[SUFFIX], BATCH (default job_batch_size) recordings a batch; the exit status in
     # status.I[SUFFIX]
-    local ddir=${asr_exp}/${inference_tag}/$1 j=$2${3:-} rc=0
-    job_wav_scp "$(decode_src "${inference_tag}" "$1")/wav.scp" "$ddir/logdir/keys.$j" \
-        "$ddir/logdir/wav.$j.scp" || rc=$?
+    local ddir=${asr_exp}/${inference_tag}/$1 j=$2${3:-} rc=0 src batch
+    src=$(decode_src "${inference_tag}" "$1")
+    batch=${4:-$(job_batch_size "$ddir/logdir/keys.$j" "$src/utt2dur")}
+    job_wav_scp "$src/wav.scp" "$ddir/logdir/keys.$j" "$ddir/logdir/wav.$j.scp" || rc=$?
     # the batch size after inference_args: decode_batch_size is the option for it, and the
     # second try of an out-of-memory job must stay at one recording
     [[ $rc -ne 0 ]] || "$python" -m espnet2.bin.asr_inference --ngpu "$ngpu" \
@@ -391,7 +419,7 @@ decode_job() {  # decode_job SET I [SUFFIX [BATCH]]: asr_inference over keys.I[S
         --asr_model_file "${asr_exp}/${inference_asr_model}" \
         --data_path_and_name_and_type "$ddir/logdir/wav.$j.scp,speech,sound" \
         --key_file "$ddir/logdir/keys.$j" --output_dir "$ddir/logdir/output.$j" \
-        ${inference_args} --batch_size "${4:-${decode_batch_size:-1}}" \
+        ${inference_args} --batch_size "$batch" \
         > "$ddir/logdir/asr_inference.$j.log" 2>&1 || rc=$?
     echo "$rc" > "$ddir/logdir/status.$j"
     [[ $rc -eq 0 ]] || echo "decode job failed: $ddir/logdir/asr_inference.$j.log" >&2

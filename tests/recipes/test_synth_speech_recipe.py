@@ -7,7 +7,7 @@ by command-line options, decoding of every test set, scoring, the WER-vs-length 
 packing.  Checked: a RESULTS.md row (WER and CER) for every test set; the long sets are
 test_long's utterances joined in order, one voice a recording, of about the asked lengths,
 with the same words as test_long (so their WER measures length alone); the plot and the table
-over the models; the packed zip holds the model, its config, the BPE model and the card.
+over the models; the packed zip holds the model, its config (characters: no BPE model) and the card.
 The TTS tools are required: the test fails (does not skip) when they are missing.
 """
 
@@ -101,7 +101,7 @@ def read_map(path: Path) -> dict[str, str]:
 def test_results_for_every_set(smoke):
     work, exp, _ = smoke
     results = (exp / "RESULTS.md").read_text()
-    assert "encoder: `samba_asr`, decoder: `samba_asr`, token_type: `bpe`" in results
+    assert "encoder: `samba_asr`, decoder: `samba_asr`, token_type: `char`" in results
     for metric in ("WER", "CER"):
         table = rows(results, metric)
         assert sorted(table) == sorted(TEST_SETS), (metric, sorted(table))
@@ -159,8 +159,9 @@ def test_packed_model(smoke):
         names = z.namelist()
         card = z.read(next(n for n in names if n.endswith("README.md"))).decode()
     # the checkpoint is stored under the name valid.acc.ave.pth links to (1epoch.pth here)
-    for suffix in ("config.yaml", ".pth", "bpe.model", "feats_stats.npz", "RESULTS.md"):
+    for suffix in ("config.yaml", ".pth", "feats_stats.npz", "RESULTS.md"):
         assert any(n.endswith(suffix) for n in names), (suffix, names)
+    assert not any(n.endswith("bpe.model") for n in names), names  # the default is characters
     assert "egs2/synth_speech/asr1" in card and "SambaASREncoder" in card, card[:2000]
     assert "finished: total" in log
 
@@ -181,7 +182,7 @@ def test_comparison_trains_configs_side_by_side(smoke):
     assert proc.returncode == 0, proc.stderr[-6000:]
     trained = {}
     for name in ("conformer", "samba_asr"):
-        exp = work / "expdir" / f"asr_train_asr_{name}_raw_en_bpe60"
+        exp = work / "expdir" / f"asr_train_asr_{name}_raw_en_char"
         assert sorted(rows((exp / "RESULTS.md").read_text(), "WER")) == sorted(TEST_SETS), name
         assert (work / "expdir" / "comparison" / f"{name}.log").stat().st_size > 0
         # progress lines come back with the config's name in front
@@ -262,7 +263,7 @@ def test_failed_decoding_job_loses_only_its_sets(smoke, tmp_path):
     dump, expdir = tmp_path / "dump", tmp_path / "exp"
     shutil.copytree(work / "dumpdir", dump)
     shutil.copytree(exp, expdir / exp.name)
-    shutil.copytree(work / "expdir" / "asr_stats_raw_en_bpe60", expdir / "asr_stats_raw_en_bpe60")
+    shutil.copytree(work / "expdir" / "asr_stats_raw_en_char", expdir / "asr_stats_raw_en_char")
     bad = tmp_path / "broken.wav"
     bad.write_bytes(b"not a wav file")
     scp = dump / "raw" / "test_long_40s" / "wav.scp"
@@ -311,10 +312,12 @@ def test_failed_decoding_job_loses_only_its_sets(smoke, tmp_path):
 
 
 def test_long_recordings_decode_in_jobs_of_their_own(tmp_path):
-    """split_keys: the stage-5 job lists balanced by duration; a recording of at least
-    decode_alone_seconds is a job by itself; for decoding each list runs from its longest
-    recording down (ESPnet batches the recordings in the order it reads them), else in
-    wav.scp's sorted order (ESPnet reads a key file and wav.scp in step)."""
+    """split_keys: the stage-5 job lists of about equal duration; a recording of at least
+    decode_alone_seconds is a job by itself.  For decoding each list is a run of the recordings
+    sorted by length, from its longest down (ESPnet batches the recordings in the order it reads
+    them, so a batch holds recordings of about one length); otherwise the lists mix lengths
+    (balanced more closely) in wav.scp's sorted order (ESPnet reads a key file and wav.scp in
+    step)."""
     durs = {"a": 1200.0, "b": 8.0, "c": 30.0, "d": 10.0, "e": 20.0, "f": 12.0}
     (tmp_path / "wav.scp").write_text("".join(f"{k} /x/{k}.wav\n" for k in durs))
     (tmp_path / "utt2dur").write_text("".join(f"{k} {v}\n" for k, v in durs.items()))
@@ -327,7 +330,32 @@ def test_long_recordings_decode_in_jobs_of_their_own(tmp_path):
         parts = [(tmp_path / f"keys{order}.{i}").read_text().split() for i in (1, 2, 3)]
         assert parts[2] == ["a"], parts
         assert sorted(parts[0] + parts[1]) == ["b", "c", "d", "e", "f"]
-        assert abs(sum(durs[k] for k in parts[0]) - sum(durs[k] for k in parts[1])) <= 12, parts
+        imbalance = abs(sum(durs[k] for k in parts[0]) - sum(durs[k] for k in parts[1]))
+        if order:  # runs by length, as even as whole recordings allow
+            assert min(durs[k] for k in parts[0]) >= max(durs[k] for k in parts[1]), parts
+            assert imbalance <= 30, parts
+        else:
+            assert imbalance <= 12, parts
         for part in parts:
             want = sorted(part, key=lambda k: -durs[k]) if order else sorted(part)
             assert part == want, (order, parts)
+
+
+@pytest.mark.parametrize("longest,most,seconds,want", [
+    (3.0, 8, 240, 8),      # short recordings: the whole batch
+    (60.0, 8, 240, 4),     # 4 x 60 s
+    (100.0, 8, 240, 2),    # 2 x 100 s
+    (328.0, 8, 240, 1),    # longer than the bound: one at a time, never none
+    (60.0, 1, 240, 1),     # decode_batch_size 1 stays 1
+])
+def test_job_batch_size_bounds_the_audio_of_a_batch(tmp_path, longest, most, seconds, want):
+    """job_batch_size: decode_batch_size recordings a batch, fewer where that many of the job's
+    longest recording would exceed decode_batch_seconds; only the job's own keys count."""
+    (tmp_path / "utt2dur").write_text(f"x {longest}\ny 1.5\nother 9999\n")
+    (tmp_path / "keys").write_text("x\ny\n")
+    script = (f'source "{REPO}/tools/asr_recipe.sh"; decode_batch_size={most}; '
+              f'decode_batch_seconds={seconds}; job_batch_size "{tmp_path}/keys" "{tmp_path}/utt2dur"; '
+              f'job_batch_size "{tmp_path}/keys" "{tmp_path}/no_utt2dur"')
+    proc = subprocess.run(["bash", "-c", script], check=False, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(want), str(most)], proc.stdout

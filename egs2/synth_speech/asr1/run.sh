@@ -47,7 +47,7 @@ wavdir=corpus/wav
 tts_prefix=          # TTS engines brought along (tools/gpu/fetch_tts.sh): a folder or .tar.xz
 # tokens
 lang=en
-token_type=bpe       # bpe or char
+token_type=char      # char or bpe (--nbpe units): characters begin to align in far fewer updates (README, Tokens)
 nbpe=500
 bpemode=unigram
 # training / decoding
@@ -60,6 +60,7 @@ max_epoch=           # shortcut for asr_args="--max_epoch N"
 inference_asr_model=valid.acc.ave.pth
 decode_alone_seconds=600  # a recording at least this long is decoded in a job of its own
 decode_batch_size=   # recordings per batch of asr_inference (ESPnet's batched beam search; default: 8 with a GPU, 1 without)
+decode_batch_seconds=240  # audio per batch at most (recordings x the longest): long recordings go fewer at a time
 expdir=exp
 dumpdir=dump
 datadir=data
@@ -121,6 +122,8 @@ fi
 [[ -n $num_workers ]] || num_workers=$([[ $ngpu -gt 0 ]] && echo 4 || echo 0)
 [[ -n $decode_batch_size ]] || decode_batch_size=$([[ $ngpu -gt 0 ]] && echo 8 || echo 1)
 [[ $decode_batch_size =~ ^[1-9][0-9]*$ ]] || die "--decode_batch_size ${decode_batch_size}: a number of recordings, 1 or more"
+[[ $decode_batch_seconds =~ ^[0-9]+([.][0-9]*)?$ ]] \
+    || die "--decode_batch_seconds ${decode_batch_seconds}: a number of seconds"
 # amp (bf16 autocast on GPUs that have it) is for GPUs; on a CPU it would only warn
 [[ $ngpu -gt 0 ]] || asr_args="--use_amp false ${asr_args}"
 
