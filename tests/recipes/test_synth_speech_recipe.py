@@ -359,3 +359,30 @@ def test_job_batch_size_bounds_the_audio_of_a_batch(tmp_path, longest, most, sec
     proc = subprocess.run(["bash", "-c", script], check=False, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [str(want), str(most)], proc.stdout
+
+
+EPOCH_LOG = """\
+[vm] 2026-12-07 13:09:00,001 (trainer:810) INFO: 1epoch:train:551-575batch: iter_time=8e-05, loss=90.1
+[vm] 2026-12-07 13:10:45,002 (trainer:392) INFO: 1epoch results: [train] acc=0.444, loss=83.818, \
+train_time=0.353, time=3 minutes and 23.35 seconds, total_count=575, [valid] loss_ctc=61.629, cer_ctc=0.350
+[vm] 2026-12-07 13:11:30,003 (trainer:810) INFO: 2epoch:train:1-50batch: iter_time=8e-05, loss=60.2
+[vm] 2026-12-07 13:13:40,663 (trainer:810) INFO: 2epoch:train:501-550batch: iter_time=7.9e-05, loss=49.2
+"""
+
+
+@pytest.mark.parametrize("lines,elapsed,want", [
+    (4, 200, "9"),    # 550 of 575 updates in 200 s: 25 more take about 9 s
+    (3, 200, "2100"),  # 50 of 575 in 200 s
+    (2, 200, ""),     # no batch of the next epoch yet: nothing to tell
+    (1, 200, ""),     # no completed epoch
+])
+def test_epoch_remaining_reads_the_epoch_in_progress(tmp_path, lines, elapsed, want):
+    """local/epoch_remaining.sh: the seconds left in the epoch in progress, from the updates an
+    epoch took (total_count over the completed epochs) and the last batch line of the next one;
+    run_comparison.sh finishes such an epoch when --train_minutes comes near its end."""
+    log = tmp_path / "train.log"
+    log.write_text("".join(EPOCH_LOG.splitlines(keepends=True)[:lines]))
+    proc = subprocess.run(["bash", str(RECIPE / "local" / "epoch_remaining.sh"), str(log), str(elapsed)],
+                          check=False, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == want, (lines, proc.stdout)

@@ -17,7 +17,9 @@
 #                         stopped at its last completed epoch (at least one) and goes on from
 #                         there as ESPnet's resume does: the best epochs so far are averaged,
 #                         then decoded, scored and packed (for a time-limited GPU job; the
-#                         epochs each model got are in the log, its config.yaml and RESULTS.md)
+#                         epochs each model got are in the log, its config.yaml and RESULTS.md).
+#                         An epoch expected to end within M/10 minutes more (from its updates
+#                         so far, local/epoch_remaining.sh) is finished first, not thrown away
 # Logs: exp/comparison/<name>.log (each run.sh's whole output); the lines that report
 # progress (stages, epochs, results) are printed here with the name in front.
 # Exit status: 0 if every config ran through, else 1 (the failed ones are named).
@@ -73,7 +75,7 @@ fi
 
 # every config at once: the GPU is shared; decoding jobs share the cores
 per_nj=$((nj / ${#names[@]})); ((per_nj > 0)) || per_nj=1
-declare -A pid=() rc=() stopped=()
+declare -A pid=() rc=() stopped=() finishing=()
 followers=()
 start() {  # start NAME [RUN.SH OPTION...]: stages 4-7 of a config in a process group of its own
     local name=$1; shift
@@ -93,7 +95,7 @@ training_dir() {  # training_dir NAME: the exp dir of a config whose stage 4 is 
          END { print dir }' "$logdir/$1.log"
 }
 stop_if_due() {  # stop_if_due NAME: with --train_minutes, past the limit, at an epoch's end
-    local name=$1 dir n
+    local name=$1 dir n since left
     [[ -n $train_seconds && -z ${stopped[$name]:-} ]] || return 0
     ((SECONDS - t_train >= train_seconds)) || return 0
     dir=$(training_dir "$name"); [[ -n $dir && -s $dir/train.log ]] || return 0
@@ -101,7 +103,21 @@ stop_if_due() {  # stop_if_due NAME: with --train_minutes, past the limit, at an
     # only once the epoch's files are written (latest.pth is the last, then seconds of
     # bookkeeping): a stop while checkpoint.pth is written would leave it broken
     ((n >= 1)) && [[ $(readlink "$dir/latest.pth" 2>/dev/null) == "${n}epoch.pth" ]] || return 0
-    (($(date +%s) - $(stat -c %Y "$dir/latest.pth") >= 5)) || return 0
+    since=$(($(date +%s) - $(stat -c %Y "$dir/latest.pth")))
+    ((since >= 5)) || return 0
+    # an epoch that is almost done (expected to end within a tenth of the limit) is finished,
+    # once, so that its updates are not thrown away; it is waited for up to twice that
+    if [[ -n ${finishing[$name]:-} ]]; then
+        ((n < finishing[$name] && SECONDS - t_train < train_seconds + train_seconds / 5)) && return 0
+    else
+        left=$(bash local/epoch_remaining.sh "$dir/train.log" "$since")
+        if [[ -n $left ]] && ((SECONDS - t_train + left <= train_seconds + train_seconds / 10)); then
+            finishing[$name]=$((n + 1))
+            log "${name}: --train_minutes ${train_minutes} reached in epoch $((n + 1)), expected to" \
+                "end in ${left} s: stopped after it"
+            return 0
+        fi
+    fi
     log "${name}: --train_minutes ${train_minutes} reached: training stopped after ${n} epochs;" \
         "the best of them are averaged, then decoded"
     kill -- -"${pid[$name]}" 2>/dev/null || true
