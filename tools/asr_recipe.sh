@@ -221,7 +221,7 @@ split_keys() {  # split_keys SRC_DIR N OUT_PREFIX [ORDER] -> OUT_PREFIX.1 .. OUT
     # keys' order, as ESPnet reads a key file and wav.scp in step
     "$python" - "$1" "$2" "$3" "${decode_alone_seconds:-600}" "${4:-sorted}" <<'EOF'
 import sys
-src, n, out, alone = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+src, n, out, alone = sys.argv[1], max(int(sys.argv[2]), 1), sys.argv[3], float(sys.argv[4])
 order = sys.argv[5]
 keys = [l.split()[0] for l in open(f"{src}/wav.scp") if l.strip()]
 dur = {}
@@ -237,7 +237,7 @@ parts = [[0.0, []] for _ in range(min(n, len(rest)))]
 by_length = sorted(rest, key=lambda k: (-dur.get(k, 1.0), k))
 if order == "longest_first":
     # runs of equal duration: a recording goes to the part its midpoint falls in
-    share, done = sum(dur.get(k, 1.0) for k in rest) / max(len(parts), 1), 0.0
+    share, done = (sum(dur.get(k, 1.0) for k in rest) or 1.0) / max(len(parts), 1), 0.0
     for k in by_length:
         d = dur.get(k, 1.0)
         parts[min(int((done + d / 2) / share), len(parts) - 1)][1].append(k)
@@ -409,7 +409,7 @@ decode_job() {  # decode_job SET I [SUFFIX [BATCH]]: asr_inference over keys.I[S
     # status.I[SUFFIX]
     local ddir=${asr_exp}/${inference_tag}/$1 j=$2${3:-} rc=0 src batch
     src=$(decode_src "${inference_tag}" "$1")
-    batch=${4:-$(job_batch_size "$ddir/logdir/keys.$j" "$src/utt2dur")}
+    batch=${4:-$(job_batch_size "$ddir/logdir/keys.$j" "$src/utt2dur" || echo 1)}
     job_wav_scp "$src/wav.scp" "$ddir/logdir/keys.$j" "$ddir/logdir/wav.$j.scp" || rc=$?
     # the batch size after inference_args: decode_batch_size is the option for it, and the
     # second try of an out-of-memory job must stay at one recording

@@ -362,27 +362,99 @@ def test_job_batch_size_bounds_the_audio_of_a_batch(tmp_path, longest, most, sec
 
 
 EPOCH_LOG = """\
-[vm] 2026-12-07 13:09:00,001 (trainer:810) INFO: 1epoch:train:551-575batch: iter_time=8e-05, loss=90.1
-[vm] 2026-12-07 13:10:45,002 (trainer:392) INFO: 1epoch results: [train] acc=0.444, loss=83.818, \
-train_time=0.353, time=3 minutes and 23.35 seconds, total_count=575, [valid] loss_ctc=61.629, cer_ctc=0.350
-[vm] 2026-12-07 13:11:30,003 (trainer:810) INFO: 2epoch:train:1-50batch: iter_time=8e-05, loss=60.2
-[vm] 2026-12-07 13:13:40,663 (trainer:810) INFO: 2epoch:train:501-550batch: iter_time=7.9e-05, loss=49.2
+[vm] 2026-12-07 13:09:00,001 (trainer:810) INFO: 1epoch:train:501-550batch: iter_time=8e-05, loss=90.1
+[vm] 2026-12-07 13:09:12,002 (trainer:392) INFO: 1epoch results: [train] acc=0.444, loss=83.818, \
+total_count=575, [valid] loss_ctc=61.629, cer_ctc=0.350
+[vm] 2026-12-07 13:10:00,003 (trainer:810) INFO: 2epoch:train:1-50batch: iter_time=8e-05, loss=60.2
+[vm] 2026-12-07 13:12:00,663 (trainer:810) INFO: 2epoch:train:501-550batch: iter_time=7.9e-05, loss=49.2
+[vm] 2026-12-07 13:12:30,001 (trainer:392) INFO: 2epoch results: [train] acc=0.6, total_count=1150, \
+[valid] cer_ctc=0.2
+[vm] 2026-12-07 13:13:00,003 (trainer:810) INFO: 3epoch:train:1-50batch: iter_time=8e-05, loss=40.2
 """
 
 
 @pytest.mark.parametrize("lines,elapsed,want", [
-    (4, 200, "9"),    # 550 of 575 updates in 200 s: 25 more take about 9 s
-    (3, 200, "2100"),  # 50 of 575 in 200 s
-    (2, 200, ""),     # no batch of the next epoch yet: nothing to tell
-    (1, 200, ""),     # no completed epoch
+    (4, 200, "12"),    # at the last logged batch of the epoch before: its last 12 s (validation)
+    (3, 200, "2012"),  # 50 of 550 in 200 s: 500 more take 2,000 s, then 12
+    (6, 100, "1030"),  # epoch 3: 500 batches at 2 s, then epoch 2's last 30 s
+    (2, 200, ""),      # no batch of the next epoch yet: nothing to tell
+    (1, 200, ""),      # no completed epoch
 ])
 def test_epoch_remaining_reads_the_epoch_in_progress(tmp_path, lines, elapsed, want):
-    """local/epoch_remaining.sh: the seconds left in the epoch in progress, from the updates an
-    epoch took (total_count over the completed epochs) and the last batch line of the next one;
-    run_comparison.sh finishes such an epoch when --train_minutes comes near its end."""
+    """local/epoch_remaining.sh: the seconds left in the epoch in progress, from the batches the
+    last completed epoch logged, the rate of the epoch in progress, and the time from the last
+    completed epoch's last batch line to its results (its last batches and validation)."""
     log = tmp_path / "train.log"
     log.write_text("".join(EPOCH_LOG.splitlines(keepends=True)[:lines]))
     proc = subprocess.run(["bash", str(RECIPE / "local" / "epoch_remaining.sh"), str(log), str(elapsed)],
                           check=False, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == want, (lines, proc.stdout)
+
+
+STOP_HARNESS = r"""
+set -euo pipefail
+cd "$RECIPE"
+log() { echo "LOG: $*"; }
+kill() { echo "KILL $*"; }
+start() { echo "START $*"; }
+wait() { :; }
+eval "$(sed -n '/^training_dir()/,/^}/p; /^stop_if_due()/,/^}/p; /^last_epoch()/,/^}/p' run_comparison.sh)"
+declare -A pid=([m]=42) rc=() stopped=() finishing=()
+logdir=$WORK; D=$WORK/exp
+echo "=== stage 4: training $D (conf)" > "$logdir/m.log"
+train_seconds=300; train_minutes=5; t_train=$((SECONDS - 310))
+epoch_done() {  # epoch_done N AGO: the log has N epochs, latest.pth written AGO seconds ago
+    ln -sfn "$1epoch.pth" "$D/latest.pth"; touch -h -d "-$2 seconds" "$D/latest.pth"
+}
+"""
+
+
+def test_train_minutes_finishes_an_almost_done_epoch(tmp_path):
+    """run_comparison.sh's stop_if_due past --train_minutes (300 s; 310 s gone): an epoch
+    expected to end within a tenth of the limit is finished, the training is stopped once its
+    files are written; a training whose epoch is far from its end is stopped at once, paused
+    first (kill -STOP) and checked again.  A resumed training (its log starting at epoch 3) is
+    stopped by its epoch numbers."""
+    (tmp_path / "exp").mkdir()
+    lines = EPOCH_LOG.splitlines(keepends=True)
+    script = STOP_HARNESS + f"""
+cp "{tmp_path}/log4" "$D/train.log"; epoch_done 1 200
+echo "-- 1"; stop_if_due m; echo "-- 2"; stop_if_due m
+cp "{tmp_path}/log5" "$D/train.log"; epoch_done 2 6
+echo "-- 3"; stop_if_due m; echo "stopped=${{stopped[m]:-}}"
+"""
+    (tmp_path / "log4").write_text("".join(lines[:4]))
+    (tmp_path / "log5").write_text("".join(lines[:5]))
+    env = dict(os.environ, RECIPE=str(RECIPE), WORK=str(tmp_path))
+    proc = subprocess.run(["bash", "-c", script], env=env, check=False, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    first, rest = out.split("-- 1\n")[1].split("-- 2\n")
+    second, third = rest.split("-- 3\n")
+    assert "reached in epoch 2, expected to end in 12 s: stopped after it" in first, out
+    assert "KILL" not in first and second == "", out  # waiting for epoch 2
+    assert "training stopped after 2 epochs" in third and "KILL -STOP -- -42" in third, out
+    assert "START m --max_epoch 2" in third and "stopped=2" in third, out
+
+    # far from the epoch's end (50 of 550 batches): stopped at once after epoch 1
+    script = STOP_HARNESS + f"""
+cp "{tmp_path}/log3" "$D/train.log"; epoch_done 1 200
+stop_if_due m; echo "stopped=${{stopped[m]:-}}"
+"""
+    (tmp_path / "log3").write_text("".join(lines[:3]))
+    proc = subprocess.run(["bash", "-c", script], env=env, check=False, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and "stopped after 1 epochs" in proc.stdout, proc.stdout + proc.stderr
+    assert "START m --max_epoch 1" in proc.stdout and "stopped=1" in proc.stdout, proc.stdout
+
+    # a resumed training: its log holds epoch 3's results only, latest.pth is 3epoch.pth
+    script = STOP_HARNESS + """
+printf '3epoch results: [train] total_count=1725\n4epoch:train:1-50batch: x\n' > "$D/train.log"
+epoch_done 3 200
+stop_if_due m; echo "stopped=${stopped[m]:-}"
+"""
+    proc = subprocess.run(["bash", "-c", script], env=env, check=False, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and "stopped=3" in proc.stdout, proc.stdout + proc.stderr

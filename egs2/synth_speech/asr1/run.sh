@@ -122,8 +122,8 @@ fi
 [[ -n $num_workers ]] || num_workers=$([[ $ngpu -gt 0 ]] && echo 4 || echo 0)
 [[ -n $decode_batch_size ]] || decode_batch_size=$([[ $ngpu -gt 0 ]] && echo 8 || echo 1)
 [[ $decode_batch_size =~ ^[1-9][0-9]*$ ]] || die "--decode_batch_size ${decode_batch_size}: a number of recordings, 1 or more"
-[[ $decode_batch_seconds =~ ^[0-9]+([.][0-9]*)?$ ]] \
-    || die "--decode_batch_seconds ${decode_batch_seconds}: a number of seconds"
+[[ $decode_batch_seconds =~ ^[0-9]+([.][0-9]*)?$ && ! $decode_batch_seconds =~ ^0*([.]0*)?$ ]] \
+    || die "--decode_batch_seconds ${decode_batch_seconds}: a number of seconds above 0"
 # amp (bf16 autocast on GPUs that have it) is for GPUs; on a CPU it would only warn
 [[ $ngpu -gt 0 ]] || asr_args="--use_amp false ${asr_args}"
 

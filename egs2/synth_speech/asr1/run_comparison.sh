@@ -99,18 +99,19 @@ stop_if_due() {  # stop_if_due NAME: with --train_minutes, past the limit, at an
     [[ -n $train_seconds && -z ${stopped[$name]:-} ]] || return 0
     ((SECONDS - t_train >= train_seconds)) || return 0
     dir=$(training_dir "$name"); [[ -n $dir && -s $dir/train.log ]] || return 0
-    n=$(grep -c "epoch results" "$dir/train.log" || true)
+    n=$(last_epoch "$dir/train.log")
     # only once the epoch's files are written (latest.pth is the last, then seconds of
     # bookkeeping): a stop while checkpoint.pth is written would leave it broken
     ((n >= 1)) && [[ $(readlink "$dir/latest.pth" 2>/dev/null) == "${n}epoch.pth" ]] || return 0
-    since=$(($(date +%s) - $(stat -c %Y "$dir/latest.pth")))
+    since=$(stat -c %Y "$dir/latest.pth" 2>/dev/null) || return 0  # ESPnet replaces it
+    since=$(($(date +%s) - since))
     ((since >= 5)) || return 0
     # an epoch that is almost done (expected to end within a tenth of the limit) is finished,
     # once, so that its updates are not thrown away; it is waited for up to twice that
     if [[ -n ${finishing[$name]:-} ]]; then
         ((n < finishing[$name] && SECONDS - t_train < train_seconds + train_seconds / 5)) && return 0
     else
-        left=$(bash local/epoch_remaining.sh "$dir/train.log" "$since")
+        left=$(bash local/epoch_remaining.sh "$dir/train.log" "$since") || left=
         if [[ -n $left ]] && ((SECONDS - t_train + left <= train_seconds + train_seconds / 10)); then
             finishing[$name]=$((n + 1))
             log "${name}: --train_minutes ${train_minutes} reached in epoch $((n + 1)), expected to" \
@@ -118,13 +119,26 @@ stop_if_due() {  # stop_if_due NAME: with --train_minutes, past the limit, at an
             return 0
         fi
     fi
+    # paused, then checked again: an epoch that ended since is not cut in its checkpoint
+    kill -STOP -- -"${pid[$name]}" 2>/dev/null || true
+    if [[ $(last_epoch "$dir/train.log") != "$n" ]]; then
+        kill -CONT -- -"${pid[$name]}" 2>/dev/null || true
+        return 0
+    fi
     log "${name}: --train_minutes ${train_minutes} reached: training stopped after ${n} epochs;" \
         "the best of them are averaged, then decoded"
     kill -- -"${pid[$name]}" 2>/dev/null || true
+    kill -CONT -- -"${pid[$name]}" 2>/dev/null || true  # a stopped process acts on TERM once continued
     wait "${pid[$name]}" 2>/dev/null || true
     cp "$dir/train.log" "$dir/train.stopped.log"  # stage 4 writes train.log anew
     stopped[$name]=$n
     start "$name" --max_epoch "$n"
+}
+last_epoch() {  # last_epoch TRAIN_LOG: the number of the last epoch with results in it (0: none)
+    # (a resumed training's log starts at the epoch after its checkpoint's, not at 1)
+    local n
+    n=$(grep -o '[0-9]*epoch results' "$1" 2>/dev/null | tail -n 1 | grep -o '^[0-9]*') || n=
+    echo "${n:-0}"
 }
 for name in "${names[@]}"; do
     config=conf/tuning/train_asr_${name}.yaml
