@@ -411,7 +411,7 @@ decode_job() {  # decode_job SET I [SUFFIX [BATCH]]: asr_inference over keys.I[S
     src=$(decode_src "${inference_tag}" "$1")
     batch=${4:-$(job_batch_size "$ddir/logdir/keys.$j" "$src/utt2dur" || echo 1)}
     job_wav_scp "$src/wav.scp" "$ddir/logdir/keys.$j" "$ddir/logdir/wav.$j.scp" || rc=$?
-    # the batch size after inference_args: decode_batch_size is the option for it, and the
+    # the batch size after inference_args: job_batch_size (or BATCH) decides it, and the
     # second try of an out-of-memory job must stay at one recording
     [[ $rc -ne 0 ]] || "$python" -m espnet2.bin.asr_inference --ngpu "$ngpu" \
         --config "$inference_config" \
