@@ -97,7 +97,8 @@ for round in 1 2 3 4 5 6 7 8; do
     for so in $needed; do
         [[ $SYSTEM_LIBS == *" $so "* ]] && continue
         [[ -n $(find "$P" -name "$so" -print -quit) ]] && continue
-        path=$("$LDCONFIG" -p | awk -v s="$so" '$1 == s && /x86-64/ {print $NF; exit}')
+        # awk reads to the end: an early exit would end ldconfig by SIGPIPE, a failure under pipefail
+        path=$("$LDCONFIG" -p | awk -v s="$so" '$1 == s && /x86-64/ && !found {print $NF; found = 1}')
         [[ -n $path ]] || die "$so is needed but not installed here: install the engines first"
         pkg=$(package_of "$path") || exit 1
         new+=("$pkg")
