@@ -212,7 +212,8 @@ collect_1best() {  # collect_1best DIR: the decoding jobs' 1-best text, token an
 
 split_keys() {  # split_keys SRC_DIR N OUT_PREFIX [ORDER] -> OUT_PREFIX.1 .. OUT_PREFIX.K; prints K
     # a key list (first column of wav.scp) in up to N parts of about equal duration (utt2dur),
-    # plus one part for each recording of at least decode_alone_seconds (default 600).  By
+    # plus one part for each recording of at least decode_alone_seconds (default 600; with
+    # ORDER=longest_first these come first, longest first, as decoding starts its jobs).  By
     # default each part is a mix of lengths, in wav.scp's (sorted) order.  With
     # ORDER=longest_first (decoding) the parts are runs of the recordings sorted by length, each
     # from its longest recording down: ESPnet batches the recordings in the order it reads them,
@@ -249,6 +250,9 @@ else:
         p[0] += dur.get(k, 1.0)
         p[1].append(k)
 bins = parts + [[dur[k], [k]] for k in alone_keys]
+if order == "longest_first":
+    # the longest job first: started before the others, it is not the one left running at the end
+    bins = bins[len(parts):][::-1] + parts
 for i, (_, ks) in enumerate(bins, 1):
     ks = sorted(ks, key=lambda k: (-dur.get(k, 1.0), k)) if order == "longest_first" else sorted(ks)
     with open(f"{out}.{i}", "w") as f:

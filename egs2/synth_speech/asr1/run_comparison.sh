@@ -13,7 +13,8 @@
 #   --skip_prepare true   start at stage 4
 #   --before_each CMD     run `CMD CONFIG_FILE` before each config starts (e.g. a wait for
 #                         something that config needs); a failure skips that config
-#   --train_minutes M     a training still running M minutes after the trainings started is
+#   --train_minutes M     a training still running M minutes after it started (its own clock:
+#                         a config that waited for --before_each loses none of them) is
 #                         stopped at its last completed epoch (at least one) and goes on from
 #                         there as ESPnet's resume does: the best epochs so far are averaged,
 #                         then decoded, scored and packed (for a time-limited GPU job; the
@@ -75,7 +76,7 @@ fi
 
 # every config at once: the GPU is shared; decoding jobs share the cores
 per_nj=$((nj / ${#names[@]})); ((per_nj > 0)) || per_nj=1
-declare -A pid=() rc=() stopped=() finishing=()
+declare -A pid=() rc=() stopped=() finishing=() t_start=()
 followers=()
 start() {  # start NAME [RUN.SH OPTION...]: stages 4-7 of a config in a process group of its own
     local name=$1; shift
@@ -97,6 +98,7 @@ training_dir() {  # training_dir NAME: the exp dir of a config whose stage 4 is 
 stop_if_due() {  # stop_if_due NAME: with --train_minutes, past the limit, at an epoch's end
     local name=$1 dir n since left
     [[ -n $train_seconds && -z ${stopped[$name]:-} ]] || return 0
+    local t_train=${t_start[$name]}
     ((SECONDS - t_train >= train_seconds)) || return 0
     dir=$(training_dir "$name"); [[ -n $dir && -s $dir/train.log ]] || return 0
     n=$(last_epoch "$dir/train.log")
@@ -146,7 +148,7 @@ for name in "${names[@]}"; do
         log "${name}: not started: '${before_each} ${config}' failed"; rc[$name]=skipped; continue
     fi
     : > "$logdir/${name}.log"
-    [[ -n ${t_train:-} ]] || t_train=$SECONDS
+    t_start[$name]=$SECONDS
     start "$name"
     log "${name}: started (stage 4 on), log ${logdir}/${name}.log"
 done
