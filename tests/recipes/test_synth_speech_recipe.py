@@ -49,6 +49,19 @@ def test_help_lists_every_option_and_unknown_ones_are_refused():
     assert proc.returncode == 1 and "unknown option --hourz" in proc.stderr, proc.stderr
 
 
+@pytest.mark.parametrize("option,value,error", [
+    ("--nthreads", "0", "--nthreads 0: a number of threads, 1 or more"),
+    ("--decode_batch_size", "x", "--decode_batch_size x: a number of recordings, 1 or more"),
+    ("--decode_batch_seconds", "0", "--decode_batch_seconds 0: a number of seconds above 0"),
+])
+def test_bad_numbers_are_refused_before_any_stage(option, value, error, tmp_path):
+    proc = subprocess.run(["bash", str(RECIPE / "run.sh"), "--ngpu", "0", option, value,
+                           "--expdir", str(tmp_path / "exp")], cwd="/", check=False,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and f"ERROR: {error}" in proc.stderr, proc.stderr
+    assert not (tmp_path / "exp").exists()
+
+
 def missing_tools() -> list[str]:
     sys.path.insert(0, str(REPO / "tools"))
     try:

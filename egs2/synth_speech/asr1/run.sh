@@ -31,7 +31,9 @@ stop_stage=100
 smoke=false          # tiny corpus (--hours 0.02), tiny model, 1 epoch, short long sets: CPU test
 nj=$(nproc 2>/dev/null || echo 2)  # parallel jobs (corpus, stats, decoding)
 ngpu=                # default: 1 if torch sees a GPU, else 0
-nthreads=$(nproc 2>/dev/null || echo 2)  # torch threads of training on a CPU
+nthreads=            # torch threads of training (default: every core without a GPU; 1 with one,
+                     # as ESPnet's path.sh sets OMP_NUM_THREADS=1: the cores go to the data
+                     # loaders and to the other configs' trainings and decodings beside it)
 num_workers=         # data loader processes of training (default: 4 with a GPU, 0 without)
 seed=0
 python=              # default: $VIRTUAL_ENV, ../../../.venv, or tools/find_python.sh
@@ -120,6 +122,8 @@ if [[ -z $ngpu ]]; then
     ngpu=$("$python" -c 'import torch; print(min(torch.cuda.device_count(), 1))' 2>/dev/null || echo 0)
 fi
 [[ -n $num_workers ]] || num_workers=$([[ $ngpu -gt 0 ]] && echo 4 || echo 0)
+[[ -n $nthreads ]] || nthreads=$([[ $ngpu -gt 0 ]] && echo 1 || nproc 2>/dev/null || echo 2)
+[[ $nthreads =~ ^[1-9][0-9]*$ ]] || die "--nthreads ${nthreads}: a number of threads, 1 or more"
 [[ -n $decode_batch_size ]] || decode_batch_size=$([[ $ngpu -gt 0 ]] && echo 8 || echo 1)
 [[ $decode_batch_size =~ ^[1-9][0-9]*$ ]] || die "--decode_batch_size ${decode_batch_size}: a number of recordings, 1 or more"
 [[ $decode_batch_seconds =~ ^[0-9]+([.][0-9]*)?$ && ! $decode_batch_seconds =~ ^0*([.]0*)?$ ]] \
