@@ -13,7 +13,7 @@
 # ngpu, nthreads, seed, lang, token_type, nbpe, bpemode, asr_config, inference_config, asr_tag,
 # asr_args, inference_args, inference_asr_model, expdir, dumpdir, datadir, train_set, valid_set,
 # test_sets, streaming, streaming_chunk, streaming_args, streaming_tag, recipe
-# (egs2/<name>/asr1), train_joined_seconds, and optionally:
+# (egs2/<name>/asr1), train_joined_seconds, train_joined_share, and optionally:
 #   decode_split   jobs per test set in decoding (default nj)
 #   decode_union   true: every test set decoded as one list (see decode_jobs)
 #   decode_alone_seconds  a recording at least this long is a decoding job of its own (default 600)
@@ -63,7 +63,8 @@ resolve_names() {
     esac
     token_list=${token_dir}/tokens.txt
     tok_suffix=${token_type}; [[ $token_type == bpe ]] && tok_suffix+=${nbpe}
-    # --train_joined_seconds S: stages 2-8 train on <train_set>_joined<S>s (asr_join_train_set),
+    # --train_joined_seconds S [--train_joined_share F]: stages 2-8 train on
+    # <train_set>_joined<S>s[_share<F>] (asr_join_train_set),
     # the corpus stage still makes <train_set> (corpus_train_set)
     corpus_train_set=${corpus_train_set:-$train_set}
     local joined=
@@ -71,7 +72,14 @@ resolve_names() {
         [[ $train_joined_seconds =~ ^[0-9]+([.][0-9]+)?$ && ! $train_joined_seconds =~ ^0+([.]0+)?$ ]] \
             || die "--train_joined_seconds must be a number of seconds > 0 (got '$train_joined_seconds')"
         joined=_joined${train_joined_seconds}s
+        if [[ -n ${train_joined_share:-} ]]; then
+            awk -v f="$train_joined_share" 'BEGIN { exit !(f ~ /^(0?[.][0-9]+|1([.]0*)?)$/ && f > 0) }' \
+                || die "--train_joined_share must be a share in (0, 1] (got '$train_joined_share')"
+            joined+=_share${train_joined_share}
+        fi
         train_set=${corpus_train_set}${joined}
+    elif [[ -n ${train_joined_share:-} ]]; then
+        die "--train_joined_share ${train_joined_share} needs --train_joined_seconds"
     fi
     [[ -n $asr_tag ]] || asr_tag="$(basename "${asr_config}" .yaml)_raw_${lang}_${tok_suffix}${joined}"
     asr_exp=${expdir}/asr_${asr_tag}
@@ -289,7 +297,8 @@ asr_join_train_set() {
     [[ -n ${train_joined_seconds:-} ]] || return 0
     "$python" "${REPO_ROOT}/tools/join_utterances.py" --src "${dumpdir}/raw/${corpus_train_set}" \
         --dst "${dumpdir}/raw/${train_set}" --wav_dir "${wavdir}/${train_set}" \
-        --seconds "$train_joined_seconds" --seed "$seed" >&2 \
+        --seconds "$train_joined_seconds" ${train_joined_share:+--share "$train_joined_share"} \
+        --seed "$seed" >&2 \
         || die "joining the training utterances into ${dumpdir}/raw/${train_set} failed"
 }
 

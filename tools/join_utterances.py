@@ -9,7 +9,10 @@ Each joined recording holds consecutive utterances of one speaker (``utt2spk``) 
 pauses between them and their texts joined with spaces, as the recipes' long test sets are
 made (``tts_corpus.cut_long``), so that a model sees speech of that length in training.  The
 destination holds the joined recordings and, unless ``--joined_only``, the original
-utterances too (wav.scp, text, utt2spk, spk2utt, utt2dur).  Deterministic from ``--seed``.
+utterances too (wav.scp, text, utt2spk, spk2utt, utt2dur): twice the audio.  With ``--share S``
+only a share S of each voice's utterances (picked at random) is joined and the others are kept
+as they are: the same audio as the source, part of it in long recordings.  Deterministic from
+``--seed``.
 """
 
 from __future__ import annotations
@@ -45,10 +48,18 @@ def main(argv=None) -> None:
     p.add_argument("--seconds", type=float, required=True, help="length of a joined recording")
     p.add_argument("--joined_only", action="store_true",
                    help="leave the original utterances out of --dst")
+    p.add_argument("--share", type=float, default=None,
+                   help="join only this share of each voice's utterances, keep the rest as "
+                        "they are (the same audio as --src)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if not args.seconds > 0:
         raise SystemExit(f"--seconds must be > 0, got {args.seconds}")
+    if args.share is not None and not 0 < args.share <= 1:
+        raise SystemExit(f"--share must be in (0, 1], got {args.share}")
+    if args.share is not None and args.joined_only:
+        raise SystemExit("--share keeps the utterances it does not join: it cannot be combined "
+                         "with --joined_only")
     wavs, texts = read_table(args.src / "wav.scp"), read_table(args.src / "text")
     spks, durs = read_table(args.src / "utt2spk"), read_table(args.src / "utt2dur")
     for name, table in (("text", texts), ("utt2spk", spks), ("utt2dur", durs)):
@@ -63,18 +74,34 @@ def main(argv=None) -> None:
     utts = [{"utt": u, "path": wavs[u], "text": texts[u], "spk": spks[u]} for u in sorted(wavs)]
     seconds = {u: float(d) for u, d in durs.items()}
     name = f"joined{args.seconds:g}s"
-    rows, rec_durs = cut_long(name, args.seconds, utts, seconds, args.wav_dir,
-                              random.Random(args.seed))
-    if not args.joined_only:
-        rows += [(u["utt"], u["path"], u["text"], u["spk"]) for u in utts]
-        rec_durs.update({u: seconds[u] for u in wavs})
+    rng = random.Random(args.seed)
+    kept = [] if args.joined_only else utts
+    if args.share is not None:
+        utts, kept = pick_share(utts, args.share, rng)
+    rows, rec_durs = cut_long(name, args.seconds, utts, seconds, args.wav_dir, rng)
+    rows += [(u["utt"], u["path"], u["text"], u["spk"]) for u in kept]
+    rec_durs.update({u["utt"]: seconds[u["utt"]] for u in kept})
     write_data_dir(args.dst, rows)
     with open(args.dst / "utt2dur", "w") as f:
         f.writelines(f"{u} {rec_durs[u]:.3f}\n" for u in sorted(rec_durs))
-    joined = len(rec_durs) - (0 if args.joined_only else len(wavs))
+    joined = len(rec_durs) - len(kept)
     print(f"{args.dst}: {joined} joined recordings of about {args.seconds:g} s "
           f"(mean {sum(rec_durs[r[0]] for r in rows if name in r[0]) / max(joined, 1):.1f} s)"
-          f"{'' if args.joined_only else f' + {len(wavs)} original utterances'}")
+          f"{f' + {len(kept)} original utterances' if kept else ''}")
+
+
+def pick_share(utts, share: float, rng: random.Random):
+    """(to join, to keep): round(share x n) of each voice's n utterances, picked at random,
+    at least one; both lists in the input's order."""
+    by_spk: dict[str, list[int]] = {}
+    for i, u in enumerate(utts):
+        by_spk.setdefault(u["spk"], []).append(i)
+    picked = set()
+    for spk in sorted(by_spk):
+        idx = by_spk[spk]
+        picked.update(rng.sample(idx, max(1, round(share * len(idx)))))
+    return ([u for i, u in enumerate(utts) if i in picked],
+            [u for i, u in enumerate(utts) if i not in picked])
 
 
 if __name__ == "__main__":

@@ -76,3 +76,35 @@ def test_missing_files_and_entries_are_named(tmp_path):
     (src / "utt2dur").unlink()
     with pytest.raises(SystemExit, match="utt2dur: missing"):
         main([*args, "--seconds", "10"])
+
+
+def test_share_joins_part_of_each_voice_and_keeps_the_rest_once(tmp_path):
+    """--share 0.5: round(0.5 x n) of each voice's utterances (at least one) are joined, the
+    others kept as they are; every utterance's words are in the set exactly once, so the set
+    holds the source's audio (plus the pauses of the joined recordings)."""
+    src = data_dir(tmp_path)
+    dst = tmp_path / "dst"
+    main(["--src", str(src), "--dst", str(dst), "--wav_dir", str(tmp_path / "wav"),
+          "--seconds", "10", "--share", "0.5"])
+    text = table(dst / "text")
+    joined = [u for u in text if "joined" in u]
+    kept = sorted(set(text) - set(joined))
+    # voice sa: 2 of its 3 utterances joined (round(1.5) = 2), sb: its only one
+    assert len(joined) == 2 and len(kept) == 1 and kept[0] in ("a1", "a2", "a3"), text
+    words = sorted(w for u in text for w in text[u].split())
+    assert words == sorted("ONE TWO THREE FOUR FIVE".split())
+    assert table(dst / "utt2spk")[kept[0]] == "sa"
+    again = tmp_path / "again"
+    main(["--src", str(src), "--dst", str(again), "--wav_dir", str(tmp_path / "wav2"),
+          "--seconds", "10", "--share", "0.5"])
+    assert table(again / "text") == text  # the same pick from the same seed
+
+
+def test_share_is_checked(tmp_path):
+    src = data_dir(tmp_path)
+    args = ["--src", str(src), "--dst", str(tmp_path / "dst"), "--wav_dir", str(tmp_path / "w"),
+            "--seconds", "10"]
+    with pytest.raises(SystemExit, match=r"--share must be in \(0, 1\], got 0.0"):
+        main([*args, "--share", "0"])
+    with pytest.raises(SystemExit, match="cannot be combined with --joined_only"):
+        main([*args, "--share", "0.5", "--joined_only"])

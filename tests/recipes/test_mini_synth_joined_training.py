@@ -38,3 +38,21 @@ def test_joined_training_set_feeds_the_later_stages(tmp_path):
     rc = run_recipe(work, ["--smoke", "true", "--stage", "4", "--train_joined_seconds", "8"],
                     log)
     assert rc != 0 and "run stage 1 with --train_joined_seconds 8" in log.read_text(), tail(log)
+
+    # --train_joined_share 0.5: half of each voice's utterances joined, the rest kept: every
+    # training utterance's words once, in <train>_joined8s_share0.5
+    rc = run_recipe(work, ["--smoke", "true", "--stop_stage", "1", "--train_joined_seconds", "8",
+                           "--train_joined_share", "0.5"], log)
+    assert rc == 0, tail(log)
+    shared = raw / "train_joined8s_share0.5"
+    kept = keys(shared / "wav.scp") & train
+    assert 0 < len(kept) < len(train) and len(keys(shared / "wav.scp") - train) > 0
+
+    def words(d):
+        return sorted(w for line in (d / "text").read_text().splitlines() for w in line.split()[1:])
+    assert words(shared) == words(raw / "train")
+    for args, error in ((["--train_joined_share", "0.5"], "needs --train_joined_seconds"),
+                        (["--train_joined_seconds", "8", "--train_joined_share", "2"],
+                         "--train_joined_share must be a share in (0, 1] (got '2')")):
+        rc = run_recipe(work, ["--smoke", "true", "--stop_stage", "1", *args], log)
+        assert rc != 0 and error in log.read_text(), tail(log)

@@ -45,6 +45,7 @@ n_test=300
 long_durations=30,60,120   # seconds per long-context recording, one test set each
 long_recordings=8,4,2      # recordings per long-context set
 train_joined_seconds=      # also train on the training utterances joined per voice into recordings of about this many seconds
+train_joined_share=        # with --train_joined_seconds: join only this share of each voice's utterances, keep the rest (the same audio)
 # tokens
 lang=en
 token_type=char      # char or bpe

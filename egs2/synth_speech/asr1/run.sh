@@ -45,6 +45,7 @@ unseen_engine=pico   # engine family kept out of training: pico or flite
 long_durations=30,60,120,300,1200  # seconds per recording of the long sets test_long_<N>s
 long_voices=1        # voices of test_long (each speaks max(long_durations) s)
 train_joined_seconds= # also train on the training utterances joined per voice into recordings of about this many seconds
+train_joined_share=   # with --train_joined_seconds: join only this share of each voice's utterances, keep the rest (the same audio)
 wavdir=corpus/wav
 tts_prefix=          # TTS engines brought along (tools/gpu/fetch_tts.sh): a folder or .tar.xz
 # tokens
