@@ -419,7 +419,8 @@ declare -A pid=([m]=42) rc=() stopped=() finishing=() t_start=([m]=$((SECONDS - 
 logdir=$WORK; D=$WORK/exp
 echo "=== stage 4: training $D (conf)" > "$logdir/m.log"
 train_seconds=300; train_minutes=5
-epoch_done() {  # epoch_done N AGO: the log has N epochs, latest.pth written AGO seconds ago
+epoch_done() {  # epoch_done N AGO: epoch N's checkpoint.pth, Nepoch.pth and latest.pth written AGO s ago
+    touch -d "-$2 seconds" "$D/checkpoint.pth" "$D/$1epoch.pth"
     ln -sfn "$1epoch.pth" "$D/latest.pth"; touch -h -d "-$2 seconds" "$D/latest.pth"
 }
 """
@@ -473,6 +474,28 @@ stop_if_due m; echo "stopped=${stopped[m]:-}"
     proc = subprocess.run(["bash", "-c", script], env=env, check=False, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0 and "stopped=3" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_train_minutes_stops_epochs_of_seconds_between_checkpoints(tmp_path):
+    """Epochs of a few seconds (the smoke corpus): a training whose last epoch's files are 2 s
+    old is stopped, unless the next epoch's checkpoint.pth is being written (newer than the last
+    epoch's model file), then it is continued and stopped at a later check."""
+    (tmp_path / "exp").mkdir()
+    script = STOP_HARNESS + """
+printf '1epoch results: [train] total_count=5\n' > "$D/train.log"
+epoch_done 1 2; touch "$D/checkpoint.pth"
+stop_if_due m; echo "writing: stopped=${stopped[m]:-}"
+epoch_done 1 2
+stop_if_due m; echo "written: stopped=${stopped[m]:-}"
+"""
+    env = dict(os.environ, RECIPE=str(RECIPE), WORK=str(tmp_path))
+    proc = subprocess.run(["bash", "-c", script], env=env, check=False, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    writing, written = proc.stdout.split("writing: stopped=")
+    assert "KILL -STOP -- -42" in writing and "KILL -CONT -- -42" in writing, proc.stdout
+    assert written.startswith("\n") and "START" not in writing, proc.stdout
+    assert "written: stopped=1" in written and "START m --max_epoch 1" in written, proc.stdout
 
 
 def test_train_minutes_counts_from_each_configs_own_start(tmp_path):

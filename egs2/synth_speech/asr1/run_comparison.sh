@@ -102,12 +102,13 @@ stop_if_due() {  # stop_if_due NAME: with --train_minutes, past the limit, at an
     ((SECONDS - t_train >= train_seconds)) || return 0
     dir=$(training_dir "$name"); [[ -n $dir && -s $dir/train.log ]] || return 0
     n=$(last_epoch "$dir/train.log")
-    # only once the epoch's files are written (latest.pth is the last, then seconds of
-    # bookkeeping): a stop while checkpoint.pth is written would leave it broken
+    # only once the epoch's files are written (latest.pth is the last, then a moment of
+    # bookkeeping: the best-model links): a stop while checkpoint.pth is written would leave it
+    # broken; the next epoch's checkpoint is checked for below, with the training paused
     ((n >= 1)) && [[ $(readlink "$dir/latest.pth" 2>/dev/null) == "${n}epoch.pth" ]] || return 0
     since=$(stat -c %Y "$dir/latest.pth" 2>/dev/null) || return 0  # ESPnet replaces it
     since=$(($(date +%s) - since))
-    ((since >= 5)) || return 0
+    ((since >= 1)) || return 0
     # an epoch that is almost done (expected to end within a tenth of the limit) is finished,
     # once, so that its updates are not thrown away; it is waited for up to twice that
     if [[ -n ${finishing[$name]:-} ]]; then
@@ -121,9 +122,10 @@ stop_if_due() {  # stop_if_due NAME: with --train_minutes, past the limit, at an
             return 0
         fi
     fi
-    # paused, then checked again: an epoch that ended since is not cut in its checkpoint
+    # paused, then checked again: an epoch that ended since, or whose checkpoint.pth is being
+    # written (newer than the last epoch's model file: epochs of a few seconds), is not cut
     kill -STOP -- -"${pid[$name]}" 2>/dev/null || true
-    if [[ $(last_epoch "$dir/train.log") != "$n" ]]; then
+    if [[ $(last_epoch "$dir/train.log") != "$n" || $dir/checkpoint.pth -nt $dir/${n}epoch.pth ]]; then
         kill -CONT -- -"${pid[$name]}" 2>/dev/null || true
         return 0
     fi
