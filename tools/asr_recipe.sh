@@ -257,10 +257,13 @@ else:
         p = min(parts, key=lambda p: p[0])
         p[0] += dur.get(k, 1.0)
         p[1].append(k)
-bins = parts + [[dur[k], [k]] for k in alone_keys]
+alone_bins = [[dur[k], [k]] for k in alone_keys]
 if order == "longest_first":
-    # the longest job first: started before the others, it is not the one left running at the end
-    bins = bins[len(parts):][::-1] + parts
+    # the longest jobs first: started before the others, they are not the ones left running
+    # at the end
+    bins = sorted(alone_bins, key=lambda b: -b[0]) + parts
+else:
+    bins = parts + alone_bins
 for i, (_, ks) in enumerate(bins, 1):
     ks = sorted(ks, key=lambda k: (-dur.get(k, 1.0), k)) if order == "longest_first" else sorted(ks)
     with open(f"{out}.{i}", "w") as f:

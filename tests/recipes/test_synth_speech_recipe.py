@@ -355,6 +355,18 @@ def test_long_recordings_decode_in_jobs_of_their_own(tmp_path):
             want = sorted(part, key=lambda k: -durs[k]) if order else sorted(part)
             assert part == want, (order, parts)
 
+    # two long recordings, the shorter first in wav.scp: decoding starts the longer one first
+    durs.update({"a0": 700.0})
+    (tmp_path / "wav.scp").write_text("".join(f"{k} /x/{k}.wav\n" for k in sorted(durs)))
+    (tmp_path / "utt2dur").write_text("".join(f"{k} {v}\n" for k, v in durs.items()))
+    script = (f'source "{REPO}/tools/asr_recipe.sh"; python="{sys.executable}"; '
+              f'split_keys "{tmp_path}" 2 "{tmp_path}/two" longest_first')
+    proc = subprocess.run(["bash", "-c", script], check=False, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "4", (proc.stdout, proc.stderr)
+    jobs = [(tmp_path / f"two.{i}").read_text().split() for i in (1, 2, 3, 4)]
+    assert jobs[:2] == [["a"], ["a0"]], jobs
+
 
 @pytest.mark.parametrize("longest,most,seconds,want", [
     (3.0, 8, 240, 8),      # short recordings: the whole batch
