@@ -83,7 +83,9 @@ resolve_names() {
     fi
     [[ -n $asr_tag ]] || asr_tag="$(basename "${asr_config}" .yaml)_raw_${lang}_${tok_suffix}${joined}"
     asr_exp=${expdir}/asr_${asr_tag}
-    asr_stats_dir=${expdir}/asr_stats_raw_${lang}_${tok_suffix}
+    # the statistics belong to the training set: a joined set gets its own (a run on the plain
+    # set must not read statistics that another run's stage 3 computed over joined recordings)
+    asr_stats_dir=${expdir}/asr_stats_raw_${lang}_${tok_suffix}${joined}
     inference_tag="$(basename "${inference_config}" .yaml)_asr_model_${inference_asr_model%.pth}"
     if [[ -z $streaming_tag ]]; then
         streaming_tag=streaming${streaming_chunk}_${inference_tag}

@@ -29,9 +29,11 @@ def test_joined_training_set_feeds_the_later_stages(tmp_path):
     assert all("joined8s" in r for r in recordings)
     for name in ("text", "utt2spk", "utt2dur", "spk2utt"):
         assert (raw / "train_joined8s" / name).is_file(), name
-    # stage 3 counted the joined set (the statistics' shape file lists every training item)
-    shapes = work / "exp_smoke" / "asr_stats_raw_en_char" / "train" / "speech_shape"
+    # stage 3 counted the joined set (the statistics' shape file lists every training item),
+    # in statistics of its own: the plain training set's would be in asr_stats_raw_en_char
+    shapes = work / "exp_smoke" / "asr_stats_raw_en_char_joined8s" / "train" / "speech_shape"
     assert keys(shapes) == joined
+    assert not (work / "exp_smoke" / "asr_stats_raw_en_char").exists()
     assert "exp_smoke/asr_train_asr_raw_en_char_joined8s" in log.read_text()
     # a training stage on a recipe where stage 1 ran without the option
     (raw / "train_joined8s" / "wav.scp").unlink()
