@@ -95,7 +95,7 @@ have_all() {  # every package to build has its wheel
     for name in "${NAMES[@]}"; do WHEEL[$name]=$(want_wheel "$name"); [[ -n ${WHEEL[$name]} ]] || return 1; done
 }
 
-# --- build (both at once: causal-conv1d is bound by one ~4 min file, mamba-ssm by many) -------
+# --- build (both at once; causal-conv1d's two big files split by dtype, mamba-ssm's are already) -
 if have_all; then
     say "reusing wheels already in $WHEEL_DIR for $LOCAL"
 else
@@ -131,6 +131,12 @@ EOF
         say "$name: $(grep -c 'patched out' "$src/setup.py") -gencode lines patched out of" \
             "$(basename "$src")/setup.py, now:"
         grep -n -F 'cc_flag +=' "$src/setup.py" | sed 's/^/    /'
+        if [[ $name == causal_conv1d ]]; then
+            # its forward and backward kernels, every dtype pair, are one file each: split per
+            # dtype pair so that the build runs them side by side (the same code, compiled once)
+            "$PY" "$ROOT/tools/split_cuda_instantiations.py" "$src" \
+                csrc/causal_conv1d_fwd.cu csrc/causal_conv1d_bwd.cu | sed "s/^/    $name: /"
+        fi
     done
 
     num=${ARCH%[a-z]}  # TORCH_CUDA_ARCH_LIST spells 90a as 9.0a; set it too, for consistency

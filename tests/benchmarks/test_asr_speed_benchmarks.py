@@ -187,3 +187,25 @@ def test_long_set_and_warmup(tmp_path):
 def test_missing_training_is_named(tmp_path):
     with pytest.raises(SystemExit, match="exp/conformer/latest.pth"):
         rtf_bench.main(["--tiny", "--work", str(tmp_path), "--out", str(tmp_path / "r.json")])
+
+
+@pytest.mark.slow
+def test_benchmarks_sh_takes_the_baseline_config_from_the_environment(tmp_path, espnet_root):
+    """tools/gpu/benchmarks.sh espnet_train with BASELINE_CONFIG: ESPnet's Conformer config read
+    from that file (an offline machine can bring it alone, without ESPnet's source tree)."""
+    import os
+    import shutil
+    import subprocess
+
+    config = tmp_path / "conformer.yaml"
+    shutil.copy(espnet_root / train_bench.BASELINE_REL, config)
+    out = tmp_path / "out"
+    env = dict(os.environ, EXTRA_ARGS="--tiny", OUT=str(out), SPEED_WORK=str(tmp_path / "work"),
+               BASELINE_CONFIG=str(config),
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run(["bash", str(ROOT / "tools" / "gpu" / "benchmarks.sh"), "espnet_train"],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((out / "espnet_train.json").read_text())
+    assert result["models"]["conformer"]["config"] == str(config)
+    assert "--baseline-config" in result["command"]

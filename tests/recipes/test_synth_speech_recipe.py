@@ -182,13 +182,15 @@ def test_packed_model(smoke):
 def test_comparison_trains_configs_side_by_side(smoke):
     """run_comparison.sh on the smoke corpus: two configs at once, one table over the models.
     With --train_minutes 0 and 40 epochs asked, each training is stopped at the end of its
-    first completed epoch(s), and its best epochs are averaged, decoded, scored and packed."""
+    first completed epoch(s), and its best epochs are averaged, decoded, scored and packed.
+    --decode_nj 2: each config decodes in 2 jobs (--nj 2 alone would give it 2 / 2 = 1)."""
     work, _, _ = smoke
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
     cmd = ["bash", str(RECIPE / "run_comparison.sh"), "--skip_prepare", "true",
            "--configs", "conformer samba_asr", "--smoke", "true", "--python", sys.executable,
-           "--ngpu", "0", "--nj", "2", "--max_epoch", "40", "--train_minutes", "0"]
+           "--ngpu", "0", "--nj", "2", "--decode_nj", "2", "--max_epoch", "40",
+           "--train_minutes", "0"]
     for name in ("expdir", "dumpdir", "datadir", "wavdir"):
         cmd += [f"--{name}", str(work / name)]
     proc = subprocess.run(cmd, cwd=work, env=env, check=False, capture_output=True, text=True, timeout=TIMEOUT)
@@ -209,6 +211,8 @@ def test_comparison_trains_configs_side_by_side(smoke):
         assert re.search(rf"^max_epoch: {epochs}$", (exp / "config.yaml").read_text(), re.MULTILINE)
         assert (exp / "train.stopped.log").read_text().count("epoch results") == epochs
         assert len(list(exp.glob("*.zip"))) == 1
+        jobs = sorted(p.name for p in exp.glob("*/all_test_sets/logdir/keys.*"))
+        assert jobs == ["keys.1", "keys.2"], jobs
     combined = (work / "expdir" / "RESULTS.md").read_text()
     # the table says how many epochs each model got
     assert f"|Conformer + Transformer|{trained['conformer']}|" in combined, combined
@@ -243,6 +247,9 @@ def test_comparison_refuses_unknown_configs():
     proc = subprocess.run(["bash", str(RECIPE / "run_comparison.sh"), "--stage", "4"],
                           check=False, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--stage is chosen per config" in proc.stderr, proc.stderr
+    proc = subprocess.run(["bash", str(RECIPE / "run_comparison.sh"), "--decode_nj", "0"],
+                          check=False, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--decode_nj: not a number of jobs: 0" in proc.stderr, proc.stderr
 
 
 # Loaded by every Python of the run through PYTHONPATH: ESPnet's reader opens recordings with

@@ -20,7 +20,7 @@
 #                 LibriSpeech-100 Samba-ASR and Speech-Mamba configs and ESPnet's Conformer, 600
 #                 synthetic utterances of LibriSpeech's lengths, 3 epochs (the first not counted)
 #                 (benchmarks/asr_train_throughput.py; needs ESPnet's recipes in .cache/espnet-*,
-#                 tools/fetch_espnet_recipes.sh)
+#                 tools/fetch_espnet_recipes.sh, or BASELINE_CONFIG=<that Conformer yaml>)
 #   espnet_decode through ESPnet's asr_inference, beam 10, CTC 0.3: real-time factor of the
 #                 models espnet_train trained (run it first, same machine and SPEED_WORK), on 24
 #                 utterances of LibriSpeech's lengths, batch 1 and 8
@@ -43,6 +43,9 @@ if [[ " ${EXTRA[*]} " == *" --tiny "* ]]; then
     SPEED_TRAIN=(--tiny --utts 8 --epochs 2)
     SPEED_DECODE=(--tiny --utts 2 --long-utts 1 --batch-sizes 1 2)
 fi
+# BASELINE_CONFIG: ESPnet's Conformer config file itself, where .cache/espnet-* is not there
+# (one small file to bring to an offline machine instead of ESPnet's whole source tree)
+[[ -n ${BASELINE_CONFIG:-} ]] && SPEED_TRAIN+=(--baseline-config "$BASELINE_CONFIG")
 FAST=(conformer_sdpa samba_asr_mamba2_graphed speech_mamba_mamba2_graphed)
 stage() { echo; echo "=== [$(date -u +%H:%M:%S)] $*"; }
 failed=()

@@ -10,6 +10,8 @@
 # Options of its own (the others go to every run.sh as they are):
 #   --configs "A B ..."   names of conf/tuning/train_asr_<name>.yaml (default: conformer samba_asr speech_mamba)
 #   --nj N                jobs of stages 1-3 (default: all cores); each config decodes with N / configs
+#   --decode_nj N         jobs of each config's decoding instead (fewer processes time-share the
+#                         GPU less; each batches more recordings: --decode_batch_size)
 #   --skip_prepare true   start at stage 4
 #   --before_each CMD     run `CMD CONFIG_FILE` before each config starts (e.g. a wait for
 #                         something that config needs); a failure skips that config
@@ -30,6 +32,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 configs="conformer samba_asr speech_mamba"
 nj=$(nproc 2>/dev/null || echo 2)
 skip_prepare=false
+decode_nj=
 before_each=
 train_minutes=
 expdir=exp
@@ -39,6 +42,7 @@ while (($#)); do
         --configs) configs=$2; shift 2 ;;
         --nj) nj=$2; shift 2 ;;
         --skip_prepare) skip_prepare=$2; shift 2 ;;
+        --decode_nj) decode_nj=$2; shift 2 ;;
         --before_each) before_each=$2; shift 2 ;;
         --train_minutes) train_minutes=$2; shift 2 ;;
         --expdir) expdir=$2; pass+=("$1" "$2"); shift 2 ;;
@@ -56,6 +60,8 @@ if [[ -n $train_minutes ]]; then
     train_seconds=$(awk -v m="$train_minutes" 'BEGIN { if (m !~ /^[0-9]+([.][0-9]*)?$/) exit 1; print int(m * 60) }') \
         || { echo "run_comparison.sh: --train_minutes: not a number of minutes: ${train_minutes}" >&2; exit 2; }
 fi
+[[ -z $decode_nj || $decode_nj =~ ^[1-9][0-9]*$ ]] \
+    || { echo "run_comparison.sh: --decode_nj: not a number of jobs: ${decode_nj}" >&2; exit 2; }
 read -r -a names <<< "$configs"
 ((${#names[@]})) || { echo "run_comparison.sh: --configs is empty" >&2; exit 2; }
 for name in "${names[@]}"; do
@@ -76,6 +82,7 @@ fi
 
 # every config at once: the GPU is shared; decoding jobs share the cores
 per_nj=$((nj / ${#names[@]})); ((per_nj > 0)) || per_nj=1
+[[ -z $decode_nj ]] || per_nj=$decode_nj
 declare -A pid=() rc=() stopped=() finishing=() t_start=()
 followers=()
 start() {  # start NAME [RUN.SH OPTION...]: stages 4-7 of a config in a process group of its own
