@@ -23,11 +23,13 @@ computed, not measured), hence the limit.
 
 When a graph is used (anything else runs the layers eagerly, unchanged):
   * CUDA tensors, the module in training mode, gradients on, not inside another capture;
-  * no parameter holds a gradient yet.  The gradients a graph returns live in its static
-    buffers, and autograd stores them as ``.grad`` without a copy, so a second backward would
-    add the new gradient to itself.  ESPnet's trainer clears ``.grad`` to None after each
-    optimizer step: with ``accum_grad`` > 1 the first micro-batch of each step replays a graph
-    and the others run eagerly (adding into ``.grad`` correctly);
+  * gradient accumulation (``accum_grad`` > 1) replays too.  The gradients a graph returns
+    live in its static buffers, and autograd stores them as ``.grad`` without a copy: the next
+    replay of that graph (or of another one of the stack, which shares its memory pool) would
+    overwrite them.  So before a replay, gradients that may be graph buffers (any ``.grad`` this
+    stack has not copied itself) are copied out once; the copies are then added to in place
+    by autograd, so an optimizer step with N micro-batches copies the gradients once, after
+    its first (ESPnet's trainer sets ``.grad`` to None after each step);
   * each forward is followed by its backward: while the autograd node of a replay is alive and
     its backward has not run (two encoder passes in one loss), further calls run eagerly;
   * not in distributed training (DDP's gradient hooks are not yet checked with graphs), not in
@@ -35,7 +37,7 @@ When a graph is used (anything else runs the layers eagerly, unchanged):
     hooks (a graph runs them only at capture);
   * the encoder's execution option ``cuda_graphs`` is true (checked by the encoder).
 A setup that rules graphs out for good (off CUDA, DDP, DataParallel, hooks) logs one
-warning naming the reason; validation and accumulated micro-batches run eagerly without a word.
+warning naming the reason; validation runs eagerly without a word.
 Under autocast, the graphed call runs inside ``torch.autocast(..., cache_enabled=False)``, as
 ``make_graphed_callables`` requires (ESPnet's trainer enables the cache); the cast weights are
 the same, only not cached.  The graphs are dropped when the parameters move or are replaced
@@ -78,9 +80,9 @@ from espnet_mamba.graphs.capture import (TURN_OFF, parameter_signature,
 from espnet_mamba.modules.packing import RowPacking
 
 OPTIONS = {"frame_step": 64, "batch_step": 1, "max_shapes": 8, "warmup": 3}
-# why_eager reasons that are part of normal training (validation, accumulation): not logged
-ROUTINE = ("not a training step", "gradients are being accumulated",
-           "an earlier replay's backward")
+# why_eager reasons that are part of normal training (validation, two passes in one loss): not
+# logged
+ROUTINE = ("not a training step", "an earlier replay's backward")
 
 
 class TrainingGraphs:
@@ -116,6 +118,9 @@ class TrainingGraphs:
         self._reset_graphs()
         self.signature = None  # the parameters the graphs were captured for
         self.captures = 0
+        # id(tensor) -> weak reference of the gradients this stack copied out of graph buffers
+        self.own_grads = {}
+        self.grad_copies = 0  # how many times a replay had to copy gradients out first
         self.capture_error = None  # the first failed capture, if one failed
         self.full_warned = False
         self.warned = set()  # fallback reasons already logged
@@ -157,8 +162,6 @@ class TrainingGraphs:
         tree = tree or _Tree(module)
         if not any(p.requires_grad for p in tree.params):
             return "no trainable parameters"
-        if any(p.grad is not None for p in tree.params):
-            return "gradients are being accumulated"
         if self.pending is not None:
             node, record = self.pending
             if node() is not None and not record["done"]:
@@ -226,6 +229,7 @@ class TrainingGraphs:
         graphed = self._graphed(key, make_layers, xs, pad)
         if graphed is None:
             return None
+        self._own_gradients(tree)
         if autocast:
             with torch.autocast(xs.device.type, dtype=key[-1], cache_enabled=False):
                 out = graphed(*pad(key, xs))
@@ -238,6 +242,25 @@ class TrainingGraphs:
         # a copy: the graph's output buffer, and memory another graph's replay writes, would
         # change under a caller that keeps the output beyond this training step
         return out[:batch, :frames].clone()
+
+    def _own_gradients(self, tree: "_Tree"):
+        """Before a replay: every ``.grad`` that may be a graph's buffer (one this stack did not
+        copy itself) replaced by a copy, which autograd then adds the replay's gradient to."""
+        copied = False
+        for p in tree.params:
+            g = p.grad
+            if g is None:
+                continue
+            ref = self.own_grads.get(id(g))
+            if ref is not None and ref() is g:
+                continue
+            p.grad = g.clone()
+            self.own_grads[id(p.grad)] = weakref.ref(p.grad)
+            copied = True
+        if copied:
+            self.grad_copies += 1
+            # drop entries of gradients gone since (set to None by zero_grad)
+            self.own_grads = {k: r for k, r in self.own_grads.items() if r() is not None}
 
     def _failed(self, key, device, stream, err: Exception):
         """After a failed capture: the stream and the random-number generator put right, and

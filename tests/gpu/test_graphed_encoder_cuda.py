@@ -74,8 +74,9 @@ def test_graphed_training_step_equals_eager_cuda(name, mixer, amp):
 
 
 def test_accumulated_gradients_cuda():
-    """accum_grad 2 after a replayed step: the same gradients as eagerly (the second
-    micro-batch runs eagerly and adds into the graph's gradient buffers)."""
+    """accum_grad 2 after a replayed step: the same gradients as eagerly, both micro-batches
+    replaying the graph (the first one's gradients copied out of the graph's buffers before
+    the second replay)."""
     eager, graphed = build("samba_asr"), build("samba_asr", graphs=True)
     x = torch.randn(2, 120, 20, device="cuda")
     ilens = torch.tensor([120, 90], device="cuda")
@@ -90,6 +91,8 @@ def test_accumulated_gradients_cuda():
             projection_loss(y * mask).backward()
     assert_grads_close({n: p.grad for n, p in graphed.named_parameters()},
                        {n: p.grad for n, p in eager.named_parameters()}, 1e-4)
+    graphs = graphed.training_graphs
+    assert graphs.captures == 1 and graphs.grad_copies == 1
 
 
 def test_graphed_training_step_with_dropout_cuda():

@@ -1,7 +1,7 @@
 """The encoders' ``cuda_graphs`` option (graphs/training.py) on the CPU, with a stand-in
 capture that records what it was given and runs the layers: which calls replay a graph, the
 length buckets (exact on the valid frames, gradients included), capture at the second sighting,
-the shape limit, failed captures, accumulation, parameter changes and option errors.  The real
+the shape limit, failed captures, accumulation (replayed), parameter changes and option errors.  The real
 captures (outputs and gradients == eager) are in tests/gpu/test_graphed_encoder_cuda.py."""
 
 import copy
@@ -165,22 +165,30 @@ def test_eager_outside_training_steps_and_when_switched_off(stand_in, monkeypatc
     assert graphs.why_eager(enc, x) == "not on CUDA"
 
 
-def test_accumulated_gradients_run_eagerly(stand_in):
-    """A graph's gradients are its static buffers: only a step that starts from no gradients
-    replays one; a second micro-batch adds to the gradients eagerly, as it should."""
+def test_accumulated_gradients_replay_and_add_up(stand_in):
+    """accum_grad 3, two optimizer steps: every micro-batch replays the graph, and the
+    gradients are the eager sums.  A graph's gradients are its static buffers, which its next
+    replay overwrites: they are copied out once per optimizer step, before its second replay.
+    A micro-batch of a new shape (run eagerly) in between adds to the same gradients."""
     enc, ref = encoder(cuda_graphs=True), encoder()
     x, ilens = torch.randn(2, 50, FEATS, dtype=torch.float64), torch.tensor([50, 30])
     step(enc, x, ilens)
     step(enc, x, ilens)  # second sighting: captured and replayed
     assert len(stand_in.replays) == 1
-    for model in (enc, ref):
-        model.zero_grad(set_to_none=True)
-        for _ in range(2):  # accum_grad 2
-            projection_loss(model(x, ilens)[0]).backward()
-    assert len(stand_in.replays) == 2  # the first micro-batch only
-    assert enc.training_graphs.why_eager(enc, x) == "gradients are being accumulated"
-    for (n, p), q in zip(enc.named_parameters(), ref.parameters()):
-        assert torch.allclose(p.grad, q.grad, rtol=1e-9, atol=1e-12), n
+    graphs = enc.training_graphs
+    x_new = torch.randn(2, 300, FEATS, dtype=torch.float64)  # another bucket, seen once
+    for accumulation in ([1.0, 2.0, 0.5], [1.5, "new", -1.0]):
+        replays, copies = len(stand_in.replays), graphs.grad_copies
+        for model in (enc, ref):
+            model.zero_grad(set_to_none=True)
+            for scale in accumulation:
+                xs = x_new if scale == "new" else x * scale
+                projection_loss(model(xs, ilens)[0]).backward()
+        assert len(stand_in.replays) - replays == sum(s != "new" for s in accumulation)
+        assert graphs.grad_copies - copies == 1
+        for (n, p), q in zip(enc.named_parameters(), ref.parameters()):
+            assert torch.allclose(p.grad, q.grad, rtol=1e-9, atol=1e-12), n
+    assert graphs.why_eager(enc, x) is None  # gradients held: a replay may still come
 
 
 def test_autocast_runs_without_its_weight_cache(stand_in):
@@ -499,9 +507,9 @@ def test_sub_module_training_flags_and_dropout_rates_are_part_of_the_graph(stand
 
 def test_espnet_trainer_with_graphs_trains_as_without(stand_in, tmp_path):
     """ESPnet's own Trainer (asr_train in this process, so the stand-in capture is seen) for 3
-    epochs with accum_grad 2 and validation: the first micro-batch of each step replays a
-    graph, the second runs eagerly, and the trained parameters are those of the same run
-    without graphs (up to the rounding of the padded buckets)."""
+    epochs with accum_grad 2 and validation: every micro-batch after the capture replays the
+    graph, and the trained parameters are those of the same run without graphs (up to the
+    rounding of the padded buckets)."""
     import yaml
     from espnet2.tasks.asr import ASRTask
 
@@ -535,10 +543,11 @@ def test_espnet_trainer_with_graphs_trains_as_without(stand_in, tmp_path):
                            weights_only=False)["reporter"]["stats"]
         losses[graphs] = [stats[e]["train"]["loss"] for e in (1, 2, 3)]
     # the 8 training utterances make 2 batches (30 and 37 frames) of one bucket (64 frames):
-    # one step of 2 micro-batches an epoch; epoch 1 sees the shape, epochs 2 and 3 replay it in
-    # the first micro-batch (a replay in the second would double the gradient)
+    # one step of 2 micro-batches an epoch; epoch 1 sees the shape, then captures and replays
+    # it in its second micro-batch; epochs 2 and 3 replay it in both (without the copy out of
+    # the graph's buffers, the second replay would overwrite the first one's gradients)
     assert [c["shape"][:2] for c in stand_in.captures] == [(4, 64)]
-    assert len(stand_in.replays) == 2
+    assert len(stand_in.replays) == 5
     assert states[True].keys() == states[False].keys()
     assert losses[False][2] < losses[False][0]  # it trains
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
