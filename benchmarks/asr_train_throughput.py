@@ -3,8 +3,11 @@
 For each model, the stock ``python -m espnet2.bin.asr_train --ngpu N`` trains a few epochs on
 one synthetic corpus with LibriSpeech's utterance lengths; ESPnet's per-epoch results line of
 train.log (``Nepoch results: [train] ... time=...``) gives the seconds of each epoch.  Reported:
-seconds per 1,000 training utterances over the warm epochs (every epoch after the first) and
-the ratio of each model to the Conformer of the same run.
+seconds per 1,000 training utterances over the warm epochs (every epoch after the first
+``--skip-epochs``, default 1) and the ratio of each model to the Conformer of the same run.
+``samba_asr_graphed`` / ``speech_mamba_graphed`` are the shipped configs with the encoders'
+CUDA graphs on (``VARIANTS``; run them with ``--skip-epochs 2``: each batch shape is captured
+the second time it is seen).
 
     python benchmarks/asr_train_throughput.py --ngpu 1 --out /tmp/asr_train.json
     python benchmarks/asr_train_throughput.py --tiny --out /tmp/t.json     (CPU smoke, toy sizes)
@@ -61,6 +64,13 @@ MODELS = {
     "speech_mamba_960": CONF_960 / "train_asr_speech_mamba_e7_d3.yaml",
 }
 DEFAULT_MODELS = ["conformer", "samba_asr", "speech_mamba"]
+# name -> (the model whose shipped config it starts from, keys merged into that config):
+# the encoders' CUDA graphs as a user would turn them on for numel batches (batch sizes vary,
+# padded up to a multiple of 8 rows so that fewer shapes are captured)
+GRAPHED = {"encoder_conf": {"cuda_graphs": True, "cuda_graph_conf": {"batch_step": 8}}}
+VARIANTS = {"samba_asr_graphed": ("samba_asr", GRAPHED),
+            "speech_mamba_graphed": ("speech_mamba", GRAPHED)}
+MODELS.update({name: MODELS[base] for name, (base, _) in VARIANTS.items()})
 
 # --tiny: the same configs shrunk to toy sizes (CPU smoke); keys merged into the config
 TINY_CONF = {
@@ -76,6 +86,8 @@ TINY_CONF = {
 }
 TINY_CONF["samba_asr_960"] = TINY_CONF["samba_asr"]
 TINY_CONF["speech_mamba_960"] = TINY_CONF["speech_mamba"]
+for _name, (_base, _) in VARIANTS.items():
+    TINY_CONF[_name] = TINY_CONF[_base]
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,6 +188,8 @@ def run_config(name: str, path: Path, args, out: Path) -> dict:
     import yaml
 
     config = yaml.safe_load(Path(path).read_text())
+    if name in VARIANTS:
+        config = merge(config, VARIANTS[name][1])
     if args.tiny:
         config = merge(config, TINY_CONF[name])
     config.update({
@@ -225,8 +239,9 @@ def environment() -> dict:
     return env
 
 
-def summarise(times: Dict[int, float], utts: int) -> dict:
-    warm = [t for e, t in sorted(times.items()) if e > 1]
+def summarise(times: Dict[int, float], utts: int, skip: int = 1) -> dict:
+    """Seconds per 1,000 utterances over the epochs after the first ``skip``."""
+    warm = [t for e, t in sorted(times.items()) if e > skip]
     per_1k = [t / utts * 1000 for t in warm]
     return {"epoch_seconds": {str(e): t for e, t in sorted(times.items())},
             "warm_epochs": len(warm),
@@ -247,7 +262,10 @@ def main(argv=None) -> dict:
     p.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=list(MODELS))
     p.add_argument("--utts", type=int, default=600, help="training utterances")
     p.add_argument("--valid-utts", type=int, default=8)
-    p.add_argument("--epochs", type=int, default=3, help="the first is not counted (warm-up)")
+    p.add_argument("--epochs", type=int, default=3, help="epochs of each training")
+    p.add_argument("--skip-epochs", type=int, default=1,
+                   help="first epochs not counted (warm-up; with CUDA graphs a batch shape is "
+                        "captured the second time it is seen: 2)")
     p.add_argument("--batch-bins", type=int, default=16000000, help="the configs' value")
     p.add_argument("--accum-grad", type=int, default=4, help="the configs' value")
     p.add_argument("--num-workers", type=int, default=4, help="the configs' value")
@@ -257,8 +275,9 @@ def main(argv=None) -> dict:
     p.add_argument("--out", required=True, help="JSON, rewritten after each model")
     p.add_argument("--tiny", action="store_true", help="toy models and corpus (CPU smoke)")
     args = p.parse_args(argv)
-    if args.epochs < 2:
-        p.error(f"--epochs {args.epochs}: at least 2 (the first epoch is a warm-up)")
+    if args.skip_epochs < 0 or args.epochs <= args.skip_epochs:
+        p.error(f"--epochs {args.epochs} --skip-epochs {args.skip_epochs}: at least one epoch "
+                "must be counted after the skipped ones")
     if args.tiny:
         args.ngpu, vocab, scale = 0, 100, 0.05
         # toy runs on shared CPU cores: one thread per ESPnet process
@@ -275,7 +294,8 @@ def main(argv=None) -> dict:
     corpus["build_seconds"] = time.time() - t0
     result = {"benchmark": "asr_train_throughput", "command": [sys.argv[0], *(argv or sys.argv[1:])],
               "environment": environment(), "corpus": corpus,
-              "settings": {"ngpu": args.ngpu, "epochs": args.epochs, "batch_bins": args.batch_bins,
+              "settings": {"ngpu": args.ngpu, "epochs": args.epochs,
+                           "skip_epochs": args.skip_epochs, "batch_bins": args.batch_bins,
                            "accum_grad": args.accum_grad, "num_workers": args.num_workers,
                            "optim": "adam lr 0.002 wd 1e-6, warmuplr 15000",
                            "tiny": args.tiny, "baseline": BASELINE},
@@ -301,7 +321,9 @@ def main(argv=None) -> dict:
         text = train_log.read_text(errors="replace")
         r = {"config": str(src), "exit_status": rc, "wall_seconds": time.time() - t,
              "exp_dir": str(exp), "train_log": str(train_log), "use_amp": bool(cfg.get("use_amp", False)),
-             **summarise(epoch_times(text), corpus["train_utts"])}
+             **summarise(epoch_times(text), corpus["train_utts"], args.skip_epochs)}
+        if name in VARIANTS:
+            r["config_changes"] = VARIANTS[name][1]
         if rc != 0 or r["seconds_per_1k_utts"] is None:
             failed.append(name)
             tail = text[-2000:]
@@ -313,12 +335,12 @@ def main(argv=None) -> dict:
     result["failed"] = failed
     result["finished"] = not failed
     Path(args.out).write_text(json.dumps(result, indent=1))
-    print(f"{'model':18s} {'warm epochs':>11s} {'s / 1k utts':>12s} {'x conformer':>12s}")
+    print(f"{'model':22s} {'warm epochs':>11s} {'s / 1k utts':>12s} {'x conformer':>12s}")
     for name, r in result["models"].items():
         s, q = r["seconds_per_1k_utts"], r["ratio_to_conformer"]
         s = "-" if s is None else f"{s:.2f}"
         q = "-" if q is None else f"{q:.3f}"
-        print(f"{name:18s} {r['warm_epochs']:11d} {s:>12} {q:>12}")
+        print(f"{name:22s} {r['warm_epochs']:11d} {s:>12} {q:>12}")
     return result
 
 

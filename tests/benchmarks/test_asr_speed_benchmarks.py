@@ -209,3 +209,32 @@ def test_benchmarks_sh_takes_the_baseline_config_from_the_environment(tmp_path, 
     result = json.loads((out / "espnet_train.json").read_text())
     assert result["models"]["conformer"]["config"] == str(config)
     assert "--baseline-config" in result["command"]
+
+
+def test_graphed_variant_and_skipped_epochs(tmp_path, espnet_root):
+    """samba_asr_graphed is the shipped config with the encoder's CUDA graphs on (off CUDA it
+    trains eagerly, so this only checks the config and the counting): the written config has
+    them, the JSON says what changed, and --skip-epochs 2 counts the epochs after the second."""
+    import yaml
+
+    out = tmp_path / "train.json"
+    result = train_bench.main(["--tiny", "--models", "samba_asr_graphed", "--utts", "8",
+                               "--valid-utts", "2", "--epochs", "3", "--skip-epochs", "2",
+                               "--work", str(tmp_path / "work"), "--out", str(out),
+                               "--baseline-config",
+                               str(espnet_root / train_bench.BASELINE_REL)])
+    assert list(result["models"]) == ["conformer", "samba_asr_graphed"]
+    assert result["settings"]["skip_epochs"] == 2
+    r = result["models"]["samba_asr_graphed"]
+    assert r["exit_status"] == 0 and r["warm_epochs"] == 1
+    assert r["config"] == str(train_bench.MODELS["samba_asr"])
+    assert r["config_changes"]["encoder_conf"]["cuda_graphs"] is True
+    written = yaml.safe_load((tmp_path / "work" / "samba_asr_graphed.yaml").read_text())
+    assert written["encoder_conf"]["cuda_graphs"] is True
+    assert written["encoder_conf"]["cuda_graph_conf"] == {"batch_step": 8}
+    assert written["encoder_conf"]["num_blocks"] == 1  # the toy size still applies
+    third = float(r["epoch_seconds"]["3"])
+    assert r["seconds_per_1k_utts"] == pytest.approx(third / 8 * 1000)
+    with pytest.raises(SystemExit):
+        train_bench.main(["--tiny", "--epochs", "2", "--skip-epochs", "2", "--out",
+                          str(tmp_path / "x.json")])

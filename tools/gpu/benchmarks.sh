@@ -21,6 +21,9 @@
 #                 synthetic utterances of LibriSpeech's lengths, 3 epochs (the first not counted)
 #                 (benchmarks/asr_train_throughput.py; needs ESPnet's recipes in .cache/espnet-*,
 #                 tools/fetch_espnet_recipes.sh, or BASELINE_CONFIG=<that Conformer yaml>)
+#   espnet_train_graphed  the same with the encoders' CUDA graphs on (samba_asr_graphed,
+#                 speech_mamba_graphed: cuda_graphs, batch_step 8), 4 epochs, the first 2 not
+#                 counted, beside the Conformer again
 #   espnet_decode through ESPnet's asr_inference, beam 10, CTC 0.3: real-time factor of the
 #                 models espnet_train trained (run it first, same machine and SPEED_WORK), on 24
 #                 utterances of LibriSpeech's lengths, batch 1 and 8
@@ -121,6 +124,10 @@ for step in "$@"; do
         # (Speech-Mamba's first epoch alone took 158 s on an H100: Triton's first use)
         run "$step" python3 benchmarks/asr_train_throughput.py --ngpu 1 "${SPEED_TRAIN[@]}" \
             --timeout 320 --work "$SPEED_WORK" --out "$OUT/espnet_train.json" ;;
+    espnet_train_graphed)
+        run "$step" python3 benchmarks/asr_train_throughput.py --ngpu 1 "${SPEED_TRAIN[@]}" \
+            --models samba_asr_graphed speech_mamba_graphed --epochs 4 --skip-epochs 2 \
+            --timeout 320 --work "${SPEED_WORK}_graphed" --out "$OUT/espnet_train_graphed.json" ;;
     espnet_decode|espnet_decode_long)
         # one set a step: the two sets, 3 models x 2 batch sizes each, are about 8 minutes
         set_name=librispeech; [[ $step == espnet_decode_long ]] && set_name=long
