@@ -117,6 +117,10 @@ def decode(exp: Path, data: dict, out: Path, ngpu: int, batch: int, timeout) -> 
          "beam_search": ("BatchBeamSearch" if "BatchBeamSearch implementation is selected"
                          in text else "BeamSearch"),
          "retries": text.count("there is no N-best results"),
+         # which CTC prefix scorer the search ran (ESPNET_MAMBA_CTC_PREFIX decides; asr_inference
+         # logs it when it is the plugin's)
+         "ctc_prefix_scorer": ("espnet_mamba" if "CTC prefix scores: espnet_mamba's" in text
+                               else "espnet"),
          "search_steps": search_steps(text)}
     if rc != 0 and batch > 1 and "Batch decoding is only supported" in text:
         r["applicable"] = False
@@ -187,7 +191,9 @@ def main(argv=None) -> dict:
               "environment": train_bench.environment(),
               "settings": {"ngpu": args.ngpu, "decode_options": DECODE_OPTS,
                            "batch_sizes": args.batch_sizes, "tiny": args.tiny,
-                           "baseline": BASELINE, "weights": "exp/<model>/latest.pth"},
+                           "baseline": BASELINE, "weights": "exp/<model>/latest.pth",
+                           "ESPNET_MAMBA_CTC_PREFIX": os.environ.get("ESPNET_MAMBA_CTC_PREFIX",
+                                                                     "auto")},
               "sets": {k: {"utterances": len(v["counted"]), "warmup": len(v["warmup"]),
                            "audio_seconds": sum(v["seconds"][u] for u in v["counted"])}
                        for k, v in sets.items() if k in args.sets},

@@ -129,12 +129,30 @@ def test_rtf_json_structure(rtf_run):
     assert opts["beam_size"] == 10 and opts["ctc_weight"] == 0.3
     assert opts["minlenratio"] < opts["maxlenratio"]
     assert list(result["models"]) == MODELS
-    for runs in result["models"].values():
+    # ESPNET_MAMBA_CTC_PREFIX=auto (unset): the plugin's scorer for its models only
+    assert result["settings"]["ESPNET_MAMBA_CTC_PREFIX"] == "auto"
+    for name, runs in result["models"].items():
         assert set(runs) == {"librispeech_b1", "librispeech_b2"}
         for key, r in runs.items():
             assert r["exit_status"] == 0 and r["retries"] == 0
             assert r["beam_search"] == "BatchBeamSearch"
             assert r["utterances"] == 3 and r["search_steps"] > 0
+            assert r["ctc_prefix_scorer"] == ("espnet" if name == "conformer" else "espnet_mamba")
+
+
+def test_rtf_with_the_same_scorer_for_the_baseline(train_run, tmp_path, monkeypatch):
+    """ESPNET_MAMBA_CTC_PREFIX=all (benchmarks.sh espnet_decode_same_scorer): ESPnet's Conformer
+    decodes with the plugin's CTC prefix scorer too, and the JSON says so."""
+    monkeypatch.setenv("ESPNET_MAMBA_CTC_PREFIX", "all")
+    work = tmp_path / "work"  # the trained models of train_run, decoded into a dir of its own
+    work.mkdir()
+    for name in ("exp", "corpus"):
+        (work / name).symlink_to(train_run[2] / name)
+    result = rtf_bench.main(["--tiny", "--models", "conformer", "--work", str(work),
+                             "--sets", "librispeech", "--utts", "1", "--batch-sizes", "1",
+                             "--out", str(tmp_path / "same.json")])
+    assert result["settings"]["ESPNET_MAMBA_CTC_PREFIX"] == "all"
+    assert result["models"]["conformer"]["librispeech_b1"]["ctc_prefix_scorer"] == "espnet_mamba"
 
 
 def test_rtf_numbers_come_from_the_logs(rtf_run):

@@ -29,6 +29,9 @@
 #                 utterances of LibriSpeech's lengths, batch 1 and 8
 #                 (benchmarks/asr_inference_rtf.py)
 #   espnet_decode_long  the same on four 60 s recordings
+#   espnet_decode_same_scorer  espnet_decode's LibriSpeech-length set with the plugin's CTC prefix
+#                 scorer for every model, ESPnet's Conformer too (ESPNET_MAMBA_CTC_PREFIX=all): how
+#                 much of the decoding ratio is the scorer and how much the decoder
 # Each step writes its JSON and an encoder_report.py table (STEP.md) to $OUT (default
 # /tmp/benchmarks).  EXTRA_ARGS is added to every benchmark's options (e.g. "--device cpu --tiny"
 # for a smoke run on a CPU; the espnet_* steps take only its --tiny).  SPEED_WORK (default
@@ -128,6 +131,10 @@ for step in "$@"; do
         run "$step" python3 benchmarks/asr_train_throughput.py --ngpu 1 "${SPEED_TRAIN[@]}" \
             --models samba_asr_graphed speech_mamba_graphed --epochs 4 --skip-epochs 2 \
             --timeout 320 --work "${SPEED_WORK}_graphed" --out "$OUT/espnet_train_graphed.json" ;;
+    espnet_decode_same_scorer)
+        run "$step" env ESPNET_MAMBA_CTC_PREFIX=all python3 benchmarks/asr_inference_rtf.py \
+            --ngpu 1 "${SPEED_DECODE[@]}" --sets librispeech --timeout 120 --work "$SPEED_WORK" \
+            --out "$OUT/$step.json" ;;
     espnet_decode|espnet_decode_long)
         # one set a step: the two sets, 3 models x 2 batch sizes each, are about 8 minutes
         set_name=librispeech; [[ $step == espnet_decode_long ]] && set_name=long
