@@ -38,16 +38,24 @@ class MultiHeadAttention(nn.Module):
 
     def attend(self, query, keys, values, key_mask=None):
         """query (b, t_q, d); keys/values from :meth:`project_memory`; key_mask (b, t_k) bool,
-        True on valid keys.  Broadcasts a memory of batch 1 over the queries."""
-        q = self._heads(self.linear_q(query))
+        True on valid keys.  Keys of batch m < b serve the queries in m equal consecutive runs
+        (b / m rows each, e.g. the hypotheses of m utterances in a beam search): the runs'
+        queries are attended together against their row, no keys copied."""
+        q = self._heads(self.linear_q(query))  # (b, h, t_q, d_head)
         mask = None if key_mask is None else key_mask[:, None, None, :]
-        if keys.shape[0] != q.shape[0]:  # one utterance shared by several hypotheses
-            keys, values = keys.expand(q.shape[0], -1, -1, -1), values.expand(
-                q.shape[0], -1, -1, -1)
-            if mask is not None:
-                mask = mask.expand(q.shape[0], -1, -1, -1)
         drop = self.dropout_rate if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=drop)
+        b, m = q.shape[0], keys.shape[0]
+        if m == b:
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=drop)
+        else:
+            if b % m:
+                raise ValueError(f"attention: {b} queries cannot be split into runs over "
+                                 f"{m} memory rows")
+            run, (h, t_q, d) = b // m, q.shape[1:]
+            # cross-attention has no mask between queries: a run's queries are one longer query
+            q = q.view(m, run, h, t_q, d).transpose(1, 2).reshape(m, h, run * t_q, d)
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=drop)
+            y = y.view(m, h, run, t_q, d).transpose(1, 2).reshape(b, h, t_q, d)
         return self.linear_out(y.transpose(1, 2).flatten(2))
 
     def forward(self, query, memory=None, key_mask=None, packing=None):

@@ -93,6 +93,36 @@ def test_batch_of_utterances_equals_one_at_a_time(name, caplog):
     assert "xs_mask" not in caplog.text  # no "padded frames are attended to" warning
 
 
+@pytest.mark.parametrize("name", ["speech_mamba", "samba_asr:attention"])
+def test_batch_of_utterances_stacks_the_speech_memory_once(name, monkeypatch):
+    """Cross-attention decoders over 3 utterances in one BatchBeamSearch: the utterances' keys
+    and values are stacked once, one row per utterance (not per hypothesis), and reused by
+    every later step; the n-best equals decoding each utterance alone."""
+    from espnet2.legacy.nets.batch_beam_search import BatchBeamSearch
+
+    from espnet_mamba.decoders.memory import SpeechMemory
+    stacks = []
+    concat = SpeechMemory._concat.__func__
+    monkeypatch.setattr(SpeechMemory, "_concat",
+                        classmethod(lambda cls, ms: stacks.append(len(ms)) or concat(cls, ms)))
+    dec = decoder(name)
+    eos = VOCAB - 1
+    search = BatchBeamSearch(scorers={"decoder": dec}, weights={"decoder": 1.0}, beam_size=3,
+                             vocab_size=VOCAB, sos=eos, eos=eos, token_list=None,
+                             pre_beam_score_key="full").double().eval()
+    x = torch.randn(3, 12, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    lens = torch.tensor([12, 9, 7])
+    with torch.no_grad():  # several steps after the first stack (checked below)
+        both = search(x=x, maxlenratio=0.9, minlenratio=0.5, x_lengths=lens)
+        assert stacks == [3], stacks
+        alone = [search(x=x[i, :lens[i]], maxlenratio=0.9, minlenratio=0.5) for i in range(3)]
+    assert min(len(b[0].yseq) for b in both) >= 4 and max(len(b[0].yseq) for b in both) >= 6
+    for batched, single in zip(both, alone):
+        assert [h.yseq.tolist() for h in batched] == [h.yseq.tolist() for h in single]
+        assert [float(h.score) for h in batched] == pytest.approx(
+            [float(h.score) for h in single], abs=1e-10)
+
+
 @pytest.mark.parametrize("name", ["samba_asr", "samba_asr:attention"])
 def test_ended_hypothesis_states_are_compacted(name):
     """ESPnet copies an ended hypothesis's state out of the step's batch (_compact): our lazy
