@@ -23,6 +23,15 @@ def decoder(name, mixer="mamba", **kw):
     return tiny_decoder(name, mixer, **({"cross_connection": how} if how else {}), **kw)
 
 
+def batch_search(dec, beam=3):
+    """ESPnet's BatchBeamSearch with the decoder alone (fp64, eval)."""
+    from espnet2.legacy.nets.batch_beam_search import BatchBeamSearch
+    eos = VOCAB - 1
+    return BatchBeamSearch(scorers={"decoder": dec}, weights={"decoder": 1.0}, beam_size=beam,
+                           vocab_size=VOCAB, sos=eos, eos=eos, token_list=None,
+                           pre_beam_score_key="full").double().eval()
+
+
 @pytest.mark.parametrize("name,mixer", PAIRS)
 def test_decoder_padding_invariance(name, mixer):
     assert decoder_padding_error(decoder(name, mixer)) < 1e-5
@@ -75,12 +84,7 @@ def test_batch_search_keeps_states_batched(name, monkeypatch):
 def test_batch_of_utterances_equals_one_at_a_time(name, caplog):
     """BatchBeamSearch over 2 padded utterances (ESPnet's (utterance, beam) grid, reordered by
     batch_select_state with per-utterance offsets) == decoding each alone, scores included."""
-    from espnet2.legacy.nets.batch_beam_search import BatchBeamSearch
-    dec = decoder(name)
-    eos = VOCAB - 1
-    search = BatchBeamSearch(scorers={"decoder": dec}, weights={"decoder": 1.0}, beam_size=3,
-                             vocab_size=VOCAB, sos=eos, eos=eos, token_list=None,
-                             pre_beam_score_key="full").double().eval()
+    search = batch_search(decoder(name))
     x = torch.randn(2, 12, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     lens = torch.tensor([12, 7])
     with torch.no_grad():
@@ -98,18 +102,12 @@ def test_batch_of_utterances_stacks_the_speech_memory_once(name, monkeypatch):
     """Cross-attention decoders over 3 utterances in one BatchBeamSearch: the utterances' keys
     and values are stacked once, one row per utterance (not per hypothesis), and reused by
     every later step; the n-best equals decoding each utterance alone."""
-    from espnet2.legacy.nets.batch_beam_search import BatchBeamSearch
-
     from espnet_mamba.decoders.memory import SpeechMemory
     stacks = []
     concat = SpeechMemory._concat.__func__
     monkeypatch.setattr(SpeechMemory, "_concat",
                         classmethod(lambda cls, ms: stacks.append(len(ms)) or concat(cls, ms)))
-    dec = decoder(name)
-    eos = VOCAB - 1
-    search = BatchBeamSearch(scorers={"decoder": dec}, weights={"decoder": 1.0}, beam_size=3,
-                             vocab_size=VOCAB, sos=eos, eos=eos, token_list=None,
-                             pre_beam_score_key="full").double().eval()
+    search = batch_search(decoder(name))
     x = torch.randn(3, 12, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     lens = torch.tensor([12, 9, 7])
     with torch.no_grad():  # several steps after the first stack (checked below)
