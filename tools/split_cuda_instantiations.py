@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import re
 import sys
-from collections import OrderedDict
 from pathlib import Path
 
 INSTANTIATION = re.compile(r"^template\s+void\s+\w+\s*<(?P<args>[^>]*)>\s*\(.*\)\s*;\s*$")
@@ -53,7 +52,7 @@ def is_template(lines: list[str], i: int) -> bool:
 def split_text(text: str, name: str) -> list[str]:
     """FILE's text once per template-argument list, each with only that list's instantiations."""
     lines = text.split("\n")
-    groups: "OrderedDict[str, list[int]]" = OrderedDict()
+    groups: dict[str, list[int]] = {}  # argument list -> its lines, in order of appearance
     for i, line in enumerate(lines):
         m = INSTANTIATION.match(line)
         if m:

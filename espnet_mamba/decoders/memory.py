@@ -56,7 +56,7 @@ class SpeechMemory:
 def _equal_runs(memories: list):
     """The distinct memories if ``memories`` is runs of equal length of one object each (every
     object in one run only), else None."""
-    distinct, run = [memories[0]], 0
+    distinct = [memories[0]]
     for m in memories:
         if m is distinct[-1]:
             continue

@@ -130,8 +130,9 @@ def test_split_files_link_into_one_program(tmp_path):
 @pytest.mark.parametrize("kernels,files,message", [
     ("template<typename T> void f(T x) {}\n", ["csrc/kernels.cu"],
      "no explicit instantiations"),
-    (KERNELS + "\nvoid helper(float *x) {\n    *x = 0;\n}\n", ["csrc/kernels.cu"],
-     "kernels.cu:29: a function that is not a template would be defined in every split file"),
+    (KERNELS + "\nvoid reset_value(float *x) {\n    *x = 0;\n}\n", ["csrc/kernels.cu"],
+     "kernels.cu:29: a function that is not a template would be defined in every split file: "
+     "void reset_value"),
     (KERNELS, ["csrc/missing.cu"], "missing.cu: no such file"),
 ])
 def test_refuses_what_it_cannot_split(tmp_path, kernels, files, message):
