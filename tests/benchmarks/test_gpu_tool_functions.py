@@ -99,3 +99,32 @@ def test_train_check_passes_only_a_clean_falling_run():
         assert not train_check.passed({**good, **bad}), bad
     del good["decode_rc"]  # training failed before decoding
     assert not train_check.passed(good)
+
+
+def test_repeat_captures_counts_failures_and_their_errors():
+    import repeat_captures
+
+    runs = [{"exit_status": 0, "captures": 1, "capture_error": None},
+            {"exit_status": 0, "captures": 0,
+             "capture_error": "operation failed due to a previous error during capture\nTraceback"},
+            {"exit_status": 0, "captures": 0,
+             "capture_error": "operation failed due to a previous error during capture\nother"},
+            {"exit_status": 1, "stderr_tail": "RuntimeError: no CUDA"}]
+    s = repeat_captures.summarise(runs)
+    assert s["processes"] == 4 and s["failed"] == 3
+    assert s["errors"] == [
+        {"first_line": "operation failed due to a previous error during capture", "count": 2},
+        {"first_line": "RuntimeError: no CUDA", "count": 1}]
+
+
+def test_repeat_captures_reports_a_process_that_cannot_run(tmp_path):
+    """Without CUDA every child fails: the parent says so per process and exits 1."""
+    import json
+
+    import repeat_captures
+
+    out = tmp_path / "c.json"
+    assert repeat_captures.main(["--processes", "1", "--out", str(out)]) == 1
+    result = json.loads(out.read_text())
+    assert result["failed"] == 1 and result["runs"][0]["exit_status"] != 0
+    assert "CUDA" in result["runs"][0]["stderr_tail"] or "cuda" in result["runs"][0]["stderr_tail"]

@@ -1,0 +1,56 @@
+"""benchmarks/asr_step_breakdown.py with --tiny on the CPU: every model is built by ESPnet's
+ASRTask and trained on the batch that batch_bins holds; the parts' host times add up within the
+step, and the table's ratios come from the side-by-side runs.  No timing is asserted."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import asr_step_breakdown as breakdown  # noqa: E402
+import asr_train_throughput as train_bench  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, espnet_root):
+    out = tmp_path_factory.mktemp("breakdown") / "b.json"
+    returned = breakdown.main(["--tiny", "--device", "cpu", "--models", "samba_asr", "speech_mamba",
+                               "--seconds", "1.5", "--warmup", "1", "--steps", "2",
+                               "--baseline-config", str(espnet_root / train_bench.BASELINE_REL),
+                               "--out", str(out)])
+    return returned, json.loads(out.read_text())
+
+
+def test_every_model_trains_on_the_numel_batch(run):
+    returned, result = run
+    assert result == json.loads(json.dumps(returned))
+    # the baseline is added: the ratios need it
+    assert list(result["runs"]) == ["conformer@1.5", "samba_asr@1.5", "speech_mamba@1.5"]
+    rows = 64000 // int(1.5 * 16000)
+    for key, r in result["runs"].items():
+        assert "error" not in r, (key, r)
+        assert r["rows"] == rows and r["params_m"] > 0
+        parts = sum(r[f"{p}_host_ms"] for p in breakdown.PARTS)
+        assert 0 < parts <= r["forward_host_ms"] + 1e-6
+        assert r["forward_host_ms"] + r["backward_host_ms"] <= r["step_ms"] * 1.5
+        assert r["kernel_ms"] is None and r["gpu_busy"] is None  # no GPU profile on a CPU
+
+
+def test_table_ratios_are_the_baselines_step_over_the_models(run):
+    _, result = run
+    table = breakdown.report(result)
+    base = result["runs"]["conformer@1.5"]["step_ms"]
+    for key, r in result["runs"].items():
+        line = next(ln for ln in table.splitlines() if ln.startswith(f"| {key.split('@')[0]} |"))
+        assert f"{base / r['step_ms']:.2f}x" in line
+
+
+def test_the_batch_is_what_batch_bins_holds():
+    speech, lengths, text, text_lengths = breakdown.batch(10.0, 16000000, 5000, "cpu")
+    assert speech.shape == (100, 160000) and int(lengths.max()) == 160000
+    assert int(lengths.min()) == 144000 and (lengths[:-1] >= lengths[1:]).all()
+    assert text.shape == (100, 39) and int(text.min()) >= 2 and int(text.max()) < 4999
+    assert (text_lengths == 39).all()
