@@ -15,8 +15,9 @@ the configs train on a GPU.  For each model and length, medians over ``--steps``
   (kernels are queued, not waited for, so a part whose host time is close to its share of the
   step is bound by the host's work), and ``backward_host_ms`` / ``optimizer_host_ms``;
 - from one profiled step (``torch.profiler``): ``kernel_ms``, the summed time of the GPU
-  kernels, and ``kernel_launches``; ``gpu_busy`` = kernel_ms / step_ms (low: the GPU waits
-  for the host).
+  kernels and copies, ``kernel_launches`` (the host's launch calls; a CUDA-graph replay is one
+  ``graph_launches``), each forward part's GPU span; ``gpu_busy`` = kernel_ms / step_ms (low:
+  the GPU waits for the host).
 
     python benchmarks/asr_step_breakdown.py --out /tmp/breakdown.json
     python benchmarks/asr_step_breakdown.py --tiny --device cpu --out /tmp/b.json   (smoke)
@@ -146,26 +147,41 @@ def train_step(model, optim, data, device: str, amp: bool, timer: PartTimer) -> 
             **{f"{p}_host_ms": v for p, v in timer.take().items()}}
 
 
+LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx")
+
+
+def gpu_totals(events) -> dict:
+    """From torch.profiler's events of one step: the GPU activities' summed time (kernels,
+    copies; the ``part:`` ranges' own GPU spans are not work and are not summed), the kernel
+    launches and CUDA-graph launches the host made, and each part's GPU span."""
+    from torch.autograd import DeviceType
+
+    kernel_us, launches, graphs, parts = 0.0, 0, 0, {}
+    for e in events:
+        if e.device_type == DeviceType.CUDA:
+            if e.name.startswith("part:"):
+                name = e.name.split(":", 1)[1]
+                parts[name] = parts.get(name, 0.0) + e.time_range.elapsed_us() / 1000
+            else:
+                kernel_us += e.time_range.elapsed_us()
+        elif e.name in LAUNCHES:
+            launches += 1
+        elif e.name == "cudaGraphLaunch":
+            graphs += 1
+    return {"kernel_ms": kernel_us / 1000, "kernel_launches": launches,
+            "graph_launches": graphs, "part_gpu_span_ms": parts}
+
+
 def profiled_step(model, optim, data, device: str, amp: bool, timer: PartTimer) -> dict:
-    """One step under torch.profiler: the GPU kernels' summed time and how many were launched."""
-    import torch
+    """One step under torch.profiler (``gpu_totals``); on a CPU nothing to count."""
     from torch.profiler import ProfilerActivity, profile
 
     if not device.startswith("cuda"):
         return {"kernel_ms": None, "kernel_launches": None, "graph_launches": None,
-                "part_device_ms": None}
+                "part_gpu_span_ms": None}
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         train_step(model, optim, data, device, amp, timer)
-    rows = prof.key_averages()
-    kernel_us = sum(r.self_device_time_total for r in rows)
-    launches = sum(r.count for r in rows
-                   if r.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC",
-                                "cuLaunchKernelEx", "cudaGraphLaunch"))
-    graph_launches = sum(r.count for r in rows if r.key == "cudaGraphLaunch")
-    parts = {r.key.split(":", 1)[1]: r.device_time_total / 1000 for r in rows
-             if r.key.startswith("part:")}
-    return {"kernel_ms": kernel_us / 1000, "kernel_launches": launches,
-            "graph_launches": graph_launches, "part_device_ms": parts}
+    return gpu_totals(prof.events())
 
 
 def measure(name, config_src, tokens, seconds, args) -> dict:

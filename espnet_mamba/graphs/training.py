@@ -46,6 +46,9 @@ training flag or dropout rate changes.  The output is a copy of the graph's buff
 parameters' ``.grad`` are graph buffers until the next ``zero_grad`` (a replay of any graph of
 the stack may write them afterwards: do not keep ``.grad`` across steps).
 
+The capture differentiates stand-ins of the parameters (fresh leaves sharing their memory,
+``_ParametersAsInputs``), not the parameters: a parameter's gradient accumulator left from an
+eager step on the default stream breaks a backward capture while that step's graph is alive.
 Captures run in CUDA's ``thread_local`` capture mode (torch's default, ``global``, lets CUDA calls
 of any other thread, e.g. a DataLoader's pin-memory thread, invalidate the capture).  A failed
 capture leaves the thread on the capture's stream and CUDA's random-number generator in capture
@@ -184,7 +187,7 @@ class TrainingGraphs:
         caller runs the layers eagerly.
 
         ``make_layers()`` returns a fresh module running the layers on (xs, lengths, valid)
-        (``make_graphed_callables`` replaces its forward); ``module`` owns their parameters."""
+        (captured through ``torch.func.functional_call``); ``module`` owns their parameters."""
         shape = self.bucket(xs.shape[1], xs.shape[0])
         return self._run(module, make_layers, xs, "padded", shape,
                          lambda key, x: self._padded(key, x, lengths, valid))
@@ -323,11 +326,12 @@ class TrainingGraphs:
             self.pool = torch.cuda.graph_pool_handle()
         autocast = key[-1] is not None
         stream = torch.cuda.current_stream(xs.device) if xs.is_cuda else None
+        layers = _ParametersAsInputs(make_layers(), len(sample))
         try:
             with torch.autocast(xs.device.type, dtype=key[-1] or torch.float32,
                                 enabled=autocast, cache_enabled=False), _thread_local_capture():
-                graphed = self.make_graphed(make_layers(), sample, num_warmup_iters=self.warmup,
-                                            pool=self.pool)
+                replay = self.make_graphed(layers, sample + layers.stand_ins(),
+                                           num_warmup_iters=self.warmup, pool=self.pool)
             self.captures += 1
         except Exception as err:
             self._failed(key, xs.device, stream, err)
@@ -336,8 +340,38 @@ class TrainingGraphs:
             return None
         logging.info("encoder cuda_graphs: captured shape %s of a %s batch (%d of at most %d)",
                      key[:2], key[2], len(self.graphs) + 1, self.max_shapes)
-        self.graphs[key] = graphed
+        params = layers.params
+        self.graphs[key] = graphed = lambda *inputs: replay(*inputs, *params)
         return graphed
+
+
+class _ParametersAsInputs:
+    """The layers as a function of (inputs..., parameters...), for the capture: it then
+    differentiates fresh leaf tensors that share the parameters' memory (``stand_ins``) instead
+    of the parameters, and a replay is given the parameters themselves in their place (same
+    memory: nothing is copied) and returns their gradients.
+
+    Why: autograd makes a leaf's gradient wait on the stream where the leaf's gradient
+    accumulator was made.  A parameter's accumulator made by an eager training step on the
+    default (legacy) stream lives as long as any graph of that step is referenced (a loss the
+    caller keeps, a reference cycle the collector has not freed yet), and while it lives the
+    backward capture fails with "operation would make the legacy stream depend on a capturing
+    blocking stream" (H100, torch 2.11: every process of tools/gpu/repeat_captures.py, which
+    keeps the previous step's output).  The stand-ins' accumulators are made inside the capture's
+    own warm-up, as the parameters' are when nothing from before is alive."""
+
+    def __init__(self, layers: torch.nn.Module, n_inputs: int):
+        named = list(layers.named_parameters())  # shared parameters once
+        self.layers, self.n_inputs = layers, n_inputs
+        self.names = [n for n, _ in named]
+        self.params = tuple(p for _, p in named)
+
+    def stand_ins(self) -> tuple:
+        return tuple(p.detach().requires_grad_(p.requires_grad) for p in self.params)
+
+    def __call__(self, *args):
+        inputs, params = args[:self.n_inputs], args[self.n_inputs:]
+        return torch.func.functional_call(self.layers, dict(zip(self.names, params)), inputs)
 
 
 _CAPTURE_LOCK = threading.Lock()

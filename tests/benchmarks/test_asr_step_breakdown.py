@@ -54,3 +54,26 @@ def test_the_batch_is_what_batch_bins_holds():
     assert int(lengths.min()) == 144000 and (lengths[:-1] >= lengths[1:]).all()
     assert text.shape == (100, 39) and int(text.min()) >= 2 and int(text.max()) < 4999
     assert (text_lengths == 39).all()
+
+
+def test_gpu_totals_sum_the_gpu_work_not_the_parts_spans():
+    """What the profiler gives on a GPU, faked: kernels and copies are summed; the part
+    ranges' GPU spans (which cover those kernels) are reported apart, not added."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    def ev(name, device, us):
+        return SimpleNamespace(name=name, device_type=device,
+                               time_range=SimpleNamespace(elapsed_us=lambda: us))
+
+    events = [ev("part:encoder", DeviceType.CUDA, 900.0), ev("sm90_gemm", DeviceType.CUDA, 500.0),
+              ev("selective_scan_fwd", DeviceType.CUDA, 300.0),
+              ev("Memcpy DtoD", DeviceType.CUDA, 50.0), ev("part:decoder", DeviceType.CUDA, 40.0),
+              ev("cudaLaunchKernel", DeviceType.CPU, 5.0), ev("cudaLaunchKernel", DeviceType.CPU, 5.0),
+              ev("cuLaunchKernelEx", DeviceType.CPU, 5.0), ev("cudaGraphLaunch", DeviceType.CPU, 9.0),
+              ev("aten::mm", DeviceType.CPU, 20.0)]
+    t = breakdown.gpu_totals(events)
+    assert t["kernel_ms"] == pytest.approx(0.85)
+    assert t["kernel_launches"] == 3 and t["graph_launches"] == 1
+    assert t["part_gpu_span_ms"] == {"encoder": pytest.approx(0.9), "decoder": pytest.approx(0.04)}

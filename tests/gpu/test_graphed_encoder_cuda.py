@@ -110,6 +110,27 @@ def test_graphed_training_step_with_dropout_cuda():
     assert not torch.equal(outs[2], outs[3])
 
 
+def test_capture_while_the_previous_steps_graph_is_alive_cuda():
+    """A caller keeps each step's output, so the eager step's graph (holding the parameters'
+    gradient accumulators, made on the default stream) is alive during the capture: the
+    capture differentiates stand-ins of the parameters and succeeds.  Given the parameters
+    themselves it failed in every process ("operation would make the legacy stream depend on
+    a capturing blocking stream"; tools/gpu/repeat_captures.py)."""
+    enc = build("samba_asr", graphs=True, dropout_rate=0.1)
+    x = torch.randn(2, 120, 20, device="cuda")
+    ilens = torch.tensor([120, 90], device="cuda")
+    kept = []
+    for _ in range(4):
+        enc.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y, _, _ = enc(x, ilens)
+        y.float().square().mean().backward()
+        kept.append(y)
+    assert enc.training_graphs.captures == 1 and enc.training_graphs.capture_error is None
+    grads = [p.grad for p in enc.parameters() if p.grad is not None]
+    assert grads and all(g.isfinite().all() for g in grads)
+
+
 def test_shapes_in_turn_share_the_memory_pool_cuda():
     """Two graphs (two length buckets) in one memory pool, replayed in turn (fp32): every
     step == eager; an output kept from an earlier step is not overwritten by later replays; two

@@ -19,33 +19,40 @@ FEATS = 20
 
 
 class StandIn:
-    """Replaces torch.cuda.make_graphed_callables, with its memory semantics: each 'graph' keeps
-    one output buffer, one set of saved activations and one gradient buffer per input, all
-    overwritten by its next replay, and returns them detached (so autograd stores the weight
-    gradients as ``.grad`` without a copy, as with real graphs).  Records each capture and
-    replay and the autocast cache state they ran under."""
+    """Replaces torch.cuda.make_graphed_callables, with its contract and memory semantics: it
+    takes a callable and flat sample tensors (a module's parameters are appended, as torch
+    does), and each 'graph' keeps one output buffer, one set of saved activations and one
+    gradient buffer per input, all overwritten by its next replay, and returns them detached
+    (so autograd stores the weight gradients as ``.grad`` without a copy, as with real graphs).
+    Records each capture (with its sample tensors) and replay and the autocast cache state they
+    ran under."""
 
     def __init__(self, fail=False):
         self.fail, self.captures, self.replays = fail, [], []
 
-    def __call__(self, layers, sample, num_warmup_iters, pool):
+    def __call__(self, func, sample, num_warmup_iters, pool):
         self.captures.append({"shape": tuple(sample[0].shape), "warmup": num_warmup_iters,
-                              "cache": torch.is_autocast_cache_enabled()})
+                              "cache": torch.is_autocast_cache_enabled(), "sample": sample})
         if self.fail:
             raise RuntimeError("capture refused")
-        params = tuple(p for p in layers.parameters() if p.requires_grad)
+        params = tuple(func.parameters()) if isinstance(func, torch.nn.Module) else ()
+        surface = tuple(sample) + params
+        n_user = len(sample)
         static = {}
         replays = self.replays
 
         class Graphed(torch.autograd.Function):
             @staticmethod
-            def forward(ctx, xs, lengths, valid, *weights):
-                replays.append({"shape": tuple(xs.shape),
+            def forward(ctx, *inputs):
+                replays.append({"shape": tuple(inputs[0].shape),
                                 "cache": torch.is_autocast_cache_enabled()})
+                with torch.no_grad():  # the user inputs go into the graph's static tensors
+                    for s, i in zip(surface[:n_user], inputs[:n_user]):
+                        if s.data_ptr() != i.data_ptr():
+                            s.copy_(i)
                 with torch.enable_grad():
-                    x = xs.detach().requires_grad_(xs.requires_grad)
-                    y = layers(x, lengths, valid)
-                static["x"], static["y"] = x, y  # this graph's saved activations
+                    y = func(*sample)
+                static["y"] = y  # this graph's saved activations
                 out = static.setdefault("out", torch.empty_like(y))
                 out.copy_(y.detach())
                 return out.detach()
@@ -53,16 +60,17 @@ class StandIn:
             @staticmethod
             @torch.autograd.function.once_differentiable
             def backward(ctx, grad):
-                inputs = ((static["x"],) if static["x"].requires_grad else ()) + params
-                grads = torch.autograd.grad(static["y"], inputs, grad, allow_unused=True)
-                buffers = static.setdefault("grads", [torch.empty_like(i) for i in inputs])
+                wanted = [s for s in surface if s.requires_grad]
+                grads = iter(torch.autograd.grad(static["y"], wanted, grad, allow_unused=True))
+                buffers = static.setdefault("grads", [torch.empty_like(w) for w in wanted])
+                out = []
                 for b, g in zip(buffers, grads):
                     b.copy_(g) if g is not None else b.zero_()
-                out = [b.detach() for b in buffers]
-                gx = out.pop(0) if static["x"].requires_grad else None
-                return (gx, None, None, *out)
+                    out.append(b.detach())
+                out = iter(out)
+                return tuple(next(out) if s.requires_grad else None for s in surface)
 
-        return lambda xs, lengths, valid: Graphed.apply(xs, lengths, valid, *params)
+        return lambda *user: Graphed.apply(*user, *params)
 
 
 @pytest.fixture
@@ -563,3 +571,34 @@ def test_one_utterance_with_packing_on_replays_the_padded_graph(stand_in):
         step(enc, x, ilens)
     assert [c["shape"] for c in stand_in.captures] == [(1, 64, 32)]
     assert len(stand_in.replays) == 1
+
+
+def test_the_capture_differentiates_stand_ins_sharing_the_parameters_memory(stand_in):
+    """The capture is given, after the layers' inputs, one fresh leaf per layer parameter that
+    shares its memory (not the parameter: a parameter's gradient accumulator made by an earlier
+    eager step on CUDA's legacy stream, alive while that step's graph is referenced, breaks a
+    backward capture); replays pass the parameters themselves, which get the gradients.  Here
+    the previous step's output is kept alive across steps, as a caller may."""
+    eager = encoder()
+    graphed = encoder(cuda_graphs=True, cuda_graph_conf={"frame_step": 8})
+    x, ilens = torch.randn(2, 61, FEATS, dtype=torch.float64), torch.tensor([61, 40])
+    kept = []
+    for _ in range(3):
+        graphed.zero_grad(set_to_none=True)
+        y, olens, _ = graphed(x, ilens)
+        projection_loss(y).backward()
+        kept.append(y)  # its graph, and the parameters' accumulators in it, stay alive
+    assert graphed.training_graphs.captures == 1
+    sample = stand_in.captures[0]["sample"]
+    params = {p.data_ptr(): p for p in graphed.parameters()}
+    stand_ins = sample[3:]  # after (xs, lengths, valid)
+    assert len(stand_ins) > 0
+    for s in stand_ins:
+        p = params[s.data_ptr()]  # the same memory as one of the encoder's parameters
+        assert s is not p and s.is_leaf and not isinstance(s, torch.nn.Parameter)
+        assert s.requires_grad == p.requires_grad and s.shape == p.shape
+    # and each layer parameter has exactly one stand-in
+    layer_ptrs = {s.data_ptr() for s in stand_ins}
+    assert len(layer_ptrs) == len(stand_ins)
+    # the replayed step still gives the eager gradients, to the parameters themselves
+    assert_same_step(eager, graphed, x, ilens)

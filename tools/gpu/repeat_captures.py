@@ -1,14 +1,15 @@
 """Capture the encoder's training CUDA graphs again and again, each time in a fresh process with
 empty kernel caches, and count the captures that fail.
 
-A graphed training step (``encoder_conf: {cuda_graphs: true}``) once failed to capture in one run
-of eight ("operation failed due to a previous error during capture"; docs/performance.md,
+A graphed training step (``encoder_conf: {cuda_graphs: true}``) once failed to capture in one test
+run of eight ("operation failed due to a previous error during capture"; docs/performance.md,
 GPU correctness checks): too rare to catch in one test run.  Each process here builds a
-samba_asr encoder with dropout (torch's and the triton add+RMSNorm's, the case that failed),
-trains ``--steps`` steps under bf16 autocast (the warm-up runs, then the capture, then
-replays) and reports whether its capture succeeded and, if not, the error the encoder logged
-with its traceback.  Every process gets its own empty ``TRITON_CACHE_DIR``, so triton compiles
-(and autotunes) its kernels again as on a fresh machine.
+samba_asr encoder with dropout (the test that failed), trains ``--steps`` steps under bf16
+autocast (an eager step, then the capture, then replays), keeping each step's output as a
+caller may (so the previous step's autograd graph is alive during the capture), and reports
+whether its capture succeeded and, if not, the error with the encoder's logged traceback.
+Every process gets its own empty ``TRITON_CACHE_DIR``, so triton compiles (and autotunes) its
+kernels again as on a fresh machine.
 
     python tools/gpu/repeat_captures.py --processes 16 --out /tmp/captures.json
     python tools/gpu/repeat_captures.py --processes 8 --size paper --out /tmp/c.json
@@ -43,13 +44,14 @@ def child(size: str, steps: int) -> dict:
                           **SIZES[size]).cuda().train()
     x = torch.randn(2, 480, 80, device="cuda")
     ilens = torch.tensor([480, 360], device="cuda")
-    finite = True
+    finite, kept = True, []
     for _ in range(steps):
         enc.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             y, olens, _ = enc(x, ilens)
         y.float().square().mean().backward()
         finite &= bool(y.isfinite().all())
+        kept.append(y)
     torch.cuda.synchronize()
     graphs = enc.training_graphs
     return {"captures": graphs.captures, "capture_error": graphs.capture_error,
@@ -80,8 +82,8 @@ def run_parent(args) -> int:
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if proc.returncode == 0 and lines:
             run.update(json.loads(lines[-1]))
-        else:
-            run["stderr_tail"] = proc.stderr[-3000:]
+        if proc.returncode != 0 or not lines or run.get("capture_error"):
+            run["stderr_tail"] = proc.stderr[-6000:]  # with the logged traceback
         runs.append(run)
         print(f"process {i}: exit {run['exit_status']}, captures {run.get('captures')}, "
               f"error {(run.get('capture_error') or '-').splitlines()[0][:120]}", flush=True)
