@@ -77,3 +77,26 @@ def test_gpu_totals_sum_the_gpu_work_not_the_parts_spans():
     assert t["kernel_ms"] == pytest.approx(0.85)
     assert t["kernel_launches"] == 3 and t["graph_launches"] == 1
     assert t["part_gpu_span_ms"] == {"encoder": pytest.approx(0.9), "decoder": pytest.approx(0.04)}
+
+
+def test_benchmarks_sh_step_runs_it_with_the_baseline_config(tmp_path, espnet_root):
+    """tools/gpu/benchmarks.sh espnet_step_breakdown (--tiny on a CPU), ESPnet's Conformer config
+    from BASELINE_CONFIG: the JSON names every model of the step."""
+    import os
+    import shutil
+    import subprocess
+
+    config = tmp_path / "conformer.yaml"
+    shutil.copy(espnet_root / train_bench.BASELINE_REL, config)
+    out = tmp_path / "out"
+    env = dict(os.environ, EXTRA_ARGS="--tiny", OUT=str(out), BASELINE_CONFIG=str(config),
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run(["bash", str(ROOT / "tools" / "gpu" / "benchmarks.sh"),
+                           "espnet_step_breakdown"], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((out / "espnet_step_breakdown.json").read_text())
+    assert [k.split("@")[0] for k in result["runs"]] == [
+        "conformer", "samba_asr", "samba_asr_graphed", "speech_mamba"]
+    assert all("error" not in r for r in result["runs"].values())
+    assert "--baseline-config" in result["command"]

@@ -24,6 +24,9 @@
 #   espnet_train_graphed  the same with the encoders' CUDA graphs on (samba_asr_graphed,
 #                 speech_mamba_graphed: cuda_graphs, batch_step 8), 4 epochs, the first 2 not
 #                 counted, beside the Conformer again
+#   espnet_step_breakdown  one training step of the whole ESPnet model of each of those configs
+#                 (and samba_asr_graphed) on the batch batch_bins holds at 14 s: the host's time
+#                 per part, the GPU work, the kernel launches (benchmarks/asr_step_breakdown.py)
 #   espnet_decode through ESPnet's asr_inference, beam 10, CTC 0.3: real-time factor of the
 #                 models espnet_train trained (run it first, same machine and SPEED_WORK), on 24
 #                 utterances of LibriSpeech's lengths, batch 1 and 8
@@ -38,20 +41,23 @@
 # /tmp/espnet_speed): the espnet_* steps' corpus, exp and decode dirs.  Exit status: 0 only if
 # every step ran to the end.
 set -uo pipefail
-(($#)) || { sed -n '2,32p' "${BASH_SOURCE[0]}"; exit 2; }
+(($#)) || { sed -n '2,35p' "${BASH_SOURCE[0]}"; exit 2; }
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 OUT=${OUT:-/tmp/benchmarks}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 read -r -a EXTRA <<< "${EXTRA_ARGS:-}"
 SPEED_WORK=${SPEED_WORK:-/tmp/espnet_speed}
 SPEED_TRAIN=(--utts 600 --epochs 3) SPEED_DECODE=(--utts 24 --long-utts 4 --batch-sizes 1 8)
+BREAKDOWN=(--seconds 14)
 if [[ " ${EXTRA[*]} " == *" --tiny "* ]]; then
     SPEED_TRAIN=(--tiny --utts 8 --epochs 2)
     SPEED_DECODE=(--tiny --utts 2 --long-utts 1 --batch-sizes 1 2)
+    BREAKDOWN=(--tiny --device cpu --seconds 1.5 --warmup 1 --steps 2)
 fi
 # BASELINE_CONFIG: ESPnet's Conformer config file itself, where .cache/espnet-* is not there
 # (one small file to bring to an offline machine instead of ESPnet's whole source tree)
-[[ -n ${BASELINE_CONFIG:-} ]] && SPEED_TRAIN+=(--baseline-config "$BASELINE_CONFIG")
+[[ -n ${BASELINE_CONFIG:-} ]] && SPEED_TRAIN+=(--baseline-config "$BASELINE_CONFIG") \
+    && BREAKDOWN+=(--baseline-config "$BASELINE_CONFIG")
 FAST=(conformer_sdpa samba_asr_mamba2_graphed speech_mamba_mamba2_graphed)
 stage() { echo; echo "=== [$(date -u +%H:%M:%S)] $*"; }
 failed=()
@@ -131,6 +137,9 @@ for step in "$@"; do
         run "$step" python3 benchmarks/asr_train_throughput.py --ngpu 1 "${SPEED_TRAIN[@]}" \
             --models samba_asr_graphed speech_mamba_graphed --epochs 4 --skip-epochs 2 \
             --timeout 320 --work "${SPEED_WORK}_graphed" --out "$OUT/espnet_train_graphed.json" ;;
+    espnet_step_breakdown)
+        run "$step" python3 benchmarks/asr_step_breakdown.py "${BREAKDOWN[@]}" \
+            --models conformer samba_asr samba_asr_graphed speech_mamba --out "$OUT/$step.json" ;;
     espnet_decode_same_scorer)
         run "$step" env ESPNET_MAMBA_CTC_PREFIX=all python3 benchmarks/asr_inference_rtf.py \
             --ngpu 1 "${SPEED_DECODE[@]}" --sets librispeech --timeout 120 --work "$SPEED_WORK" \

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Pack the kernels built on this GPU machine so that a later machine of the same GPU
-# architecture, torch and CUDA skips their build (3-8 minutes on an H100):
+# architecture, torch and CUDA skips their build (about 2.5 minutes on an H100):
 #   bash tools/gpu/export_kernels.sh OUT_DIR
 # Writes OUT_DIR/<package>.tar.xz for mamba_ssm and causal_conv1d: the unpacked wheel that
 # tools/build_kernels.sh built (site-packages layout, its extension stripped of symbols) plus a
