@@ -16,7 +16,7 @@ the configs train on a GPU.  For each model and length, medians over ``--steps``
   step is bound by the host's work), and ``backward_host_ms`` / ``optimizer_host_ms``;
 - from one profiled step (``torch.profiler``): ``kernel_ms``, the summed time of the GPU
   kernels and copies, ``kernel_launches`` (the host's launch calls; a CUDA-graph replay is one
-  ``graph_launches``), each forward part's GPU span; ``gpu_busy`` = kernel_ms / step_ms (low:
+  ``graph_launches``), each forward part's GPU span, the kernels with the most time; ``gpu_busy`` = kernel_ms / step_ms (low:
   the GPU waits for the host).
 
     python benchmarks/asr_step_breakdown.py --out /tmp/breakdown.json
@@ -147,6 +147,7 @@ def train_step(model, optim, data, device: str, amp: bool, timer: PartTimer) -> 
             **{f"{p}_host_ms": v for p, v in timer.take().items()}}
 
 
+TOP_KERNELS = 15  # the GPU activities with the most time, by name, kept in the JSON
 LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx")
 
 
@@ -156,7 +157,7 @@ def gpu_totals(events) -> dict:
     launches and CUDA-graph launches the host made, and each part's GPU span."""
     from torch.autograd import DeviceType
 
-    kernel_us, launches, graphs, parts = 0.0, 0, 0, {}
+    kernel_us, launches, graphs, parts, by_name = 0.0, 0, 0, {}, {}
     for e in events:
         if e.device_type == DeviceType.CUDA:
             if e.name.startswith("part:"):
@@ -164,12 +165,15 @@ def gpu_totals(events) -> dict:
                 parts[name] = parts.get(name, 0.0) + e.time_range.elapsed_us() / 1000
             else:
                 kernel_us += e.time_range.elapsed_us()
+                by_name[e.name] = by_name.get(e.name, 0.0) + e.time_range.elapsed_us() / 1000
         elif e.name in LAUNCHES:
             launches += 1
         elif e.name == "cudaGraphLaunch":
             graphs += 1
+    top = sorted(by_name.items(), key=lambda kv: -kv[1])[:TOP_KERNELS]
     return {"kernel_ms": kernel_us / 1000, "kernel_launches": launches,
-            "graph_launches": graphs, "part_gpu_span_ms": parts}
+            "graph_launches": graphs, "part_gpu_span_ms": parts,
+            "top_kernels_ms": [[name[:160], ms] for name, ms in top]}
 
 
 def profiled_step(model, optim, data, device: str, amp: bool, timer: PartTimer) -> dict:
@@ -178,7 +182,7 @@ def profiled_step(model, optim, data, device: str, amp: bool, timer: PartTimer) 
 
     if not device.startswith("cuda"):
         return {"kernel_ms": None, "kernel_launches": None, "graph_launches": None,
-                "part_gpu_span_ms": None}
+                "part_gpu_span_ms": None, "top_kernels_ms": None}
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         train_step(model, optim, data, device, amp, timer)
     return gpu_totals(prof.events())

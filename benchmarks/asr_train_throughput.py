@@ -68,8 +68,14 @@ DEFAULT_MODELS = ["conformer", "samba_asr", "speech_mamba"]
 # the encoders' CUDA graphs as a user would turn them on for numel batches (batch sizes vary,
 # padded up to a multiple of 8 rows so that fewer shapes are captured)
 GRAPHED = {"encoder_conf": {"cuda_graphs": True, "cuda_graph_conf": {"batch_step": 8}}}
+# Samba-ASR with Mamba2 mixers (encoder and decoder; the same number of blocks has about the same
+# parameters), the candidate for a faster default at paper size, with and without graphs
+MAMBA2 = {"mixer": "mamba2", "d_state": 64, "mixer_conf": {"headdim": 64}}
 VARIANTS = {"samba_asr_graphed": ("samba_asr", GRAPHED),
-            "speech_mamba_graphed": ("speech_mamba", GRAPHED)}
+            "speech_mamba_graphed": ("speech_mamba", GRAPHED),
+            "samba_asr_mamba2": ("samba_asr", {"encoder_conf": MAMBA2, "decoder_conf": MAMBA2}),
+            "samba_asr_mamba2_graphed": ("samba_asr", {"encoder_conf": {**MAMBA2, **GRAPHED["encoder_conf"]},
+                                                       "decoder_conf": MAMBA2})}
 MODELS.update({name: MODELS[base] for name, (base, _) in VARIANTS.items()})
 
 # --tiny: the same configs shrunk to toy sizes (CPU smoke); keys merged into the config

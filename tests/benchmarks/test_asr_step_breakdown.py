@@ -77,6 +77,7 @@ def test_gpu_totals_sum_the_gpu_work_not_the_parts_spans():
     assert t["kernel_ms"] == pytest.approx(0.85)
     assert t["kernel_launches"] == 3 and t["graph_launches"] == 1
     assert t["part_gpu_span_ms"] == {"encoder": pytest.approx(0.9), "decoder": pytest.approx(0.04)}
+    assert [n for n, _ in t["top_kernels_ms"]] == ["sm90_gemm", "selective_scan_fwd", "Memcpy DtoD"]
 
 
 def test_benchmarks_sh_step_runs_it_with_the_baseline_config(tmp_path, espnet_root):
@@ -97,6 +98,6 @@ def test_benchmarks_sh_step_runs_it_with_the_baseline_config(tmp_path, espnet_ro
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((out / "espnet_step_breakdown.json").read_text())
     assert [k.split("@")[0] for k in result["runs"]] == [
-        "conformer", "samba_asr", "samba_asr_graphed", "speech_mamba"]
+        "conformer", "samba_asr", "samba_asr_graphed", "samba_asr_mamba2_graphed", "speech_mamba"]
     assert all("error" not in r for r in result["runs"].values())
     assert "--baseline-config" in result["command"]

@@ -24,9 +24,12 @@
 #   espnet_train_graphed  the same with the encoders' CUDA graphs on (samba_asr_graphed,
 #                 speech_mamba_graphed: cuda_graphs, batch_step 8), 4 epochs, the first 2 not
 #                 counted, beside the Conformer again
+#   espnet_train_mamba2  the same with Samba-ASR's mixers Mamba2 (samba_asr_mamba2, 37.7M, and
+#                 samba_asr_mamba2_graphed), 4 epochs, the first 2 not counted
 #   espnet_step_breakdown  one training step of the whole ESPnet model of each of those configs
-#                 (and samba_asr_graphed) on the batch batch_bins holds at 14 s: the host's time
-#                 per part, the GPU work, the kernel launches (benchmarks/asr_step_breakdown.py)
+#                 (and samba_asr_graphed, samba_asr_mamba2_graphed) on the batch that batch_bins
+#                 holds at 14 s: the host's time per part, the GPU work, the kernel launches
+#                 (benchmarks/asr_step_breakdown.py)
 #   espnet_decode through ESPnet's asr_inference, beam 10, CTC 0.3: real-time factor of the
 #                 models espnet_train trained (run it first, same machine and SPEED_WORK), on 24
 #                 utterances of LibriSpeech's lengths, batch 1 and 8
@@ -41,7 +44,7 @@
 # /tmp/espnet_speed): the espnet_* steps' corpus, exp and decode dirs.  Exit status: 0 only if
 # every step ran to the end.
 set -uo pipefail
-(($#)) || { sed -n '2,35p' "${BASH_SOURCE[0]}"; exit 2; }
+(($#)) || { sed -n '2,45p' "${BASH_SOURCE[0]}"; exit 2; }
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 OUT=${OUT:-/tmp/benchmarks}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -137,9 +140,14 @@ for step in "$@"; do
         run "$step" python3 benchmarks/asr_train_throughput.py --ngpu 1 "${SPEED_TRAIN[@]}" \
             --models samba_asr_graphed speech_mamba_graphed --epochs 4 --skip-epochs 2 \
             --timeout 320 --work "${SPEED_WORK}_graphed" --out "$OUT/espnet_train_graphed.json" ;;
+    espnet_train_mamba2)
+        run "$step" python3 benchmarks/asr_train_throughput.py --ngpu 1 "${SPEED_TRAIN[@]}" \
+            --models samba_asr_mamba2 samba_asr_mamba2_graphed --epochs 4 --skip-epochs 2 \
+            --timeout 320 --work "${SPEED_WORK}_mamba2" --out "$OUT/$step.json" ;;
     espnet_step_breakdown)
         run "$step" python3 benchmarks/asr_step_breakdown.py "${BREAKDOWN[@]}" \
-            --models conformer samba_asr samba_asr_graphed speech_mamba --out "$OUT/$step.json" ;;
+            --models conformer samba_asr samba_asr_graphed samba_asr_mamba2_graphed speech_mamba \
+            --out "$OUT/$step.json" ;;
     espnet_decode_same_scorer)
         run "$step" env ESPNET_MAMBA_CTC_PREFIX=all python3 benchmarks/asr_inference_rtf.py \
             --ngpu 1 "${SPEED_DECODE[@]}" --sets librispeech --timeout 120 --work "$SPEED_WORK" \
