@@ -5,8 +5,9 @@ one synthetic corpus with LibriSpeech's utterance lengths; ESPnet's per-epoch re
 train.log (``Nepoch results: [train] ... time=...``) gives the seconds of each epoch.  Reported:
 seconds per 1,000 training utterances over the warm epochs (every epoch after the first
 ``--skip-epochs``, default 1) and the ratio of each model to the Conformer of the same run.
-``samba_asr_graphed`` / ``speech_mamba_graphed`` are the shipped configs with the encoders'
-CUDA graphs on (``VARIANTS``; run them with ``--skip-epochs 2``: each batch shape is captured
+The shipped LibriSpeech configs train with the encoders' CUDA graphs on; ``samba_asr_eager`` /
+``speech_mamba_eager`` turn them off, ``samba_asr_graphed`` / ``speech_mamba_graphed`` turn them
+on whatever the config says (``VARIANTS``; count graphed runs with ``--skip-epochs 2``: each batch shape is captured
 the second time it is seen).
 
     python benchmarks/asr_train_throughput.py --ngpu 1 --out /tmp/asr_train.json
@@ -65,14 +66,17 @@ MODELS = {
 }
 DEFAULT_MODELS = ["conformer", "samba_asr", "speech_mamba"]
 # name -> (the model whose shipped config it starts from, keys merged into that config):
-# the encoders' CUDA graphs as a user would turn them on for numel batches (batch sizes vary,
-# padded up to a multiple of 8 rows so that fewer shapes are captured)
+# the encoders' CUDA graphs as the shipped configs set them for numel batches (batch sizes vary,
+# padded up to a multiple of 8 rows so that fewer shapes are captured), and without them
 GRAPHED = {"encoder_conf": {"cuda_graphs": True, "cuda_graph_conf": {"batch_step": 8}}}
+EAGER = {"encoder_conf": {"cuda_graphs": False}}
 # Samba-ASR with Mamba2 mixers (encoder and decoder; the same number of blocks has about the same
 # parameters), the candidate for a faster default at paper size, with and without graphs
 MAMBA2 = {"mixer": "mamba2", "d_state": 64, "mixer_conf": {"headdim": 64}}
 VARIANTS = {"samba_asr_graphed": ("samba_asr", GRAPHED),
             "speech_mamba_graphed": ("speech_mamba", GRAPHED),
+            "samba_asr_eager": ("samba_asr", EAGER),
+            "speech_mamba_eager": ("speech_mamba", EAGER),
             "samba_asr_mamba2": ("samba_asr", {"encoder_conf": MAMBA2, "decoder_conf": MAMBA2}),
             "samba_asr_mamba2_graphed": ("samba_asr", {"encoder_conf": {**MAMBA2, **GRAPHED["encoder_conf"]},
                                                        "decoder_conf": MAMBA2})}

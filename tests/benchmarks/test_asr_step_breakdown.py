@@ -98,6 +98,7 @@ def test_benchmarks_sh_step_runs_it_with_the_baseline_config(tmp_path, espnet_ro
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((out / "espnet_step_breakdown.json").read_text())
     assert [k.split("@")[0] for k in result["runs"]] == [
-        "conformer", "samba_asr", "samba_asr_graphed", "samba_asr_mamba2_graphed", "speech_mamba"]
+        "conformer", "samba_asr", "samba_asr_eager", "samba_asr_mamba2_graphed", "speech_mamba",
+        "speech_mamba_eager"]
     assert all("error" not in r for r in result["runs"].values())
     assert "--baseline-config" in result["command"]

@@ -22,12 +22,13 @@
 #                 (benchmarks/asr_train_throughput.py; needs ESPnet's recipes in .cache/espnet-*,
 #                 tools/fetch_espnet_recipes.sh, or BASELINE_CONFIG=<that Conformer yaml>)
 #   espnet_train_graphed  the same with the encoders' CUDA graphs on (samba_asr_graphed,
-#                 speech_mamba_graphed: cuda_graphs, batch_step 8), 4 epochs, the first 2 not
-#                 counted, beside the Conformer again
+#                 speech_mamba_graphed: cuda_graphs, batch_step 8, as the shipped configs now
+#                 set them), 4 epochs, the first 2 not counted, beside the Conformer again
+#   espnet_train_eager  the same with the graphs off (samba_asr_eager, speech_mamba_eager)
 #   espnet_train_mamba2  the same with Samba-ASR's mixers Mamba2 (samba_asr_mamba2, 37.7M, and
 #                 samba_asr_mamba2_graphed), 4 epochs, the first 2 not counted
 #   espnet_step_breakdown  one training step of the whole ESPnet model of each of those configs
-#                 (and samba_asr_graphed, samba_asr_mamba2_graphed) on the batch that batch_bins
+#                 (and their _eager variants, samba_asr_mamba2_graphed) on the batch that batch_bins
 #                 holds at 14 s: the host's time per part, the GPU work, the kernel launches
 #                 (benchmarks/asr_step_breakdown.py)
 #   espnet_decode through ESPnet's asr_inference, beam 10, CTC 0.3: real-time factor of the
@@ -44,7 +45,7 @@
 # /tmp/espnet_speed): the espnet_* steps' corpus, exp and decode dirs.  Exit status: 0 only if
 # every step ran to the end.
 set -uo pipefail
-(($#)) || { sed -n '2,45p' "${BASH_SOURCE[0]}"; exit 2; }
+(($#)) || { sed -n '2,46p' "${BASH_SOURCE[0]}"; exit 2; }
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 OUT=${OUT:-/tmp/benchmarks}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -140,13 +141,18 @@ for step in "$@"; do
         run "$step" python3 benchmarks/asr_train_throughput.py --ngpu 1 "${SPEED_TRAIN[@]}" \
             --models samba_asr_graphed speech_mamba_graphed --epochs 4 --skip-epochs 2 \
             --timeout 320 --work "${SPEED_WORK}_graphed" --out "$OUT/espnet_train_graphed.json" ;;
+    espnet_train_eager)
+        run "$step" python3 benchmarks/asr_train_throughput.py --ngpu 1 "${SPEED_TRAIN[@]}" \
+            --models samba_asr_eager speech_mamba_eager \
+            --timeout 320 --work "${SPEED_WORK}_eager" --out "$OUT/$step.json" ;;
     espnet_train_mamba2)
         run "$step" python3 benchmarks/asr_train_throughput.py --ngpu 1 "${SPEED_TRAIN[@]}" \
             --models samba_asr_mamba2 samba_asr_mamba2_graphed --epochs 4 --skip-epochs 2 \
             --timeout 320 --work "${SPEED_WORK}_mamba2" --out "$OUT/$step.json" ;;
     espnet_step_breakdown)
         run "$step" python3 benchmarks/asr_step_breakdown.py "${BREAKDOWN[@]}" \
-            --models conformer samba_asr samba_asr_graphed samba_asr_mamba2_graphed speech_mamba \
+            --models conformer samba_asr samba_asr_eager samba_asr_mamba2_graphed speech_mamba \
+            speech_mamba_eager \
             --out "$OUT/$step.json" ;;
     espnet_decode_same_scorer)
         run "$step" env ESPNET_MAMBA_CTC_PREFIX=all python3 benchmarks/asr_inference_rtf.py \
