@@ -18,15 +18,15 @@
 #                 corpus or .gpu/recipe/mini_synth.tar)
 #   espnet_train  through ESPnet's asr_train: seconds per 1,000 utterances of the shipped
 #                 LibriSpeech-100 Samba-ASR and Speech-Mamba configs and ESPnet's Conformer, 600
-#                 synthetic utterances of LibriSpeech's lengths, 3 epochs (the first not counted)
+#                 synthetic utterances of LibriSpeech's lengths, 4 epochs (the first 2 not counted)
 #                 (benchmarks/asr_train_throughput.py; needs ESPnet's recipes in .cache/espnet-*,
 #                 tools/fetch_espnet_recipes.sh, or BASELINE_CONFIG=<that Conformer yaml>)
 #   espnet_train_graphed  the same with the encoders' CUDA graphs on (samba_asr_graphed,
 #                 speech_mamba_graphed: cuda_graphs, batch_step 8, as the shipped configs now
-#                 set them), 4 epochs, the first 2 not counted, beside the Conformer again
+#                 set them), beside the Conformer again
 #   espnet_train_eager  the same with the graphs off (samba_asr_eager, speech_mamba_eager)
 #   espnet_train_mamba2  the same with Samba-ASR's mixers Mamba2 (samba_asr_mamba2, 37.7M, and
-#                 samba_asr_mamba2_graphed), 4 epochs, the first 2 not counted
+#                 samba_asr_mamba2_graphed)
 #   espnet_step_breakdown  one training step of the whole ESPnet model of each of those configs
 #                 (and their _eager variants, samba_asr_mamba2_graphed) on the batch that batch_bins
 #                 holds at 14 s: the host's time per part, the GPU work, the kernel launches
@@ -51,7 +51,9 @@ OUT=${OUT:-/tmp/benchmarks}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 read -r -a EXTRA <<< "${EXTRA_ARGS:-}"
 SPEED_WORK=${SPEED_WORK:-/tmp/espnet_speed}
-SPEED_TRAIN=(--utts 600 --epochs 3) SPEED_DECODE=(--utts 24 --long-utts 4 --batch-sizes 1 8)
+# 4 epochs, the first 2 not counted: a graphed encoder captures each batch shape the second
+# time it sees it, in the second epoch
+SPEED_TRAIN=(--utts 600 --epochs 4 --skip-epochs 2) SPEED_DECODE=(--utts 24 --long-utts 4 --batch-sizes 1 8)
 BREAKDOWN=(--seconds 14)
 if [[ " ${EXTRA[*]} " == *" --tiny "* ]]; then
     SPEED_TRAIN=(--tiny --utts 8 --epochs 2)
@@ -73,6 +75,14 @@ report() {  # report STEP JSON...: the tables of one step
     run "$1" python3 benchmarks/encoder_report.py "${@:2}" > "$OUT/$1.md" && cat "$OUT/$1.md"
 }
 interleaved() { python3 benchmarks/encoder_interleaved.py "$@" "${EXTRA[@]}"; }
+train_speed() {  # train_speed STEP WORK_SUFFIX [ARGS...]: asr_train_throughput.py -> $OUT/STEP.json
+    local step=$1 work=$SPEED_WORK$2
+    shift 2
+    # each asr_train run is cut at 320 s so one slow model cannot take the whole step
+    # (Speech-Mamba's first epoch alone took 158 s on an H100: Triton's first use)
+    run "$step" python3 benchmarks/asr_train_throughput.py --ngpu 1 "${SPEED_TRAIN[@]}" \
+        --timeout 320 --work "$work" --out "$OUT/$step.json" "$@"
+}
 encoder() { python3 benchmarks/encoder_gpu.py "$@" "${EXTRA[@]}"; }
 
 for step in "$@"; do
@@ -133,22 +143,13 @@ for step in "$@"; do
     recipe)
         run "$step" env OUT="$OUT" bash tools/gpu/mini_synth_epochs.sh ;;
     espnet_train)
-        # each asr_train run is cut at 320 s so one slow model cannot take the whole step
-        # (Speech-Mamba's first epoch alone took 158 s on an H100: Triton's first use)
-        run "$step" python3 benchmarks/asr_train_throughput.py --ngpu 1 "${SPEED_TRAIN[@]}" \
-            --timeout 320 --work "$SPEED_WORK" --out "$OUT/espnet_train.json" ;;
+        train_speed "$step" "" ;;
     espnet_train_graphed)
-        run "$step" python3 benchmarks/asr_train_throughput.py --ngpu 1 "${SPEED_TRAIN[@]}" \
-            --models samba_asr_graphed speech_mamba_graphed --epochs 4 --skip-epochs 2 \
-            --timeout 320 --work "${SPEED_WORK}_graphed" --out "$OUT/espnet_train_graphed.json" ;;
+        train_speed "$step" _graphed --models samba_asr_graphed speech_mamba_graphed ;;
     espnet_train_eager)
-        run "$step" python3 benchmarks/asr_train_throughput.py --ngpu 1 "${SPEED_TRAIN[@]}" \
-            --models samba_asr_eager speech_mamba_eager \
-            --timeout 320 --work "${SPEED_WORK}_eager" --out "$OUT/$step.json" ;;
+        train_speed "$step" _eager --models samba_asr_eager speech_mamba_eager ;;
     espnet_train_mamba2)
-        run "$step" python3 benchmarks/asr_train_throughput.py --ngpu 1 "${SPEED_TRAIN[@]}" \
-            --models samba_asr_mamba2 samba_asr_mamba2_graphed --epochs 4 --skip-epochs 2 \
-            --timeout 320 --work "${SPEED_WORK}_mamba2" --out "$OUT/$step.json" ;;
+        train_speed "$step" _mamba2 --models samba_asr_mamba2 samba_asr_mamba2_graphed ;;
     espnet_step_breakdown)
         run "$step" python3 benchmarks/asr_step_breakdown.py "${BREAKDOWN[@]}" \
             --models conformer samba_asr samba_asr_eager samba_asr_mamba2_graphed speech_mamba \
