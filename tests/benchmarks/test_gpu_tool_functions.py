@@ -128,3 +128,19 @@ def test_repeat_captures_reports_a_process_that_cannot_run(tmp_path):
     result = json.loads(out.read_text())
     assert result["failed"] == 1 and result["runs"][0]["exit_status"] != 0
     assert "CUDA" in result["runs"][0]["stderr_tail"] or "cuda" in result["runs"][0]["stderr_tail"]
+
+
+def test_gpu_tests_captures_part_fails_when_a_capture_cannot_run(tmp_path):
+    """tools/gpu/gpu_tests.sh PARTS=captures runs repeat_captures.py; without CUDA its process
+    fails, and the part (and the script's exit status) says so."""
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PARTS="captures", CAPTURE_PROCESSES="1", OUT=str(tmp_path),
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run(["bash", str(root / "tools" / "gpu" / "gpu_tests.sh")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert (tmp_path / "captures.json").is_file()
+    assert "FAILED: captures" in proc.stdout

@@ -3,7 +3,7 @@
 # ESPnet's stock asr_train / asr_inference.  Needs a CUDA GPU with mamba-ssm and causal-conv1d
 # installed; on a machine without network:
 #   bash tools/gpu/offline_run.sh bash tools/gpu/gpu_tests.sh
-# Parts (PARTS picks some, default "paths models graphed packed train"); each fits a
+# Parts (PARTS picks some, default "paths models graphed packed captures train"); each fits a
 # 10-minute command on a machine whose kernels are built (run the kernel build first:
 # tools/gpu/offline_run.sh with PARTS=none, then the parts one call at a time):
 #   paths   tests/gpu/test_cuda_paths.py: the CUDA kernels against the PyTorch path (scans, conv,
@@ -15,6 +15,9 @@
 #   packed  the packed-batch tests, with MAMBA_DETERMINISTIC=1: mamba-ssm then keeps one triton
 #           configuration per kernel (about 1 min); autotuning all of them for every new seq_idx
 #           specialisation takes over 10 min
+#   captures tools/gpu/repeat_captures.py: the training graphs captured in CAPTURE_PROCESSES
+#           (default 8) fresh processes with empty triton caches, each keeping its steps'
+#           outputs; every capture must succeed (about 15 s a process)
 #   train   tools/gpu/train_check.py: 288 steps of each model with bf16 autocast, then decoding
 #           (TRAIN_MODELS picks models: samba_asr speech_mamba samba_asr_mamba2)
 # PYTEST_K narrows the pytest parts further (pytest -k).  Triton compiles kernels on first use:
@@ -23,7 +26,7 @@
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 OUT=${OUT:-/tmp/gpu_tests}; mkdir -p "$OUT"
-PARTS=" ${PARTS:-paths models graphed packed train} "
+PARTS=" ${PARTS:-paths models graphed packed captures train} "
 export PYTHONUNBUFFERED=1
 part() { [[ $PARTS == *" $1 "* ]]; }
 stage() { echo; echo "=== [$(date -u +%H:%M:%S)] $*"; }
@@ -54,6 +57,12 @@ if part packed; then
     MAMBA_DETERMINISTIC=1 "${PYTEST[@]}" tests/gpu -k packed $(limit 900) 2>&1 |
         tee "$OUT/pytest_packed.log"
     ((PIPESTATUS[0] == 0)) || failed+=(packed)
+fi
+if part captures; then
+    stage "training-graph captures in fresh processes"
+    python3 tools/gpu/repeat_captures.py --processes "${CAPTURE_PROCESSES:-8}" \
+        --out "$OUT/captures.json" 2>&1 | tee "$OUT/captures.log"
+    ((PIPESTATUS[0] == 0)) || failed+=(captures)
 fi
 if part train; then
     stage "training and decoding through asr_train / asr_inference"
