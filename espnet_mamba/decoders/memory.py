@@ -44,6 +44,18 @@ class SpeechMemory:
         distinct[0]._stacked = (tuple(weakref.ref(m) for m in distinct), stacked)
         return stacked
 
+    @staticmethod
+    def kept(memories: list, memory: "SpeechMemory") -> bool:
+        """Whether ``memory`` (what ``stack(memories)`` returned) is an object the next steps of
+        the same utterances get again: one utterance's own memory, or the runs' stack kept on
+        the first utterance's memory; not a row-by-row copy made for this step alone.  A
+        decoder's CUDA-graph step may read only a kept memory (graphs/decoding.py)."""
+        first = memories[0]
+        if memory is first:
+            return True
+        cached = first._stacked
+        return cached is not None and cached[1] is memory
+
     @classmethod
     def _concat(cls, memories: list) -> "SpeechMemory":
         first = memories[0]

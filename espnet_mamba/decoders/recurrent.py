@@ -152,7 +152,8 @@ class RecurrentDecoder(StrictLoadMixin, AbsDecoder, BatchScorerInterface):
 
     def _beam_step(self, tokens, recurrent, memory, shared_memory: bool):
         """``step`` for beam search: a CUDA graph where one can be used, else eager.
-        ``shared_memory``: the memory (if any) is one object kept for the whole utterance."""
+        ``shared_memory``: the memory (if any) is one object kept while the same utterances
+        are decoded (one utterance's, or the stack of several: ``SpeechMemory.kept``)."""
         graphs = self.step_graphs
         if (self.execution.cuda_graphs and shared_memory
                 and graphs.usable(tokens, self.training)):
@@ -193,7 +194,7 @@ class RecurrentDecoder(StrictLoadMixin, AbsDecoder, BatchScorerInterface):
             recurrent, memories = _gather(states)
         memory = None if memories[0] is None else type(memories[0]).stack(memories)
         logits, recurrent = self._beam_step(ys[:, -1], recurrent, memory,
-                                            memory is None or memory is memories[0])
+                                            memory is None or type(memory).kept(memories, memory))
         # half-precision logits are normalised in fp32; fp32/fp64 keep their precision
         logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)),
                                  dim=-1)

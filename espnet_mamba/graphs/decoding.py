@@ -12,9 +12,11 @@ When a graph is used (everything else runs the eager step, unchanged):
   * CUDA tensors, gradients off (``torch.no_grad``/``inference_mode``, as in ESPnet's
     ``Speech2Text``), the decoder in eval mode, not already inside a capture or a trace;
   * the speech memory, if the decoder has one (speech_mamba's cross-attention keys/values), is
-    one object shared by every hypothesis (one utterance): the graph reads it in place, and the
-    graphs of an utterance are dropped when the next utterance's memory arrives (only a weak
-    reference to it is kept, so decoding does not hold a finished utterance's memory);
+    one object that later steps get again: one utterance's, shared by its hypotheses, or the
+    stack of several utterances' memories that ``SpeechMemory.stack`` keeps for them
+    (BatchBeamSearch over a batch); the graph reads it in place, and the graphs of a memory are
+    dropped when another memory arrives (only a weak reference to it is kept, so decoding does
+    not hold a finished utterance's memory);
   * the decoder's execution option ``cuda_graphs`` is true (its default; checked by
     ``RecurrentDecoder`` before it calls this).
 A shape (rows, ...) is captured the second time it is seen: ESPnet's beam search keeps the

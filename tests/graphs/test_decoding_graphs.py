@@ -260,24 +260,50 @@ def test_beam_search_through_graphs_equals_eager(name, kw, fake_capture, monkeyp
         assert [float(h.score) for h in e] == pytest.approx([float(h.score) for h in g])
 
 
-def test_several_utterances_in_one_step_run_eagerly(fake_capture, monkeypatch):
+def _steps(dec, ys, states, n):
+    """n batch_score steps, each hypothesis keeping its own row; the log-probs of each step."""
+    out = []
+    with torch.no_grad():
+        for _ in range(n):
+            logp, rows = dec.batch_score(ys, states, None)
+            states = [dec.select_state(rows, i) for i in range(len(states))]
+            out.append(logp)
+    return out
+
+
+def test_several_utterances_replay_from_graphs_with_their_kept_memory(fake_capture, monkeypatch):
     """Hypotheses of two utterances in one batch_score (BatchBeamSearch over a batch): their
-    speech memories are stacked anew every step, so the step stays eager (a graph would read
-    a memory that is gone at the next step)."""
+    speech memories are stacked once and kept for them, so later steps replay a graph that reads
+    that stack, and give the eager step's log-probs."""
+    made, _ = fake_capture
+    dec = tiny_decoder("speech_mamba", "mamba")
+    xs = [torch.randn(12, 32, dtype=torch.float64) for _ in range(2)]
+    ys = torch.ones(4, 1, dtype=torch.long)
+    def grid():  # (utterance, beam) runs of 2, as BatchBeamSearch lays them out
+        starts = [dec.batch_init_state(x) for x in xs]
+        return [starts[0], starts[0], starts[1], starts[1]]
+    with torch.no_grad():
+        eager = _steps(dec, ys, grid(), 4)
+    assert not made
+    monkeypatch.setattr(StepGraphs, "usable", lambda self, tokens, training: not training)
+    graphed = _steps(dec, ys, grid(), 4)
+    # first sighting eager, then one capture, replayed by the later steps
+    assert len(made) == 1 and made[0].replays == 3 and dec.step_graphs.disabled is None
+    for e, g in zip(eager, graphed):
+        assert torch.allclose(e, g, rtol=1e-12, atol=1e-12)
+
+
+def test_hypotheses_not_in_utterance_runs_run_eagerly(fake_capture, monkeypatch):
+    """Memories that are not equal runs of one utterance each are stacked row by row anew
+    every step: no graph reads such a stack (it is gone at the next step)."""
     made, _ = fake_capture
     monkeypatch.setattr(StepGraphs, "usable", lambda self, tokens, training: not training)
     dec = tiny_decoder("speech_mamba", "mamba")
     xs = [torch.randn(12, 32, dtype=torch.float64) for _ in range(2)]
-    ys = torch.ones(2, 1, dtype=torch.long)
     with torch.no_grad():
-        states = [dec.batch_init_state(x) for x in xs]
-        for _ in range(3):
-            logp, out = dec.batch_score(ys, states, xs[0])
-            states = [dec.select_state(out, i) for i in range(2)]
-        assert not made and not dec.step_graphs.seen
-        alone = [dec.batch_score(ys[:1], [dec.batch_init_state(x)], x)[0] for x in xs]
-    first = [dec.batch_score(ys, [dec.batch_init_state(x) for x in xs], xs[0])[0]]
-    assert torch.allclose(first[0], torch.cat(alone))
+        s0, s1 = (dec.batch_init_state(x) for x in xs)
+        _steps(dec, torch.ones(3, 1, dtype=torch.long), [s0, s1, s0], 3)
+    assert not made and not dec.step_graphs.seen
 
 
 @pytest.mark.parametrize("how", ["option", "environment", "set_execution"])
