@@ -153,16 +153,18 @@ LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaun
 
 def gpu_totals(events) -> dict:
     """From torch.profiler's events of one step: the GPU activities' summed time (kernels,
-    copies; the ``part:`` ranges' own GPU spans are not work and are not summed), the kernel
+    copies; ranges such as the ``part:`` ones and the optimizer's are spans, not work, and are
+    not summed: each ``part:`` span is reported by itself, ``encode`` = front-end + encoder), the kernel
     launches and CUDA-graph launches the host made, and each part's GPU span."""
     from torch.autograd import DeviceType
 
     kernel_us, launches, graphs, parts, by_name = 0.0, 0, 0, {}, {}
     for e in events:
         if e.device_type == DeviceType.CUDA:
-            if e.name.startswith("part:"):
-                name = e.name.split(":", 1)[1]
-                parts[name] = parts.get(name, 0.0) + e.time_range.elapsed_us() / 1000
+            if getattr(e, "is_user_annotation", False):  # a range (ours, the optimizer's)
+                if e.name.startswith("part:"):
+                    name = e.name.split(":", 1)[1]
+                    parts[name] = parts.get(name, 0.0) + e.time_range.elapsed_us() / 1000
             else:
                 kernel_us += e.time_range.elapsed_us()
                 by_name[e.name] = by_name.get(e.name, 0.0) + e.time_range.elapsed_us() / 1000

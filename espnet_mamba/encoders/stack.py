@@ -118,6 +118,14 @@ class StackEncoder(StrictLoadMixin, AbsEncoder):
     def output_size(self) -> int:
         return self._output_size
 
+    def _apply(self, fn, *args, **kwargs):
+        # .to()/.half()/.cuda() may give the parameters new storage: the graphs (and the
+        # stand-ins that keep the old storage alive) go now, not at the next training step
+        graphs = getattr(self, "training_graphs", None)
+        if graphs is not None:
+            graphs.clear()
+        return super()._apply(fn, *args, **kwargs)
+
     def _nonfinite(self, batch: int) -> None:
         """Rows of NaN/inf features (found in check_input's one host copy, so at no cost).
 

@@ -35,8 +35,9 @@ def recover_from_failed_capture(device: torch.device, stream) -> None:
 
 
 def parameter_signature(params) -> tuple:
-    """Where and how the parameters (of a module, or a list) live: a graph reads them from
-    these addresses."""
+    """Which parameters (of a module, or a list) and where and how they live: a graph reads
+    them from these addresses, and returns gradients to these objects (a parameter replaced by
+    a new one at the same address is a change too)."""
     if isinstance(params, torch.nn.Module):
         params = params.parameters()
-    return tuple([(p.data_ptr(), p.dtype, p.device) for p in params])
+    return tuple([(id(p), p.data_ptr(), p.dtype, p.device) for p in params])

@@ -57,19 +57,22 @@ def test_the_batch_is_what_batch_bins_holds():
 
 
 def test_gpu_totals_sum_the_gpu_work_not_the_parts_spans():
-    """What the profiler gives on a GPU, faked: kernels and copies are summed; the part
-    ranges' GPU spans (which cover those kernels) are reported apart, not added."""
+    """What the profiler gives on a GPU, faked: kernels and copies are summed; the ranges' GPU
+    spans (which cover those kernels: ours, the optimizer's) are not added, ours reported
+    apart."""
     from types import SimpleNamespace
 
     from torch.autograd import DeviceType
 
     def ev(name, device, us):
         return SimpleNamespace(name=name, device_type=device,
+                               is_user_annotation=name.startswith(("part:", "Optimizer.")),
                                time_range=SimpleNamespace(elapsed_us=lambda: us))
 
     events = [ev("part:encoder", DeviceType.CUDA, 900.0), ev("sm90_gemm", DeviceType.CUDA, 500.0),
               ev("selective_scan_fwd", DeviceType.CUDA, 300.0),
               ev("Memcpy DtoD", DeviceType.CUDA, 50.0), ev("part:decoder", DeviceType.CUDA, 40.0),
+              ev("Optimizer.step#Adam.step", DeviceType.CUDA, 700.0),
               ev("cudaLaunchKernel", DeviceType.CPU, 5.0), ev("cudaLaunchKernel", DeviceType.CPU, 5.0),
               ev("cuLaunchKernelEx", DeviceType.CPU, 5.0), ev("cudaGraphLaunch", DeviceType.CPU, 9.0),
               ev("aten::mm", DeviceType.CPU, 20.0)]

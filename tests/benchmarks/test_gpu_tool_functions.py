@@ -144,3 +144,15 @@ def test_gpu_tests_captures_part_fails_when_a_capture_cannot_run(tmp_path):
     assert proc.returncode != 0
     assert (tmp_path / "captures.json").is_file()
     assert "FAILED: captures" in proc.stdout
+
+
+def test_repeat_captures_counts_a_hung_process_as_failed(tmp_path):
+    """A process over --timeout is stopped and reported (status 124), not the end of the run."""
+    import json
+
+    import repeat_captures
+
+    out = tmp_path / "c.json"
+    assert repeat_captures.main(["--processes", "1", "--timeout", "0.2", "--out", str(out)]) == 1
+    run = json.loads(out.read_text())["runs"][0]
+    assert run["exit_status"] == 124 and "timed out after 0.2 s" in run["stderr_tail"]

@@ -61,7 +61,8 @@ class StandIn:
             @torch.autograd.function.once_differentiable
             def backward(ctx, grad):
                 wanted = [s for s in surface if s.requires_grad]
-                grads = iter(torch.autograd.grad(static["y"], wanted, grad, allow_unused=True))
+                # torch's default allow_unused_input=False: an unused input fails the capture
+                grads = iter(torch.autograd.grad(static["y"], wanted, grad, allow_unused=False))
                 buffers = static.setdefault("grads", [torch.empty_like(w) for w in wanted])
                 out = []
                 for b, g in zip(buffers, grads):
@@ -326,6 +327,16 @@ def test_graphs_follow_the_parameters(stand_in):
     step(enc, x, ilens)
     assert len(stand_in.captures) == 2
     enc.embed.requires_grad_(False)  # frozen input layer: a new capture
+    step(enc, x, ilens)
+    assert enc.training_graphs.graphs == {}
+    step(enc, x, ilens)
+    assert enc.training_graphs.graphs
+    # a parameter replaced by a new object on the same memory: the graphs would give their
+    # gradients to the old object, so they go too
+    block = next(m for m in enc.modules() if isinstance(getattr(m, "D", None), torch.nn.Parameter))
+    old = block.D
+    block.D = torch.nn.Parameter(old.detach())
+    assert block.D.data_ptr() == old.data_ptr()
     step(enc, x, ilens)
     assert enc.training_graphs.graphs == {}
     # a copy of the model starts without graphs and keeps the options
@@ -602,3 +613,15 @@ def test_the_capture_differentiates_stand_ins_sharing_the_parameters_memory(stan
     assert len(layer_ptrs) == len(stand_ins)
     # the replayed step still gives the eager gradients, to the parameters themselves
     assert_same_step(eager, graphed, x, ilens)
+
+
+def test_moving_the_encoder_drops_its_graphs(stand_in):
+    """.to() (or .double(), .cuda()) may give the parameters new storage: the graphs, whose
+    stand-ins keep the old storage alive, are dropped at once."""
+    enc = encoder(cuda_graphs=True, cuda_graph_conf={"frame_step": 8})
+    x, ilens = torch.randn(2, 61, FEATS, dtype=torch.float64), torch.tensor([61, 40])
+    for _ in range(2):
+        step(enc, x, ilens)
+    assert enc.training_graphs.graphs
+    enc.float()
+    assert not enc.training_graphs.graphs and enc.training_graphs.captures == 0

@@ -69,15 +69,26 @@ def summarise(runs: list) -> dict:
             "errors": [{"first_line": e, "count": n} for e, n in errors.most_common()]}
 
 
+def _text(output) -> str:
+    """A TimeoutExpired's captured output: bytes whatever ``text`` said, or None."""
+    return output.decode(errors="replace") if isinstance(output, bytes) else (output or "")
+
+
 def run_parent(args) -> int:
     runs = []
     for i in range(args.processes):
         with tempfile.TemporaryDirectory() as cache:
             env = dict(os.environ, TRITON_CACHE_DIR=cache)
             t = time.time()
-            proc = subprocess.run(
-                [sys.executable, __file__, "--child", "--size", args.size, "--steps", str(args.steps)],
-                env=env, capture_output=True, text=True, timeout=args.timeout)
+            cmd = [sys.executable, __file__, "--child", "--size", args.size, "--steps",
+                   str(args.steps)]
+            try:
+                proc = subprocess.run(cmd, env=env, capture_output=True, text=True,
+                                      timeout=args.timeout)
+            except subprocess.TimeoutExpired as err:  # a hung process fails, the others run
+                proc = subprocess.CompletedProcess(
+                    cmd, 124, _text(err.stdout),
+                    f"timed out after {args.timeout} s\n{_text(err.stderr)}")
         run = {"process": i, "exit_status": proc.returncode, "seconds": round(time.time() - t, 1)}
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if proc.returncode == 0 and lines:
@@ -103,6 +114,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="repeat_captures.json")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.processes < 1:
+        p.error("--processes must be at least 1")
     if args.child:
         print(json.dumps(child(args.size, args.steps)))
         return 0
