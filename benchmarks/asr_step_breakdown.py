@@ -249,6 +249,9 @@ def main(argv=None) -> dict:
     p.add_argument("--tiny", action="store_true", help="toy models and lengths (CPU smoke)")
     p.add_argument("--out", required=True, help="JSON, rewritten after each run")
     args = p.parse_args(argv)
+    bad = [s for s in args.seconds if not s > 0]
+    if bad:
+        p.error(f"--seconds must be positive, got {bad}")
     args.vocab = 100 if args.tiny else VOCAB
     if args.tiny:
         args.batch_bins = min(args.batch_bins, 64000)

@@ -105,3 +105,9 @@ def test_benchmarks_sh_step_runs_it_with_the_baseline_config(tmp_path, espnet_ro
         "speech_mamba_eager"]
     assert all("error" not in r for r in result["runs"].values())
     assert "--baseline-config" in result["command"]
+
+
+def test_a_length_that_holds_no_batch_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        breakdown.main(["--seconds", "0", "--out", "unused.json"])
+    assert "--seconds must be positive, got [0.0]" in capsys.readouterr().err
