@@ -5,7 +5,7 @@ imports it in every interpreter): the models live in ``espnet_mamba.encoders`` /
 ``espnet_mamba.decoders``, ESPnet's machinery in ``espnet_mamba.integration``.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 
 def register(eager: bool = False) -> dict:

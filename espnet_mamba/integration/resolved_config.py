@@ -141,17 +141,20 @@ def build_recording_options(build_model, task, args, *rest, **kwargs):
     """Run ESPnet's ``build_model`` with the version key out of our confs, then record the
     resolved options and the version in ``args`` (which asr_train then writes to config.yaml)."""
     confs = list(_plugin_confs(task, args)) if args is not None else []
-    recorded = {}
-    for attr, _ in confs:
-        conf = dict(getattr(args, attr) or {})
+    recorded, given = {}, {}
+    for attr, cls in confs:
+        given[attr] = getattr(args, attr)
+        conf = dict(given[attr] or {})
         recorded[attr] = conf.pop(VERSION_KEY, None)
+        if recorded[attr] is not None:  # written by a training run: every option it had is there
+            for name, value in getattr(cls, "OLD_CONFIG_DEFAULTS", {}).items():
+                conf.setdefault(name, value)
         setattr(args, attr, conf)
     try:
         model = build_model(args, *rest, **kwargs)
     except BaseException:
         for attr, _ in confs:  # leave the namespace as it came
-            if recorded[attr] is not None:
-                getattr(args, attr)[VERSION_KEY] = recorded[attr]
+            setattr(args, attr, given[attr])
         raise
     current, loading = plugin_version(), loading_from_file()
     for attr, cls in confs:

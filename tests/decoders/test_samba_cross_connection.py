@@ -1,5 +1,6 @@
-"""samba_asr's ``cross_connection`` option: its values are checked by name, the default
-(``prefix``) keeps the parameters of the models trained before the option existed, and the
+"""samba_asr's ``cross_connection`` option: its values are checked by name, the default is
+``attention`` without the speech summary, ``prefix`` keeps the parameters of the models trained
+before the option existed, and the
 attention readings reach every speech frame from every token.  Decoding, padding and ESPnet's
 beam searches run for every reading in tests/decoders/test_recurrent_decoding.py."""
 
@@ -15,7 +16,7 @@ from model_checks import VOCAB, tiny_decoder
     ({"cross_connection": "cross"},
      "decoder_conf.cross_connection = 'cross': must be one of 'prefix', 'attention', "
      "'prefix_attention'"),
-    ({"cross_attention_heads": 4},
+    ({"cross_connection": "prefix", "cross_attention_heads": 4},
      "decoder_conf.cross_attention_heads = 4: only used with cross_connection 'attention' or "
      "'prefix_attention' (it is 'prefix'); delete it or set it to null"),
     ({"cross_connection": "attention", "cross_attention_heads": 0},
@@ -37,18 +38,24 @@ PREFIX_MODULES = {"embed", "speech_proj", "speech_summary", "decoders", "after_n
                   "output_layer"}
 
 
-def test_prefix_is_the_default_and_keeps_its_parameters():
+def test_attention_without_speech_summary_is_the_default():
     default = tiny_decoder("samba_asr", "mamba")
-    prefix = tiny_decoder("samba_asr", "mamba", cross_connection="prefix")
-    assert default.cross_connection == "prefix" and default.cross_attention is None
-    assert {k.split(".")[0] for k in default.state_dict()} == PREFIX_MODULES
-    assert list(default.state_dict()) == list(prefix.state_dict())
-    prefix.load_state_dict(default.state_dict(), strict=True)
+    assert default.cross_connection == "attention" and default.speech_summary is None
+    assert len(default.cross_attention) == len(default.decoders)
+    names = {k.split(".")[0] for k in default.state_dict()}
+    assert names == PREFIX_MODULES - {"speech_summary"} | {"cross_attention"}
+
+
+def test_prefix_keeps_the_parameters_of_the_models_trained_before_the_option():
+    prefix = tiny_decoder("samba_asr", "mamba", cross_connection="prefix", speech_summary=True)
+    assert prefix.cross_attention is None
+    assert {k.split(".")[0] for k in prefix.state_dict()} == PREFIX_MODULES
 
 
 @pytest.mark.parametrize("how", ["attention", "prefix_attention"])
 def test_attention_adds_one_cross_attention_per_block(how):
-    dec = tiny_decoder("samba_asr", "mamba", cross_connection=how, cross_attention_heads=2)
+    dec = tiny_decoder("samba_asr", "mamba", cross_connection=how, cross_attention_heads=2,
+                       speech_summary=True)
     assert len(dec.cross_attention) == len(dec.decoders) == 2
     assert dec.cross_attention[0].layer.heads == 2
     names = {k.split(".")[0] for k in dec.state_dict()}

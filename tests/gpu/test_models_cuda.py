@@ -108,3 +108,33 @@ def test_nonfinite_rows_on_cuda(name):
     assert y[0, :olens[0]].isfinite().all() and y[2, :olens[2]].isfinite().all()
     with torch.no_grad(), pytest.raises(TooShortUttError, match=r"batch row\(s\) \[1\] of 3"):
         enc.eval()(x, ilens)
+
+
+@pytest.mark.parametrize("name,kw", [("speech_mamba", {}),
+                                     ("samba_asr", {"cross_connection": "attention"})])
+def test_several_utterances_replay_with_their_kept_memory_cuda(name, kw):
+    """BatchBeamSearch's layout of two utterances (runs of their beams) on CUDA: the stacked
+    speech memory is kept for those runs, so the steps after the first sighting replay one
+    real CUDA graph that reads it, and give the eager step's log-probs (1e-3 relative)."""
+    torch.manual_seed(0)
+    dec = tiny_decoder(name, "mamba", device="cuda", dtype=torch.float32, backend="cuda", **kw)
+    xs = [torch.randn(12 + 5 * i, 32, device="cuda") for i in range(2)]
+    ys = torch.ones(4, 1, dtype=torch.long, device="cuda")
+
+    def steps(graphs):
+        set_execution(dec, cuda_graphs=graphs)
+        starts = [dec.batch_init_state(x) for x in xs]
+        states, out = [starts[0], starts[0], starts[1], starts[1]], []
+        with torch.no_grad():
+            for _ in range(4):
+                logp, rows = dec.batch_score(ys, states, None)
+                states = [dec.select_state(rows, i) for i in range(len(states))]
+                out.append(logp)
+        return out
+
+    eager = steps(False)
+    graphed = steps(True)
+    assert dec.step_graphs.disabled is None, dec.step_graphs.disabled
+    assert len(dec.step_graphs.graphs) == 1
+    for e, g in zip(eager, graphed):
+        assert (g - e).abs().max() <= 1e-3 * e.abs().max()

@@ -111,6 +111,33 @@ def test_a_loaded_config_keeps_the_version_it_records(tmp_path, caplog):
     assert "trained with espnet_mamba 0.0.1" in caplog.text, caplog.text
 
 
+def test_an_option_newer_than_the_recorded_version_keeps_its_old_meaning(speech2text):
+    """The stored config (0.1.0) predates samba_asr's ``cross_connection``: it is read as
+    ``prefix`` (SambaASRDecoder.OLD_CONFIG_DEFAULTS), the reading that model was trained with,
+    while a config without a recorded version (a training YAML) gets today's default."""
+    from espnet_mamba.decoders.samba_asr import DEFAULT_CROSS_CONNECTION, SambaASRDecoder
+    from espnet_mamba.integration.resolved_config import build_recording_options
+
+    stored = yaml.safe_load(_zip_member("config.yaml"))["decoder_conf"]
+    assert "cross_connection" not in stored and DEFAULT_CROSS_CONNECTION != "prefix"
+    decoder = speech2text.asr_model.decoder
+    assert decoder.cross_connection == "prefix" and decoder.cross_attention is None
+    assert speech2text.asr_train_args.decoder_conf["cross_connection"] == "prefix"
+
+    class Task:  # the one class choice build_recording_options looks at
+        class_choices_list = [type("Choices", (), {
+            "name": "decoder", "classes": {"samba_asr": SambaASRDecoder}})]
+
+    built = {}
+    for conf in ({"num_blocks": 1}, {"num_blocks": 1, VERSION_KEY: "0.1.0"}):
+        args = type("Args", (), {"decoder": "samba_asr", "decoder_conf": dict(conf)})()
+        build_recording_options(
+            lambda a: built.setdefault(VERSION_KEY in conf, SambaASRDecoder(
+                8, 16, **a.decoder_conf)), Task, args)
+    assert built[False].cross_connection == DEFAULT_CROSS_CONNECTION
+    assert built[True].cross_connection == "prefix"
+
+
 # --------------------------------------------------------------------------------------------
 # what a training run records
 

@@ -220,8 +220,9 @@ def test_comparison_trains_configs_side_by_side(smoke):
 
 
 def test_combined_table_names_the_reading_and_the_epochs(tmp_path):
-    """local/plot_results.py --table: Samba-ASR's readings of the cross-connection are told apart,
-    and each row has its model's epochs ("?" for a results.json written before they were kept)."""
+    """local/plot_results.py --table: Samba-ASR's readings of the cross-connection are told apart
+    (the default, attention, unnamed; a run that records none predates the option: prefix), and
+    each row has its model's epochs ("?" for a results.json written before they were kept)."""
     sets = {"test": {"WER": 10.0, "CER": 5.0, "mean_duration_s": 3.0}}
     runs = {"a": {"exp": "a", "encoder": "samba_asr", "decoder": "samba_asr", "max_epoch": 8,
                   "cross_connection": "attention", "sets": sets},
@@ -236,7 +237,7 @@ def test_combined_table_names_the_reading_and_the_epochs(tmp_path):
     assert proc.returncode == 0, proc.stderr
     rows_ = proc.stdout.splitlines()
     assert rows_[0] == "|model|epochs|test WER / CER|", rows_
-    assert rows_[2:] == ["|Samba-ASR (attention reading)|8|10.0 / 5.0|", "|Samba-ASR|5|10.0 / 5.0|",
+    assert rows_[2:] == ["|Samba-ASR|8|10.0 / 5.0|", "|Samba-ASR (prefix reading)|5|10.0 / 5.0|",
                          "|Conformer + Transformer|?|10.0 / 5.0|"], rows_
 
 

@@ -34,7 +34,7 @@ def test_espnet_models_do_not_wait(tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.parametrize("name", ["samba_asr", "speech_mamba", "samba_asr_attention"])
+@pytest.mark.parametrize("name", ["samba_asr", "speech_mamba", "samba_asr_prefix"])
 def test_mamba_models_wait_for_the_build(tmp_path, name):
     status = tmp_path / "status"
     proc = wait(CONF / f"train_asr_{name}.yaml", status, ESPNET_MAMBA_KERNELS_WAIT_S="1")

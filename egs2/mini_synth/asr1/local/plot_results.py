@@ -25,9 +25,11 @@ def label(run: dict) -> str:
         if k in enc:
             name = v + (f" + {run['decoder']}" if run.get("decoder") and run["decoder"] != enc
                         and k != "conformer" else "")
-            # the readings of Samba-ASR's cross-connection are different models
-            if run.get("cross_connection") not in (None, "prefix"):
-                name += f" ({run['cross_connection']} reading)"
+            # the readings of Samba-ASR's cross-connection are different models; attention is
+            # the default since espnet-mamba 0.3, and a run that records none predates the
+            # option (prefix)
+            if run.get("decoder") == "samba_asr" and run.get("cross_connection") != "attention":
+                name += f" ({run.get('cross_connection') or 'prefix'} reading)"
             return name
     return run["exp"]
 
