@@ -1,7 +1,7 @@
 """The decoders on CPU: padding, teacher forcing vs decoding steps, ESPnet's beam searches
 (BeamSearch == BatchBeamSearch, several utterances at once, joint CTC), decoder states (batched,
 compacted, of constant size, never modified in place).  samba_asr runs with each of its
-``cross_connection`` readings (``samba_asr:attention`` ...)."""
+``cross_connection`` readings (``samba_asr:prefix`` ...)."""
 
 import pytest
 import torch
@@ -12,8 +12,8 @@ from model_checks import (
     teacher_forced_score, teacher_forcing_vs_steps, tiny_decoder,
 )
 
-# a decoder, with the samba_asr readings of the cross-connection besides its default (prefix)
-NAMES = ["samba_asr", "samba_asr:attention", "samba_asr:prefix_attention", "speech_mamba"]
+# a decoder, with the samba_asr readings of the cross-connection besides its default (attention)
+NAMES = ["samba_asr", "samba_asr:prefix", "samba_asr:prefix_attention", "speech_mamba"]
 PAIRS = [(name, mixer) for name in NAMES for mixer in MIXER_CONF]
 
 
@@ -37,7 +37,7 @@ def test_decoder_padding_invariance(name, mixer):
     assert decoder_padding_error(decoder(name, mixer)) < 1e-5
 
 
-@pytest.mark.parametrize("name", ["samba_asr", "samba_asr:attention"])
+@pytest.mark.parametrize("name", ["samba_asr", "samba_asr:prefix"])
 def test_samba_decoder_without_speech_summary(name):
     dec = decoder(name, speech_summary=False)
     assert dec.speech_summary is None
@@ -121,7 +121,7 @@ def test_batch_of_utterances_stacks_the_speech_memory_once(name, monkeypatch):
             [float(h.score) for h in single], abs=1e-10)
 
 
-@pytest.mark.parametrize("name", ["samba_asr", "samba_asr:attention"])
+@pytest.mark.parametrize("name", ["samba_asr", "samba_asr:prefix"])
 def test_ended_hypothesis_states_are_compacted(name):
     """ESPnet copies an ended hypothesis's state out of the step's batch (_compact): our lazy
     row reference must turn into the row itself, which batch_score still accepts."""

@@ -241,7 +241,7 @@ def test_copies_and_casts_of_a_decoder_start_without_graphs():
 
 
 @pytest.mark.parametrize("name,kw", [("samba_asr", {}),
-                                     ("samba_asr", {"cross_connection": "attention"}),
+                                     ("samba_asr", {"cross_connection": "prefix"}),
                                      ("speech_mamba", {})])
 def test_beam_search_through_graphs_equals_eager(name, kw, fake_capture, monkeypatch):
     """ESPnet's BeamSearch and BatchBeamSearch with every step replayed from (stand-in)
