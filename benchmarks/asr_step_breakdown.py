@@ -154,8 +154,8 @@ LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaun
 def gpu_totals(events) -> dict:
     """From torch.profiler's events of one step: the GPU activities' summed time (kernels,
     copies; ranges such as the ``part:`` ones and the optimizer's are spans, not work, and are
-    not summed: each ``part:`` span is reported by itself, ``encode`` = front-end + encoder), the kernel
-    launches and CUDA-graph launches the host made, and each part's GPU span."""
+    not summed: each ``part:`` span is reported by itself, ``encode`` = front-end + encoder),
+    the kernel launches and CUDA-graph launches the host made, and each part's GPU span."""
     from torch.autograd import DeviceType
 
     kernel_us, launches, graphs, parts, by_name = 0.0, 0, 0, {}, {}

@@ -22,9 +22,10 @@ state each layer ends the speech in is what conditions the tokens.  So
 
 ``attention`` (the default since version 0.3, without the speech summary: on the mini recipe it
 matched ``prefix`` on single utterances and kept long recordings' WER far lower, in two trainings
-each; README, "The Mamba cross-connection"): every decoder block is the causal Mamba mixer over the tokens followed by a
-cross-attention sub-layer (pre-RMSNorm residual, modules/cross_attention.py) whose queries are
-the tokens and whose keys/values are the (projected, optionally summarised) speech.  Every
+each; README, "The Mamba cross-connection"): every decoder block is the causal Mamba mixer over
+the tokens followed by a cross-attention sub-layer (pre-RMSNorm residual,
+modules/cross_attention.py) whose queries are the tokens and whose keys/values are the
+(projected, optionally summarised) speech.  Every
 token can read any frame, so the speech stays reachable however long the recording.  Decoding
 keeps the fixed-size Mamba states per hypothesis plus the utterance's keys/values, projected once
 and shared by its hypotheses (decoders/memory.py): O(T) work per token over T encoder frames,

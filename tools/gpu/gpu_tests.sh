@@ -17,7 +17,8 @@
 #           specialisation takes over 10 min
 #   captures tools/gpu/repeat_captures.py: the training graphs captured in CAPTURE_PROCESSES
 #           (default 8) fresh processes with empty triton caches, each keeping its steps'
-#           outputs; every capture must succeed (about 15 s a process)
+#           outputs; every capture must succeed (about 50 s a process on an H100: triton compiles
+#           its kernels anew in each)
 #   train   tools/gpu/train_check.py: 288 steps of each model with bf16 autocast, then decoding
 #           (TRAIN_MODELS picks models: samba_asr speech_mamba samba_asr_mamba2)
 # PYTEST_K narrows the pytest parts further (pytest -k).  Triton compiles kernels on first use:
